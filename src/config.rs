@@ -1,0 +1,469 @@
+//! The configuration tree: one serde struct per section, strict, documented, validated.
+//!
+//! Sources, later overriding earlier: built-in defaults → the TOML file → `UPRES_*` environment
+//! variables (`UPRES_SERVER__LISTEN=…` sets `server.listen`; `__` separates sections) → CLI flags.
+//! The env overlay is the same tree through figment, not a second hand-written mapping; the few
+//! short names (`UPRES_MODELS`, `UPRES_KEY`, `UPRES_SALT`) are aliases into it.
+//!
+//! `config/upres.toml` lists every key with its default and is round-trip-tested against
+//! `Config::default()`. Doc comments on fields are the config reference.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    /// Origins by name. `default` serves URLs without an `origin=` option.
+    pub origins: BTreeMap<String, OriginConfig>,
+    pub limits: LimitsConfig,
+    pub cache: CacheConfig,
+    pub engine: EngineConfig,
+    pub ml: MlConfig,
+    pub sd: SdConfig,
+    pub output: OutputConfig,
+    pub signing: SigningConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut origins = BTreeMap::new();
+        origins.insert("default".to_string(), OriginConfig::default());
+        Self {
+            server: ServerConfig::default(),
+            tls: TlsConfig::default(),
+            origins,
+            limits: LimitsConfig::default(),
+            cache: CacheConfig::default(),
+            engine: EngineConfig::default(),
+            ml: MlConfig::default(),
+            sd: SdConfig::default(),
+            output: OutputConfig::default(),
+            signing: SigningConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Time allowed for a client to send its request head.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// On SIGTERM/ctrl-c, how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Open connections at most; further accepts wait.
+    pub max_connections: usize,
+    /// Whole-request deadline for transform requests; past it the answer is 504.
+    #[serde(with = "humantime_serde")]
+    pub request_deadline: Duration,
+    /// Longest accepted request path in bytes (414 above).
+    pub max_path_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            request_deadline: Duration::from_secs(60),
+            max_path_bytes: 8192,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; TLS is on when both `cert` and `key` are set.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// Base URL: `file:///abs/dir` or a relative `file://dir`, `s3://bucket/prefix`,
+    /// `gs://bucket`, `az://container`, `http(s)://host/prefix`.
+    pub url: String,
+    /// Deadline for fetching one source (connect + all bytes).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra `object_store` options (credentials, region, endpoint…), passed through by key.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self { url: "file://samples".into(), timeout: Duration::from_secs(10), options: BTreeMap::new() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest source file, enforced while streaming.
+    pub max_source_bytes: u64,
+    /// Largest source image in pixels, read from the header before decoding.
+    pub max_source_pixels: u64,
+    /// Largest output image in pixels (after upscaling and resizing).
+    pub max_output_pixels: u64,
+    /// Largest prompt or negative prompt in bytes.
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_source_bytes: 10 * 1024 * 1024,
+            max_source_pixels: 16_000_000,
+            max_output_pixels: 64_000_000,
+            max_prompt_bytes: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub memory: MemoryCacheConfig,
+    pub store: StoreCacheConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryCacheConfig {
+    /// Bytes of encoded results kept in memory.
+    pub max_bytes: u64,
+    /// How long a URL keeps mapping to its result before the origin is consulted again.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for MemoryCacheConfig {
+    fn default() -> Self {
+        Self { max_bytes: 512 * 1024 * 1024, ttl: Duration::from_secs(3600) }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreCacheConfig {
+    /// Result tier URL (`file://dir`, `s3://bucket/prefix`, …); empty turns the tier off.
+    pub url: String,
+    /// Extra `object_store` options, passed through by key.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for StoreCacheConfig {
+    fn default() -> Self {
+        Self { url: "file://data/results".into(), options: BTreeMap::new() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Requests waiting for inference at most; beyond, 503 with `Retry-After`.
+    pub queue_capacity: usize,
+    /// Tiles in one forward pass at most.
+    pub max_batch: usize,
+    /// How long the first job of a batch waits for company.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// `Retry-After` sent with 503 when the queue is full.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Worker threads for the Lanczos engine; 0 means one per core.
+    pub lanczos_workers: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 100,
+            max_batch: 8,
+            max_wait: Duration::from_millis(5),
+            retry_after: Duration::from_secs(2),
+            lanczos_workers: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlConfig {
+    /// Folder of model files (ncnn `.param`/`.bin`, `stable-diffusion-x4-upscaler/`).
+    pub models_dir: PathBuf,
+    /// `auto`, `cpu` or `cuda:N`.
+    pub device: String,
+    /// Tile edge in input pixels for the GAN models.
+    pub tile: u32,
+    /// Overlap between GAN tiles in input pixels.
+    pub tile_overlap: u32,
+    /// Warm every engine up with one inference before `/readyz` says ready.
+    pub warm_up: bool,
+}
+
+impl Default for MlConfig {
+    fn default() -> Self {
+        Self { models_dir: "models".into(), device: "auto".into(), tile: 128, tile_overlap: 16, warm_up: true }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SdConfig {
+    /// Model folder in the diffusers layout; empty means `<models_dir>/stable-diffusion-x4-upscaler`.
+    pub path: Option<PathBuf>,
+    /// Steps when a URL gives none (the REST API defaults to 75).
+    pub url_default_steps: u32,
+    /// Largest input side accepted by sd-x4.
+    pub max_input_side: u32,
+}
+
+impl Default for SdConfig {
+    fn default() -> Self {
+        Self { path: None, url_default_steps: 30, max_input_side: 512 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// WebP quality when the URL gives no `q`.
+    pub webp_quality: u8,
+    /// JPEG quality when the URL gives no `q`.
+    pub jpeg_quality: u8,
+    /// `Cache-Control` for content-addressed results.
+    pub cache_control: String,
+    /// `Cache-Control` for errors (short, so a CDN retries soon).
+    pub error_cache_control: String,
+    /// Send `X-Upres-Cache`, `X-Upres-Model` and `Server-Timing`.
+    pub debug_headers: bool,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            webp_quality: 82,
+            jpeg_quality: 85,
+            cache_control: "public, max-age=31536000, immutable".into(),
+            error_cache_control: "no-store".into(),
+            debug_headers: true,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// Hex-encoded HMAC key; signing is on when set. Several keys: `keys`/`salts` lists.
+    pub key: Option<String>,
+    /// Hex-encoded salt paired with `key`.
+    pub salt: Option<String>,
+    /// More hex key/salt pairs accepted for rotation (same order as `salts`).
+    pub keys: Vec<String>,
+    pub salts: Vec<String>,
+}
+
+impl std::fmt::Debug for SigningConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningConfig")
+            .field("enabled", &(self.key.is_some() || !self.keys.is_empty()))
+            .field("pairs", &(self.keys.len() + usize::from(self.key.is_some())))
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `text` or `json`.
+    pub log_format: String,
+    /// `tracing` filter, e.g. `info,upres=debug`. `RUST_LOG` wins when set.
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_format: "text".into(), log_filter: "info".into() }
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub origin: Option<String>,
+    pub store: Option<String>,
+    pub models: Option<PathBuf>,
+}
+
+impl Config {
+    /// Defaults → file (if any) → `UPRES_*` env → CLI overrides, then `validate`.
+    pub fn load(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(env_overlay());
+        let mut cfg: Config = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        if let Some(listen) = overrides.listen {
+            cfg.server.listen = listen;
+        }
+        if let Some(origin) = &overrides.origin {
+            cfg.origins.entry("default".into()).or_default().url = origin.clone();
+        }
+        if let Some(store) = &overrides.store {
+            cfg.cache.store.url = store.clone();
+        }
+        if let Some(models) = &overrides.models {
+            cfg.ml.models_dir = models.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !self.origins.contains_key("default") {
+            return bad("[origins.default] is required");
+        }
+        if self.cache.memory.max_bytes == 0 {
+            return bad("cache.memory.max_bytes must be > 0");
+        }
+        if self.engine.queue_capacity == 0 || self.engine.max_batch == 0 {
+            return bad("engine.queue_capacity and engine.max_batch must be > 0");
+        }
+        if self.ml.tile < 16 || self.ml.tile_overlap * 2 >= self.ml.tile {
+            return bad("ml.tile must be >= 16 and ml.tile_overlap less than half of it");
+        }
+        for q in [self.output.webp_quality, self.output.jpeg_quality] {
+            if !(1..=100).contains(&q) {
+                return bad("output qualities must be in 1..=100");
+            }
+        }
+        if !(1..=200).contains(&self.sd.url_default_steps) {
+            return bad("sd.url_default_steps must be in 1..=200");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert and tls.key must be set together");
+        }
+        if self.signing.keys.len() != self.signing.salts.len() || self.signing.key.is_some() != self.signing.salt.is_some() {
+            return bad("signing keys and salts must come in pairs");
+        }
+        if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
+            return bad("telemetry.log_format must be `text` or `json`");
+        }
+        Ok(())
+    }
+}
+
+/// `UPRES_A__B=v` → `a.b = v`, plus the short aliases.
+fn env_overlay() -> Env {
+    Env::prefixed("UPRES_")
+        .ignore(&["config"])
+        .map(|key| match key.as_str().to_ascii_lowercase().as_str() {
+            "models" => "ml.models_dir".into(),
+            "key" => "signing.key".into(),
+            "salt" => "signing.salt".into(),
+            other => other.replace("__", ".").into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_equals_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/upres.toml");
+        assert!(path.exists(), "config/upres.toml is missing");
+        let from_file: Config = Figment::new().merge(Toml::file(&path)).extract().expect("config/upres.toml parses");
+        assert_eq!(from_file, Config::default(), "config/upres.toml drifted from Config::default()");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let r: Result<Config, _> = Figment::new().merge(Toml::string("[server]\nlisten_addr = \"x\"")).extract();
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn env_overlay_sets_nested_keys_and_aliases() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("UPRES_SERVER__LISTEN", "127.0.0.1:9999");
+            jail.set_env("UPRES_MODELS", "/opt/models");
+            jail.set_env("UPRES_CACHE__MEMORY__MAX_BYTES", "1234");
+            let cfg = Config::load(None, &Overrides::default()).expect("loads");
+            assert_eq!(cfg.server.listen.port(), 9999);
+            assert_eq!(cfg.ml.models_dir, PathBuf::from("/opt/models"));
+            assert_eq!(cfg.cache.memory.max_bytes, 1234);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cli_overrides_win() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("UPRES_CACHE__STORE__URL", "file://elsewhere");
+            let o = Overrides { origin: Some("file:///srv/img".into()), store: Some("".into()), ..Default::default() };
+            let cfg = Config::load(None, &o).unwrap();
+            assert_eq!(cfg.origins["default"].url, "file:///srv/img");
+            assert_eq!(cfg.cache.store.url, "");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn validation_catches_cross_field_mistakes() {
+        let mut c = Config::default();
+        c.tls.cert = Some("a.pem".into());
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.origins.clear();
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.signing.keys = vec!["00".into()];
+        assert!(c.validate().is_err());
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn signing_secrets_are_not_in_debug_output() {
+        let mut c = Config::default();
+        c.signing.key = Some("deadbeef".into());
+        c.signing.salt = Some("cafe".into());
+        let s = format!("{c:?}");
+        assert!(!s.contains("deadbeef") && !s.contains("cafe"), "{s}");
+    }
+}

@@ -1,0 +1,197 @@
+//! Bytes → planar `f32` pixels, with limits checked from the header before any pixel is decoded.
+//!
+//! Accepts JPEG (including grayscale and CMYK), PNG (8/16-bit, palette, alpha), WebP and GIF
+//! (first frame). Applies the EXIF orientation, drops every other piece of metadata (the result
+//! is re-encoded from pixels), and splits alpha off so the engine sees RGB only.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+
+use crate::engine::Tile;
+use crate::error::{Classify, ErrorClass};
+
+/// What the header says, oriented (a 90° EXIF rotation swaps width and height).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A decoded image: RGB planes and an optional alpha plane, values in `[0, 1]`.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    pub rgb: Tile,
+    /// `None` when the image has no alpha channel or every pixel is opaque.
+    pub alpha: Option<Vec<f32>>,
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum DecodeError {
+    #[error("the source is empty")]
+    Empty,
+    #[error("the source is not an image in a supported format (JPEG, PNG, WebP, GIF)")]
+    NotAnImage,
+    #[error("{0:?} images are not supported; use JPEG, PNG, WebP or GIF")]
+    UnsupportedFormat(ImageFormat),
+    #[error("the image is {width}x{height} = {pixels} pixels, over the limit of {limit}")]
+    TooManyPixels { width: u32, height: u32, pixels: u64, limit: u64 },
+    #[error("the image has a zero dimension")]
+    ZeroSize,
+    #[error("the image could not be decoded: {0}")]
+    Corrupt(String),
+}
+
+impl Classify for DecodeError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            DecodeError::Empty | DecodeError::NotAnImage | DecodeError::UnsupportedFormat(_) => ErrorClass::Unsupported,
+            DecodeError::TooManyPixels { .. } => ErrorClass::TooLarge,
+            DecodeError::ZeroSize | DecodeError::Corrupt(_) => ErrorClass::Unprocessable,
+        }
+    }
+}
+
+const SUPPORTED: [ImageFormat; 4] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif];
+
+fn reader(bytes: &[u8]) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat), DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    // Content sniffing only: the source's name or Content-Type never decides the decoder.
+    let format = image::guess_format(bytes).map_err(|_| DecodeError::NotAnImage)?;
+    if !SUPPORTED.contains(&format) {
+        return Err(DecodeError::UnsupportedFormat(format));
+    }
+    let mut r = ImageReader::with_format(Cursor::new(bytes), format);
+    r.no_limits();
+    Ok((r, format))
+}
+
+fn check_pixels(width: u32, height: u32, limit: u64) -> Result<(), DecodeError> {
+    if width == 0 || height == 0 {
+        return Err(DecodeError::ZeroSize);
+    }
+    let pixels = width as u64 * height as u64;
+    if pixels > limit {
+        return Err(DecodeError::TooManyPixels { width, height, pixels, limit });
+    }
+    Ok(())
+}
+
+fn corrupt(e: image::ImageError) -> DecodeError {
+    DecodeError::Corrupt(e.to_string())
+}
+
+/// Reads only the header: format and oriented dimensions, limit-checked.
+pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<Header, DecodeError> {
+    let (r, format) = reader(bytes)?;
+    let mut decoder = r.into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(w, h, max_pixels)?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let (width, height) = if swaps_axes(orientation) { (h, w) } else { (w, h) };
+    Ok(Header { format, width, height })
+}
+
+fn swaps_axes(o: image::metadata::Orientation) -> bool {
+    use image::metadata::Orientation::*;
+    matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
+}
+
+/// Decodes fully. The pixel limit is checked from the header first, and the decoder's own
+/// allocation limit is set from it, so a decompression bomb is refused before allocating.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
+    let (r, _) = reader(bytes)?;
+    let mut decoder = r.into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(w, h, max_pixels)?;
+    let mut limits = Limits::default();
+    // 16-bit RGBA is the widest buffer a decoder makes: 8 bytes per pixel, plus slack.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    decoder.set_limits(limits).map_err(corrupt)?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(split(img))
+}
+
+fn split(img: DynamicImage) -> Decoded {
+    let (w, h) = (img.width(), img.height());
+    let n = (w * h) as usize;
+    if img.color().has_alpha() {
+        let rgba = img.to_rgba32f();
+        let mut data = vec![0f32; 3 * n];
+        let mut alpha = vec![0f32; n];
+        for (i, px) in rgba.pixels().enumerate() {
+            data[i] = px[0];
+            data[n + i] = px[1];
+            data[2 * n + i] = px[2];
+            alpha[i] = px[3];
+        }
+        let opaque = alpha.iter().all(|&a| a >= 1.0);
+        Decoded { rgb: Tile::new(w, h, data), alpha: (!opaque).then_some(alpha) }
+    } else {
+        let rgb = img.to_rgb32f();
+        let mut data = vec![0f32; 3 * n];
+        for (i, px) in rgb.pixels().enumerate() {
+            data[i] = px[0];
+            data[n + i] = px[1];
+            data[2 * n + i] = px[2];
+        }
+        Decoded { rgb: Tile::new(w, h, data), alpha: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, Luma, Rgba};
+
+    fn png(img: DynamicImage) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn grayscale_16_bit_becomes_rgb() {
+        let img = ImageBuffer::<Luma<u16>, _>::from_fn(3, 2, |x, _| Luma([x as u16 * 30000]));
+        let d = decode(&png(DynamicImage::ImageLuma16(img)), 100).unwrap();
+        assert_eq!(d.rgb.shape(), (3, 2));
+        assert!(d.alpha.is_none());
+        let n = d.rgb.plane_len();
+        assert!((d.rgb.data[1] - 30000.0 / 65535.0).abs() < 1e-4);
+        assert_eq!(d.rgb.data[1], d.rgb.data[n + 1]);
+    }
+
+    #[test]
+    fn alpha_is_split_off_and_opaque_alpha_dropped() {
+        let img = ImageBuffer::<Rgba<u8>, _>::from_fn(2, 2, |x, _| Rgba([255, 0, 0, if x == 0 { 0 } else { 255 }]));
+        let d = decode(&png(DynamicImage::ImageRgba8(img)), 100).unwrap();
+        assert_eq!(d.alpha.as_deref(), Some(&[0.0, 1.0, 0.0, 1.0][..]));
+        let opaque = ImageBuffer::<Rgba<u8>, _>::from_pixel(2, 2, Rgba([1, 2, 3, 255]));
+        assert!(decode(&png(DynamicImage::ImageRgba8(opaque)), 100).unwrap().alpha.is_none());
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        let img = DynamicImage::new_rgb8(100, 100);
+        let bytes = png(img);
+        assert!(matches!(probe(&bytes, 9_999), Err(DecodeError::TooManyPixels { pixels: 10_000, .. })));
+        assert!(matches!(decode(&bytes, 9_999), Err(DecodeError::TooManyPixels { .. })));
+        assert_eq!(probe(&bytes, 10_000).unwrap().width, 100);
+    }
+
+    #[test]
+    fn bad_input_is_classified() {
+        assert_eq!(decode(b"", 10).unwrap_err().class(), ErrorClass::Unsupported);
+        assert_eq!(decode(b"hello, world", 10).unwrap_err().class(), ErrorClass::Unsupported);
+        let bytes = png(DynamicImage::new_rgb8(64, 64));
+        let truncated = &bytes[..bytes.len() / 2];
+        assert_eq!(decode(truncated, 1 << 20).unwrap_err().class(), ErrorClass::Unprocessable);
+        // BMP is a real image format we do not accept.
+        assert!(matches!(reader(b"BM\0\0\0\0\0\0\0\0\0\0\0\0"), Err(DecodeError::UnsupportedFormat(_))));
+    }
+}

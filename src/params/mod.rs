@@ -1,0 +1,244 @@
+//! URL → `TransformSpec` + source key: the transform grammar, typed and validated.
+//!
+//! A transform path is `/<options…>/[-/]<source key>`. Option segments come first; the first
+//! segment that is neither an option nor `-` starts the source key (a `-` segment ends the options
+//! explicitly, for source keys whose first segment looks like an option). Each option is defined
+//! once in `defs.rs`; `canonical.rs` writes the sorted, normalised form that cache keys hash.
+//!
+//! This module owns syntax only. Whether a model exists, which format `auto` becomes and how big
+//! the output is are decided later, against the source and the config (`plan`).
+
+mod canonical;
+pub mod defs;
+
+use percent_encoding::percent_decode_str;
+
+use crate::error::{Classify, ErrorClass};
+
+pub use canonical::canonical;
+
+/// Output container requested in the URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Format {
+    #[default]
+    Auto,
+    Webp,
+    Jpeg,
+    Png,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Webp => "webp",
+            Format::Jpeg => "jpeg",
+            Format::Png => "png",
+        }
+    }
+}
+
+/// How `w`/`h` box the upscaled image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Fit {
+    /// Scale to fit inside the box, keeping the aspect ratio.
+    #[default]
+    Contain,
+    /// Scale to cover the box, keeping the aspect ratio, and crop the centre.
+    Cover,
+    /// Stretch to exactly the box.
+    Fill,
+    /// Like `contain`, but never larger than the upscaled image.
+    Inside,
+}
+
+impl Fit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fit::Contain => "contain",
+            Fit::Cover => "cover",
+            Fit::Fill => "fill",
+            Fit::Inside => "inside",
+        }
+    }
+}
+
+/// The model asked for: `auto` or a name/alias, resolved against the registry later.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ModelChoice {
+    #[default]
+    Auto,
+    Named(String),
+}
+
+/// A validated transform. Fields left `None` take their defaults when the plan is made, so an
+/// explicit default and an omitted option give the same result key.
+#[derive(Clone, PartialEq, Default)]
+pub struct TransformSpec {
+    /// Upscale factor 2, 3 or 4.
+    pub scale: Option<u32>,
+    pub model: ModelChoice,
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub noise_level: Option<u32>,
+    pub steps: Option<u32>,
+    pub guidance: Option<f32>,
+    pub seed: Option<u64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fit: Option<Fit>,
+    pub dpr: Option<f32>,
+    pub format: Format,
+    pub quality: Option<u8>,
+    /// Named origin from the config; `None` is the default origin.
+    pub origin: Option<String>,
+}
+
+impl std::fmt::Debug for TransformSpec {
+    // Prompts never reach logs: show their length only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformSpec")
+            .field("scale", &self.scale)
+            .field("model", &self.model)
+            .field("prompt_len", &self.prompt.as_ref().map(|p| p.len()))
+            .field("negative_prompt_len", &self.negative_prompt.as_ref().map(|p| p.len()))
+            .field("noise_level", &self.noise_level)
+            .field("steps", &self.steps)
+            .field("guidance", &self.guidance)
+            .field("seed", &self.seed)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("fit", &self.fit)
+            .field("dpr", &self.dpr)
+            .field("format", &self.format)
+            .field("quality", &self.quality)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// Limits the parser enforces (from the config).
+#[derive(Clone, Debug)]
+pub struct ParamLimits {
+    /// Longest accepted request path, in bytes.
+    pub max_path_bytes: usize,
+    /// Longest accepted prompt or negative prompt, in bytes after percent-decoding.
+    pub max_prompt_bytes: usize,
+    /// Largest `w` or `h`.
+    pub max_dimension: u32,
+}
+
+impl Default for ParamLimits {
+    fn default() -> Self {
+        Self { max_path_bytes: 8192, max_prompt_bytes: 1024, max_dimension: 16384 }
+    }
+}
+
+/// A parsed transform path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransformPath {
+    pub spec: TransformSpec,
+    /// The source key below the origin root: decoded, `/`-separated, never empty, no `.`/`..`
+    /// segments, no empty segments.
+    pub source: String,
+}
+
+#[derive(thiserror::Error, Debug, PartialEq)]
+pub enum ParamError {
+    #[error("unknown option `{0}`")]
+    Unknown(String),
+    #[error("invalid value for option `{name}`: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("option `{0}` is given more than once")]
+    Duplicate(&'static str),
+    #[error("the path has no source image after the options")]
+    MissingSource,
+    #[error("the path has an empty segment (`//`)")]
+    EmptySegment,
+    #[error("the path has a `.` or `..` segment")]
+    DotSegment,
+    #[error("a path segment is not valid percent-encoded UTF-8 or holds `/`, `\\` or NUL")]
+    BadEncoding,
+    #[error("the path is longer than {0} bytes")]
+    TooLong(usize),
+}
+
+impl Classify for ParamError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ParamError::TooLong(_) => ErrorClass::UriTooLong,
+            _ => ErrorClass::BadRequest,
+        }
+    }
+}
+
+/// Decodes one percent-encoded path segment; rejects separators and NUL hidden in escapes.
+pub fn decode_segment(raw: &str) -> Result<String, ParamError> {
+    let decoded = percent_decode_str(raw).decode_utf8().map_err(|_| ParamError::BadEncoding)?;
+    if decoded.contains(['/', '\\', '\0']) {
+        return Err(ParamError::BadEncoding);
+    }
+    Ok(decoded.into_owned())
+}
+
+/// Parses a transform path (without query string and without a signature segment).
+pub fn parse(path: &str, limits: &ParamLimits) -> Result<TransformPath, ParamError> {
+    if path.len() > limits.max_path_bytes {
+        return Err(ParamError::TooLong(limits.max_path_bytes));
+    }
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let mut segments = trimmed.split('/').peekable();
+    let mut spec = TransformSpec::default();
+    let mut seen: Vec<&'static str> = Vec::new();
+
+    while let Some(raw) = segments.peek().copied() {
+        if raw.is_empty() {
+            return Err(ParamError::EmptySegment);
+        }
+        if raw == "-" {
+            segments.next();
+            break;
+        }
+        let Some(def) = defs::recognise(raw) else { break };
+        let (name, value) = match def {
+            defs::Recognised::Option(def, value) => (def, value),
+            defs::Recognised::UnknownOption(name) => return Err(ParamError::Unknown(name)),
+        };
+        if seen.contains(&name.name) {
+            return Err(ParamError::Duplicate(name.name));
+        }
+        seen.push(name.name);
+        let value = decode_option_value(&value)?;
+        (name.apply)(&mut spec, &value, limits)
+            .map_err(|reason| ParamError::Invalid { name: name.name, reason })?;
+        segments.next();
+    }
+
+    let mut source = Vec::new();
+    for raw in segments {
+        if raw.is_empty() {
+            return Err(ParamError::EmptySegment);
+        }
+        let seg = decode_segment(raw)?;
+        if seg == "." || seg == ".." {
+            return Err(ParamError::DotSegment);
+        }
+        source.push(seg);
+    }
+    if source.is_empty() {
+        return Err(ParamError::MissingSource);
+    }
+    Ok(TransformPath { spec, source: source.join("/") })
+}
+
+fn decode_option_value(raw: &str) -> Result<String, ParamError> {
+    // Option values may hold any text (prompts), but never a raw NUL.
+    let decoded = percent_decode_str(raw).decode_utf8().map_err(|_| ParamError::BadEncoding)?;
+    if decoded.contains('\0') {
+        return Err(ParamError::BadEncoding);
+    }
+    Ok(decoded.into_owned())
+}
+
+#[cfg(test)]
+mod tests;

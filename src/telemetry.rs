@@ -1,0 +1,119 @@
+//! Logs and metrics: the tracing subscriber, and the Prometheus registry every stage reports to.
+//!
+//! Metric label values are closed sets (`CacheOutcome::as_str`, stage names, status codes, model
+//! ids), so cardinality stays bounded. Log lines carry keys and sizes, never image bytes or
+//! prompt text.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::config::TelemetryConfig;
+
+/// Installs the global tracing subscriber (text or JSON). `RUST_LOG` overrides the filter.
+pub fn init_tracing(cfg: &TelemetryConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = if cfg.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Every metric upres exports. One instance per server (tests run several in one process).
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by status code and cache outcome.
+    pub requests: IntCounterVec,
+    /// Seconds per request-path stage (fetch, decode, infer, encode, store, total).
+    pub stage_seconds: HistogramVec,
+    /// Forward passes per engine (one per batch).
+    pub engine_runs: IntCounterVec,
+    /// Tiles per forward pass.
+    pub batch_size: HistogramVec,
+    /// Jobs waiting for or in inference.
+    pub queue_depth: IntGauge,
+    /// Cache tier events: tier × (hit, miss, corrupt, error, write).
+    pub cache_events: IntCounterVec,
+    /// Whole-request latency.
+    pub request_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("upres_requests_total", "HTTP requests by status and cache outcome"),
+            &["status", "cache"],
+        )
+        .expect("valid metric");
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new("upres_stage_seconds", "Time spent per request-path stage")
+                .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["stage"],
+        )
+        .expect("valid metric");
+        let engine_runs = IntCounterVec::new(
+            Opts::new("upres_engine_runs_total", "Engine forward passes (one per batch)"),
+            &["model"],
+        )
+        .expect("valid metric");
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("upres_engine_batch_size", "Tiles per forward pass")
+                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
+            &["model"],
+        )
+        .expect("valid metric");
+        let queue_depth =
+            IntGauge::new("upres_engine_queue_depth", "Jobs waiting for or in inference").expect("valid metric");
+        let cache_events = IntCounterVec::new(
+            Opts::new("upres_cache_events_total", "Cache tier events"),
+            &["tier", "event"],
+        )
+        .expect("valid metric");
+        let request_seconds = Histogram::with_opts(
+            HistogramOpts::new("upres_request_seconds", "Whole-request latency")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(stage_seconds.clone()),
+            Box::new(engine_runs.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(cache_events.clone()),
+            Box::new(request_seconds.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self { registry, requests, stage_seconds, engine_runs, batch_size, queue_depth, cache_events, request_seconds }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding never fails");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+
+    pub fn cache_event(&self, tier: &str, event: &str) {
+        self.cache_events.with_label_values(&[tier, event]).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_engine_runs_with_model_label() {
+        let m = Metrics::new();
+        m.engine_runs.with_label_values(&["lanczos-x4@v1"]).inc();
+        let text = m.render();
+        assert!(text.contains("upres_engine_runs_total{model=\"lanczos-x4@v1\"} 1"), "{text}");
+    }
+}
