@@ -352,6 +352,21 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The config as logged at startup: secrets are already hidden by `SigningConfig`'s Debug,
+    /// and object-store options (credentials) are reduced to their keys.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for o in c.origins.values_mut() {
+            for v in o.options.values_mut() {
+                *v = "<redacted>".into();
+            }
+        }
+        for v in c.cache.store.options.values_mut() {
+            *v = "<redacted>".into();
+        }
+        c
+    }
+
     /// Cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));

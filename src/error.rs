@@ -89,7 +89,7 @@ impl ErrorClass {
 }
 
 /// A failure on its way to the edge: a class, a message, and an optional retry hint.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ProxyError {
     pub class: ErrorClass,
     pub message: String,

@@ -1,11 +1,60 @@
 //! upres: an on-the-fly image super-resolution proxy.
+//!
+//! An `<img src>` points at upres; it fetches the original from an origin, upscales it (a
+//! classical filter, a GAN, or a prompt-guided diffusion model), encodes WebP/JPEG/PNG, caches
+//! the result by content hash in memory and in an object store, and answers like a good CDN
+//! origin.
+//!
+//! # Life of a request
+//! ```text
+//! GET /x4/w=800/format=auto/shop/cat.jpg
+//!  server     accept → TLS → HTTP/1.1 or HTTP/2 → pipeline::handle
+//!  route      /healthz /readyz /metrics /api/v1/* /r/<hash>.<ext> or a transform path
+//!  verify     signature segment when signing is on (403)                 verify.rs
+//!  parse      path → TransformSpec + source key (400/414)                params/
+//!  negotiate  format=auto + Accept → Variant (Vary: Accept)              plan.rs
+//!  key        RequestKey = H(canonical spec, variant, origin, source)    key.rs
+//!  memory     moka tier by RequestKey → 200 hit-memory                   cache/memory.rs
+//!  coalesce   one flight per RequestKey; followers wait (504 deadline)   coalesce.rs
+//!  ── leader, in its own task (a client disconnect cancels only when nobody else waits) ──
+//!  source     origin fetch, byte cap while streaming, timeout (404/413/502/504) source.rs
+//!  probe      header → format, dimensions, pixel limit (413/415/422)    imaging/decode.rs
+//!  plan       engine, sizes, output format, limits (400/413)             plan.rs
+//!  result key ResultKey = H(source hash, plan, engine id + weights)      key.rs
+//!  store      object-store tier by ResultKey, hash-verified → hit-store  cache/store.rs
+//!  decode     pixels, EXIF orientation, alpha split                      imaging/decode.rs
+//!  infer      tiles → bounded batcher → engine forward passes (503)     engine/
+//!  finish     stitch, resize/fit/crop, alpha (Lanczos), encode           imaging/
+//!  publish    store put, memory insert, then release the flight
+//!  respond    200/304, ETag, Cache-Control, Server-Timing, X-Upres-*     respond.rs
+//! ```
+//!
+//! # Layout
+//! - `main.rs`/`cli.rs`: commands (`serve`, `upscale`, `sign`); the only users of clap/anyhow.
+//! - `config.rs`: the config tree (file + `UPRES_*` env + flags), validated.
+//! - `server.rs`: accept loop, TLS, HTTP/1+2, graceful shutdown (the only hyper server code).
+//! - `app.rs`: shared state and readiness. `pipeline.rs`: the request path, top-down.
+//! - `params/`, `plan.rs`, `key.rs`, `verify.rs`, `source.rs`, `objects.rs`, `cache/`,
+//!   `coalesce.rs`, `imaging/`, `engine/` (interface, batcher, tiling, registry, Lanczos),
+//!   `ml/` (candle models), `respond.rs`, `error.rs`, `telemetry.rs`.
 #![deny(unsafe_code)]
 
+pub mod app;
+pub mod cache;
+pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod imaging;
 pub mod key;
 pub mod ml;
+pub mod objects;
 pub mod params;
+pub mod pipeline;
+pub mod plan;
+pub mod respond;
+pub mod server;
+pub mod source;
 pub mod telemetry;
+pub mod verify;

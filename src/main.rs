@@ -1,1 +1,109 @@
-fn main() {}
+//! `upres`: parse the CLI, load and validate config, start tracing, run the chosen command.
+
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use upres::app::App;
+use upres::cli::{Cli, Command};
+use upres::config::{Config, Overrides};
+use upres::imaging::{decode, encode::OutputFormat};
+use upres::key::{ResultKey, SourceHash};
+use upres::params::{self, Format};
+use upres::plan::{Caller, Plan, Variant};
+use upres::respond::Timings;
+use upres::verify::Signer;
+use upres::{pipeline, server, telemetry};
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config, listen, origin, store, models } => {
+            let cfg = Config::load(config.as_deref(), &Overrides { listen, origin, store, models })?;
+            telemetry::init_tracing(&cfg.telemetry);
+            tracing::info!(config = ?cfg.redacted(), "starting");
+            let tls = server::tls_acceptor(&cfg.tls).map_err(anyhow::Error::msg)?;
+            let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+                .await
+                .with_context(|| format!("binding {}", cfg.server.listen))?;
+            let app = App::build(cfg)?;
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                tls = tls.is_some(),
+                models = ?app.registry.names(),
+                "listening"
+            );
+            // Serve at once (liveness); /readyz turns ready after warm-up.
+            let warm = app.clone();
+            tokio::spawn(async move {
+                if let Err(e) = warm.warm_up().await {
+                    tracing::error!(error = %e, "warm-up failed; /readyz stays unready");
+                }
+            });
+            server::run(listener, tls, app, server::shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Upscale { input, output, options, config, models } => {
+            let mut cfg = Config::load(config.as_deref(), &Overrides { models, store: Some(String::new()), ..Default::default() })?;
+            cfg.origins.get_mut("default").expect("validated").url = "file://.".into();
+            cfg.ml.warm_up = false;
+            telemetry::init_tracing(&cfg.telemetry);
+            upscale_file(cfg, &input, &output, &options).await
+        }
+        Command::Sign { path, config } => {
+            let cfg = Config::load(config.as_deref(), &Overrides::default())?;
+            let Some(signer) = Signer::from_config(&cfg.signing).map_err(anyhow::Error::msg)? else {
+                bail!("signing is off: set UPRES_KEY and UPRES_SALT (hex) or [signing] in the config");
+            };
+            let path = if path.starts_with('/') { path } else { format!("/{path}") };
+            println!("/{}{}", signer.sign(&path), path);
+            Ok(())
+        }
+    }
+}
+
+async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::Path, options: &str) -> Result<()> {
+    let options = options.trim_matches('/');
+    let path = if options.is_empty() { "/-/input".to_string() } else { format!("/{options}/-/input") };
+    let mut request = params::parse(&path, &Default::default()).map_err(|e| anyhow::anyhow!("options: {e}"))?;
+    if request.spec.format == Format::Auto {
+        let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        request.spec.format = match OutputFormat::from_extension(&ext) {
+            Some(OutputFormat::Webp) => Format::Webp,
+            Some(OutputFormat::Jpeg) => Format::Jpeg,
+            Some(OutputFormat::Png) => Format::Png,
+            None => bail!("cannot tell the output format from {}; add format=webp|jpeg|png", output.display()),
+        };
+    }
+    let bytes = tokio::fs::read(input).await.with_context(|| format!("reading {}", input.display()))?;
+    if bytes.len() as u64 > cfg.limits.max_source_bytes {
+        bail!("{} is larger than limits.max_source_bytes", input.display());
+    }
+    let app = App::build(cfg)?;
+    let header = decode::probe(&bytes, app.cfg.limits.max_source_pixels)?;
+    let variant = Variant::negotiate(request.spec.format, None);
+    let plan = Plan::resolve(&request.spec, variant, &header, &app.registry, &app.cfg, Caller::Api)?;
+    let key = ResultKey::for_result(&SourceHash::of(&bytes), &plan.canonical(), &plan.engine.id().to_string());
+    let engine = plan.engine.id().to_string();
+    let (w, h) = (plan.out_w, plan.out_h);
+    let started = std::time::Instant::now();
+    let computed = pipeline::compute(&app, bytes.into(), plan, key, Timings::default(), &CancellationToken::new())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::fs::write(output, &computed.result.bytes).await.with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "{} → {} ({w}x{h}, {engine}, {:.2}s; {})",
+        input.display(),
+        output.display(),
+        started.elapsed().as_secs_f64(),
+        computed.timings.header()
+    );
+    Ok(())
+}
+

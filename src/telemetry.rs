@@ -12,7 +12,8 @@ use crate::config::TelemetryConfig;
 pub fn init_tracing(cfg: &TelemetryConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = if cfg.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

@@ -17,6 +17,8 @@ pub struct Header {
     pub format: ImageFormat,
     pub width: u32,
     pub height: u32,
+    /// The pixel format has an alpha channel (it may still be fully opaque).
+    pub has_alpha: bool,
 }
 
 /// A decoded image: RGB planes and an optional alpha plane, values in `[0, 1]`.
@@ -92,7 +94,7 @@ pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<Header, DecodeError> {
     check_pixels(w, h, max_pixels)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let (width, height) = if swaps_axes(orientation) { (h, w) } else { (w, h) };
-    Ok(Header { format, width, height })
+    Ok(Header { format, width, height, has_alpha: decoder.color_type().has_alpha() })
 }
 
 fn swaps_axes(o: image::metadata::Orientation) -> bool {

@@ -1,0 +1,140 @@
+//! The server's shared state, built once from a validated `Config`.
+//!
+//! Owns construction order (origins → tiers → models → batcher) and readiness: `/readyz` turns
+//! ready only after every engine ran one warm-up inference and the result store answered.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::cache::memory::MemoryTier;
+use crate::cache::store::StoreTier;
+use crate::coalesce::Coalescer;
+use crate::config::Config;
+use crate::engine::batcher::{BatchConfig, Batcher};
+use crate::engine::lanczos::Lanczos;
+use crate::engine::registry::{ModelEntry, Registry};
+use crate::objects::Bucket;
+use crate::params::ParamLimits;
+use crate::pipeline::FlightValue;
+use crate::source::Origins;
+use crate::telemetry::Metrics;
+use crate::verify::Signer;
+
+pub struct App {
+    pub cfg: Config,
+    pub param_limits: ParamLimits,
+    pub origins: Origins,
+    pub memory: MemoryTier,
+    pub store: Option<StoreTier>,
+    pub flights: Coalescer<FlightValue>,
+    pub registry: Registry,
+    pub batcher: Batcher,
+    pub metrics: Arc<Metrics>,
+    pub signer: Option<Signer>,
+    ready: AtomicBool,
+    next_id: AtomicU64,
+    id_prefix: u32,
+}
+
+#[derive(thiserror::Error, Debug)]
+#[error("startup: {0}")]
+pub struct StartupError(pub String);
+
+impl App {
+    pub fn build(cfg: Config) -> Result<Arc<App>, StartupError> {
+        let err = |e: &dyn std::fmt::Display| StartupError(e.to_string());
+        let origins = Origins::open(&cfg.origins).map_err(|e| err(&e))?;
+        let store = if cfg.cache.store.url.is_empty() {
+            None
+        } else {
+            Some(StoreTier::new(Bucket::open(&cfg.cache.store.url, &cfg.cache.store.options, true).map_err(|e| err(&e))?))
+        };
+        let memory = MemoryTier::new(cfg.cache.memory.max_bytes, cfg.cache.memory.ttl);
+        let registry = Registry::new(load_models(&cfg)?);
+        let metrics = Arc::new(Metrics::new());
+        let engines: Vec<_> = registry.entries().iter().map(|e| e.engine.clone()).collect();
+        let batcher = Batcher::start(
+            &engines,
+            BatchConfig {
+                max_batch: cfg.engine.max_batch,
+                max_wait: cfg.engine.max_wait,
+                queue_capacity: cfg.engine.queue_capacity,
+            },
+            metrics.clone(),
+        );
+        let signer = Signer::from_config(&cfg.signing).map_err(|e| err(&e))?;
+        let param_limits = ParamLimits {
+            max_path_bytes: cfg.server.max_path_bytes,
+            max_prompt_bytes: cfg.limits.max_prompt_bytes,
+            max_dimension: 16384,
+        };
+        let id_prefix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+            .unwrap_or(0);
+        Ok(Arc::new(App {
+            cfg,
+            param_limits,
+            origins,
+            memory,
+            store,
+            flights: Coalescer::new(),
+            registry,
+            batcher,
+            metrics,
+            signer,
+            ready: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            id_prefix,
+        }))
+    }
+
+    /// Warms every engine up (on the blocking pool) and probes the store; then reports ready.
+    pub async fn warm_up(self: &Arc<Self>) -> Result<(), StartupError> {
+        if self.cfg.ml.warm_up {
+            for entry in self.registry.entries() {
+                let engine = entry.engine.clone();
+                let id = engine.id().to_string();
+                let started = std::time::Instant::now();
+                tokio::task::spawn_blocking(move || engine.warm_up())
+                    .await
+                    .map_err(|e| StartupError(format!("warm-up of {id} panicked: {e}")))?
+                    .map_err(|e| StartupError(format!("warm-up of {id}: {e}")))?;
+                tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "engine warmed up");
+            }
+        }
+        if let Some(store) = &self.store {
+            store.probe().await.map_err(|e| StartupError(e.to_string()))?;
+        }
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn next_request_id(&self) -> String {
+        format!("{:08x}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Lanczos at every scale (always there), then whatever the models folder holds.
+fn load_models(cfg: &Config) -> Result<Vec<ModelEntry>, StartupError> {
+    let workers = match cfg.engine.lanczos_workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    };
+    let mut entries: Vec<ModelEntry> = [2, 3, 4]
+        .into_iter()
+        .map(|s| ModelEntry {
+            name: "lanczos".into(),
+            aliases: vec![],
+            rank: 0,
+            engine: Arc::new(Lanczos::new(s, workers)),
+            description: "Classical Lanczos-3 resampling; always available.".into(),
+        })
+        .collect();
+    entries.extend(crate::ml::discover(&cfg.ml).map_err(|e| StartupError(e.to_string()))?);
+    Ok(entries)
+}

@@ -1,0 +1,166 @@
+//! The store tier: encoded results in an object store, verified by hash on every read.
+//!
+//! Object layout: `results/<first 2 hex>/<result key hex>` holding a frame:
+//! `b"UPRES01\n"` ‖ u32 LE header length ‖ JSON header ‖ image bytes. The header carries the
+//! content type, model id, dimensions and the blake3 of the image bytes; a read whose bytes do
+//! not hash to that value (torn write, bit rot, tampering) is reported `Corrupt` and treated as a
+//! miss, and the recomputed result overwrites it. Writes are single atomic puts.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::CachedResult;
+use crate::imaging::encode::OutputFormat;
+use crate::key::ResultKey;
+use crate::objects::Bucket;
+
+const MAGIC: &[u8; 8] = b"UPRES01\n";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    content_type: String,
+    model: String,
+    width: u32,
+    height: u32,
+    blake3: String,
+}
+
+/// What a store read found.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(CachedResult),
+    Miss,
+    /// Present but failed verification; the reason is for logs.
+    Corrupt(String),
+}
+
+#[derive(thiserror::Error, Debug)]
+#[error("result store: {0}")]
+pub struct StoreError(String);
+
+#[derive(Clone)]
+pub struct StoreTier {
+    bucket: Bucket,
+}
+
+impl StoreTier {
+    pub fn new(bucket: Bucket) -> Self {
+        Self { bucket }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.bucket.url
+    }
+
+    fn location(&self, key: &ResultKey) -> Path {
+        let hex = key.hex();
+        self.bucket.prefix.parts().chain(Path::from_iter(["results", &hex[..2], &hex]).parts()).collect()
+    }
+
+    pub async fn get(&self, key: &ResultKey) -> Result<Lookup, StoreError> {
+        let res = match self.bucket.store.get(&self.location(key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Lookup::Miss),
+            Err(e) => return Err(StoreError(e.to_string())),
+        };
+        let bytes = res.bytes().await.map_err(|e| StoreError(e.to_string()))?;
+        Ok(match unframe(key, bytes) {
+            Ok(r) => Lookup::Hit(r),
+            Err(reason) => Lookup::Corrupt(reason),
+        })
+    }
+
+    pub async fn put(&self, result: &CachedResult) -> Result<(), StoreError> {
+        let framed = frame(result);
+        self.bucket
+            .store
+            .put(&self.location(&result.key), PutPayload::from(framed))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    /// Readiness: the store answers (a missing probe object is fine).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let path: Path = self.bucket.prefix.parts().chain(Path::from("upres-readyz-probe").parts()).collect();
+        match self.bucket.store.head(&path).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError(e.to_string())),
+        }
+    }
+}
+
+fn frame(r: &CachedResult) -> Bytes {
+    let header = Header {
+        content_type: r.format.content_type().to_string(),
+        model: r.model.clone(),
+        width: r.width,
+        height: r.height,
+        blake3: blake3::hash(&r.bytes).to_hex().to_string(),
+    };
+    let json = serde_json::to_vec(&header).expect("header serialises");
+    let mut out = BytesMut::with_capacity(MAGIC.len() + 4 + json.len() + r.bytes.len());
+    out.put_slice(MAGIC);
+    out.put_u32_le(json.len() as u32);
+    out.put_slice(&json);
+    out.put_slice(&r.bytes);
+    out.freeze()
+}
+
+fn unframe(key: &ResultKey, data: Bytes) -> Result<CachedResult, String> {
+    if data.len() < MAGIC.len() + 4 || &data[..MAGIC.len()] != MAGIC {
+        return Err("bad magic".into());
+    }
+    let len = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes")) as usize;
+    let body_start = 12usize.checked_add(len).filter(|&e| e <= data.len()).ok_or("header length out of range")?;
+    let header: Header = serde_json::from_slice(&data[12..body_start]).map_err(|e| format!("bad header: {e}"))?;
+    let body = data.slice(body_start..);
+    if blake3::hash(&body).to_hex().as_str() != header.blake3 {
+        return Err("content hash mismatch".into());
+    }
+    let format = OutputFormat::from_content_type(&header.content_type).ok_or("unknown content type")?;
+    Ok(CachedResult { key: *key, bytes: body, format, model: header.model, width: header.width, height: header.height })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn sample() -> CachedResult {
+        CachedResult {
+            key: ResultKey::derive(&[b"k"]),
+            bytes: Bytes::from_static(b"\x89PNG fake"),
+            format: OutputFormat::Png,
+            model: "lanczos-x4@1".into(),
+            width: 4,
+            height: 4,
+        }
+    }
+
+    #[tokio::test]
+    async fn put_get_and_detect_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = StoreTier::new(Bucket::open(&format!("file://{}", dir.path().display()), &BTreeMap::new(), true).unwrap());
+        let r = sample();
+        assert!(matches!(tier.get(&r.key).await.unwrap(), Lookup::Miss));
+        tier.put(&r).await.unwrap();
+        match tier.get(&r.key).await.unwrap() {
+            Lookup::Hit(got) => assert_eq!(got, r),
+            other => panic!("{other:?}"),
+        }
+        // Flip the last byte of the stored object.
+        let hex = r.key.hex();
+        let file = dir.path().join("results").join(&hex[..2]).join(&hex);
+        let mut raw = std::fs::read(&file).unwrap();
+        *raw.last_mut().unwrap() ^= 0xff;
+        std::fs::write(&file, raw).unwrap();
+        assert!(matches!(tier.get(&r.key).await.unwrap(), Lookup::Corrupt(_)));
+        // Truncated to garbage.
+        std::fs::write(&file, b"UPRES01\n\xff\xff\xff\xff").unwrap();
+        assert!(matches!(tier.get(&r.key).await.unwrap(), Lookup::Corrupt(_)));
+        tier.probe().await.unwrap();
+    }
+}

@@ -1,0 +1,229 @@
+//! Single-flight: one computation per key; every concurrent waiter gets the same outcome.
+//!
+//! State machine of one flight (pingora's cache lock is the model):
+//! ```text
+//! join(key) ── no open flight ──► Leader(Permit, Waiter)   (the caller spawns the work)
+//!           └─ open flight ─────► Follower(Waiter)
+//! Permit::finish(v)  → every Waiter gets Outcome::Done(v); the flight leaves the table
+//! Permit dropped     → every Waiter gets Outcome::Dangling (the work died: panic, abort)
+//! last Waiter dropped before the outcome → the flight's CancellationToken fires, so work that
+//!                      nobody waits for any more stops; a later join starts a fresh flight
+//! ```
+//! The leader publishes to the caches *before* `finish` (rule: publish, then release), so a
+//! request arriving after the flight left the table finds the result in the memory tier.
+//! The table is sharded by the key's first byte and keyed by the 32-byte hash, never a string.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const SHARDS: usize = 16;
+
+/// How a flight ended, as seen by a waiter.
+#[derive(Clone, Debug)]
+pub enum Outcome<V> {
+    Done(V),
+    /// The leader's permit was dropped without an outcome.
+    Dangling,
+}
+
+pub enum Join<V: Clone> {
+    Leader(Permit<V>, Waiter<V>),
+    Follower(Waiter<V>),
+}
+
+struct Flight<V> {
+    tx: watch::Sender<Option<Outcome<V>>>,
+    waiters: AtomicUsize,
+    cancel: CancellationToken,
+}
+
+type Table<V> = Arc<Vec<Mutex<HashMap<[u8; 32], Arc<Flight<V>>>>>>;
+
+pub struct Coalescer<V: Clone> {
+    table: Table<V>,
+}
+
+impl<V: Clone + Send + Sync + 'static> Default for Coalescer<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
+    pub fn new() -> Self {
+        Self { table: Arc::new((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect()) }
+    }
+
+    /// Joins the flight for `key`, starting one if none is open.
+    pub fn join(&self, key: &[u8; 32]) -> Join<V> {
+        let mut shard = self.table[key[0] as usize % SHARDS].lock();
+        if let Some(flight) = shard.get(key) {
+            // A flight whose waiters all left is cancelled: start afresh rather than inherit it.
+            if !flight.cancel.is_cancelled() {
+                flight.waiters.fetch_add(1, Ordering::AcqRel);
+                return Join::Follower(Waiter { rx: flight.tx.subscribe(), flight: flight.clone() });
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        let flight = Arc::new(Flight { tx, waiters: AtomicUsize::new(1), cancel: CancellationToken::new() });
+        shard.insert(*key, flight.clone());
+        let permit = Permit { key: *key, flight: flight.clone(), table: self.table.clone(), finished: false };
+        Join::Leader(permit, Waiter { rx, flight })
+    }
+
+    /// Open flights (for tests and metrics).
+    pub fn in_flight(&self) -> usize {
+        self.table.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+/// The leader's right and duty to publish the outcome.
+pub struct Permit<V> {
+    key: [u8; 32],
+    flight: Arc<Flight<V>>,
+    table: Table<V>,
+    finished: bool,
+}
+
+impl<V> Permit<V> {
+    /// Fires when every waiter has gone away; the work should stop.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.flight.cancel.clone()
+    }
+
+    pub fn finish(mut self, value: V) {
+        self.finished = true;
+        self.release(Outcome::Done(value));
+    }
+
+    fn release(&self, outcome: Outcome<V>) {
+        {
+            let mut shard = self.table[self.key[0] as usize % SHARDS].lock();
+            // Only remove our own flight: a cancelled one may have been replaced already.
+            if shard.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+                shard.remove(&self.key);
+            }
+        }
+        self.flight.tx.send_replace(Some(outcome));
+    }
+}
+
+impl<V> Drop for Permit<V> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.release(Outcome::Dangling);
+        }
+    }
+}
+
+/// One request's interest in a flight. Dropping the last one cancels unfinished work.
+pub struct Waiter<V> {
+    rx: watch::Receiver<Option<Outcome<V>>>,
+    flight: Arc<Flight<V>>,
+}
+
+impl<V: Clone> Waiter<V> {
+    pub async fn wait(mut self) -> Outcome<V> {
+        match self.rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().expect("waited for Some"),
+            // The sender lives in the flight we hold, so this cannot happen; be safe anyway.
+            Err(_) => Outcome::Dangling,
+        }
+    }
+}
+
+impl<V> Drop for Waiter<V> {
+    fn drop(&mut self) {
+        let left = self.flight.waiters.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && self.flight.tx.borrow().is_none() {
+            self.flight.cancel.cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_concurrent_joins_run_the_work_once() {
+        // moka's entry-API test idiom: release many tasks at once, count the inits.
+        let c = Arc::new(Coalescer::<u32>::new());
+        let runs = Arc::new(AtomicU32::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(64));
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let (c, runs, barrier) = (c.clone(), runs.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let waiter = match c.join(&[1; 32]) {
+                    Join::Leader(permit, waiter) => {
+                        let runs = runs.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            permit.finish(42);
+                        });
+                        waiter
+                    }
+                    Join::Follower(waiter) => waiter,
+                };
+                match waiter.wait().await {
+                    Outcome::Done(v) => v,
+                    Outcome::Dangling => 0,
+                }
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 42);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_permit_gives_dangling() {
+        let c = Coalescer::<u32>::new();
+        let Join::Leader(permit, waiter) = c.join(&[2; 32]) else { panic!("first join leads") };
+        let Join::Follower(follower) = c.join(&[2; 32]) else { panic!("second join follows") };
+        drop(permit);
+        assert!(matches!(waiter.wait().await, Outcome::Dangling));
+        assert!(matches!(follower.wait().await, Outcome::Dangling));
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn last_waiter_leaving_cancels_and_next_join_leads_afresh() {
+        let c = Coalescer::<u32>::new();
+        let Join::Leader(permit, waiter) = c.join(&[3; 32]) else { panic!() };
+        let Join::Follower(follower) = c.join(&[3; 32]) else { panic!() };
+        let token = permit.cancellation();
+        drop(waiter);
+        assert!(!token.is_cancelled(), "one waiter is still there");
+        drop(follower);
+        assert!(token.is_cancelled());
+        let Join::Leader(permit2, waiter2) = c.join(&[3; 32]) else { panic!("a cancelled flight is not joined") };
+        // The old leader finishing must not remove the new flight.
+        permit.finish(1);
+        assert_eq!(c.in_flight(), 1);
+        permit2.finish(2);
+        assert!(matches!(waiter2.wait().await, Outcome::Done(2)));
+    }
+
+    #[tokio::test]
+    async fn waiters_after_finish_do_not_cancel() {
+        let c = Coalescer::<u32>::new();
+        let Join::Leader(permit, waiter) = c.join(&[4; 32]) else { panic!() };
+        let token = permit.cancellation();
+        permit.finish(7);
+        assert!(matches!(waiter.wait().await, Outcome::Done(7)));
+        assert!(!token.is_cancelled());
+    }
+}

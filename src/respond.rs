@@ -1,0 +1,171 @@
+//! Building responses: images with CDN-correct headers, 304s, and the one error response.
+//!
+//! Header policy for results (content-addressed, so immutable by construction):
+//! `ETag` = quoted result key, `Cache-Control` from config (long-lived `immutable` by default),
+//! `Vary: Accept` only when the format was negotiated, `X-Upres-Cache`, `X-Upres-Model` and
+//! `Server-Timing` when debug headers are on. Errors carry a JSON body with a stable `code` and
+//! a short `Cache-Control` so a CDN does not pin a transient failure.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::cache::CachedResult;
+use crate::config::OutputConfig;
+use crate::error::{ErrorClass, ProxyError};
+
+pub type Body = Full<Bytes>;
+
+/// Where a result came from, as `X-Upres-Cache` says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    HitMemory,
+    HitStore,
+    Miss,
+    Coalesced,
+    /// Not a cacheable request (errors, health, metrics).
+    None,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::HitMemory => "hit-memory",
+            CacheOutcome::HitStore => "hit-store",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::None => "none",
+        }
+    }
+}
+
+/// Stage durations of the computation that produced a result (`Server-Timing`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timings {
+    pub stages: Vec<(&'static str, Duration)>,
+}
+
+impl Timings {
+    pub fn push(&mut self, stage: &'static str, d: Duration) {
+        self.stages.push((stage, d));
+    }
+
+    pub fn header(&self) -> String {
+        self.stages.iter().map(|(n, d)| format!("{n};dur={:.1}", d.as_secs_f64() * 1000.0)).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// How the image response should be shaped.
+pub struct ImageReply<'a> {
+    pub result: &'a CachedResult,
+    pub outcome: CacheOutcome,
+    pub timings: &'a Timings,
+    pub varies: bool,
+    pub method: &'a Method,
+    pub if_none_match: Option<&'a str>,
+    pub cfg: &'a OutputConfig,
+}
+
+pub fn image(r: ImageReply<'_>) -> Response<Body> {
+    let etag = r.result.key.etag();
+    let not_modified = r.if_none_match.is_some_and(|inm| etag_matches(inm, &etag));
+    let (status, body) = if not_modified {
+        (StatusCode::NOT_MODIFIED, Bytes::new())
+    } else if r.method == Method::HEAD {
+        (StatusCode::OK, Bytes::new())
+    } else {
+        (StatusCode::OK, r.result.bytes.clone())
+    };
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, &r.cfg.cache_control);
+    if r.varies {
+        b = b.header(header::VARY, "Accept");
+    }
+    if status == StatusCode::OK {
+        b = b
+            .header(header::CONTENT_TYPE, r.result.format.content_type())
+            .header(header::CONTENT_LENGTH, r.result.bytes.len())
+            .header("x-content-type-options", "nosniff");
+    }
+    if r.cfg.debug_headers {
+        b = b.header("x-upres-cache", r.outcome.as_str()).header("x-upres-model", header_safe(&r.result.model));
+        let timing = match r.outcome {
+            CacheOutcome::HitMemory | CacheOutcome::HitStore => format!("cache;desc=\"{}\"", r.outcome.as_str()),
+            _ => r.timings.header(),
+        };
+        if !timing.is_empty() {
+            b = b.header("server-timing", timing);
+        }
+    }
+    b.body(Full::new(body)).expect("valid response")
+}
+
+/// `If-None-Match: "a", W/"b"` or `*`.
+fn etag_matches(inm: &str, etag: &str) -> bool {
+    inm.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+}
+
+fn header_safe(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The only place an error becomes a response.
+pub fn error(e: &ProxyError, request_id: &str, cfg: &OutputConfig) -> Response<Body> {
+    let message = if e.class.is_client_visible() { e.message.clone() } else { format!("internal error (request {request_id})") };
+    let body = serde_json::json!({ "error": { "code": e.class.code(), "message": message, "request_id": request_id } });
+    let mut b = Response::builder()
+        .status(e.class.status())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, &cfg.error_cache_control);
+    if let Some(after) = e.retry_after {
+        b = b.header(header::RETRY_AFTER, after.as_secs().max(1));
+    }
+    if e.class == ErrorClass::MethodNotAllowed {
+        b = b.header(header::ALLOW, "GET, HEAD");
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).expect("valid response")
+}
+
+pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(body.into()))
+        .expect("valid response")
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    text(status, "application/json", value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_matching_handles_lists_weak_and_star() {
+        assert!(etag_matches("\"a\"", "\"a\""));
+        assert!(etag_matches("\"x\", W/\"a\"", "\"a\""));
+        assert!(etag_matches("*", "\"a\""));
+        assert!(!etag_matches("\"b\"", "\"a\""));
+    }
+
+    #[test]
+    fn internal_errors_hide_details_and_overload_says_retry_after() {
+        let cfg = OutputConfig::default();
+        let r = error(&ProxyError::new(ErrorClass::Internal, "secret path /x"), "r1", &cfg);
+        assert_eq!(r.status(), 500);
+        let body = String::from_utf8(r.into_body().into_inner().to_vec()).unwrap();
+        assert!(!body.contains("secret") && body.contains("r1"));
+        let e = ProxyError::new(ErrorClass::Overloaded, "full").with_retry_after(Duration::from_secs(2));
+        let r = error(&e, "r2", &cfg);
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+}

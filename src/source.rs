@@ -1,0 +1,141 @@
+//! Fetching source images from the configured origins, with limits enforced while streaming.
+//!
+//! Owns: origin lookup by name, the per-origin deadline, the byte cap (checked against the
+//! object's declared size first, then counted chunk by chunk, so an origin that lies about its
+//! size is still cut off). Does not own decoding or caching.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+
+use crate::config::OriginConfig;
+use crate::error::{Classify, ErrorClass};
+use crate::objects::{Bucket, OpenError};
+
+/// The configured origins, by name.
+pub struct Origins {
+    origins: HashMap<String, Origin>,
+}
+
+struct Origin {
+    bucket: Bucket,
+    timeout: Duration,
+}
+
+/// A fetched source.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub bytes: Bytes,
+    /// The origin's validator, kept for revalidation and logs.
+    pub etag: Option<String>,
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum SourceError {
+    #[error("unknown origin `{0}`")]
+    UnknownOrigin(String),
+    #[error("invalid source key: {0}")]
+    BadKey(String),
+    #[error("source image not found")]
+    NotFound,
+    #[error("source is larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("origin did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("origin error: {0}")]
+    Upstream(String),
+}
+
+impl Classify for SourceError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SourceError::UnknownOrigin(_) | SourceError::BadKey(_) => ErrorClass::BadRequest,
+            SourceError::NotFound => ErrorClass::NotFound,
+            SourceError::TooLarge(_) => ErrorClass::TooLarge,
+            SourceError::Timeout(_) => ErrorClass::Timeout,
+            SourceError::Upstream(_) => ErrorClass::Upstream,
+        }
+    }
+}
+
+impl Origins {
+    pub fn open(configs: &BTreeMap<String, OriginConfig>) -> Result<Origins, OpenError> {
+        let mut origins = HashMap::new();
+        for (name, cfg) in configs {
+            let bucket = Bucket::open(&cfg.url, &cfg.options, false)?;
+            origins.insert(name.clone(), Origin { bucket, timeout: cfg.timeout });
+        }
+        Ok(Origins { origins })
+    }
+
+    /// Fetches `key` from origin `name` (`None` = `default`), at most `max_bytes`.
+    pub async fn fetch(&self, name: Option<&str>, key: &str, max_bytes: u64) -> Result<Fetched, SourceError> {
+        let name = name.unwrap_or("default");
+        let origin = self.origins.get(name).ok_or_else(|| SourceError::UnknownOrigin(name.to_string()))?;
+        let path = origin.bucket.path(key).map_err(|e| SourceError::BadKey(e.to_string()))?;
+        let fetch = async {
+            let res = origin.bucket.store.get(&path).await.map_err(map_store_error)?;
+            if res.meta.size > max_bytes {
+                return Err(SourceError::TooLarge(max_bytes));
+            }
+            let etag = res.meta.e_tag.clone();
+            let mut buf = BytesMut::with_capacity(res.meta.size as usize);
+            let mut stream = res.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(map_store_error)?;
+                if (buf.len() + chunk.len()) as u64 > max_bytes {
+                    return Err(SourceError::TooLarge(max_bytes));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(Fetched { bytes: buf.freeze(), etag })
+        };
+        tokio::time::timeout(origin.timeout, fetch).await.map_err(|_| SourceError::Timeout(origin.timeout))?
+    }
+}
+
+fn map_store_error(e: object_store::Error) -> SourceError {
+    match e {
+        object_store::Error::NotFound { .. } => SourceError::NotFound,
+        object_store::Error::InvalidPath { source } => SourceError::BadKey(source.to_string()),
+        // A local "not found" can surface as a generic IO error on a directory path.
+        other => {
+            let msg = other.to_string();
+            if msg.contains("Is a directory") || msg.contains("is a directory") {
+                SourceError::NotFound
+            } else {
+                SourceError::Upstream(msg)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origins(dir: &std::path::Path) -> Origins {
+        let mut map = BTreeMap::new();
+        map.insert(
+            "default".to_string(),
+            OriginConfig { url: format!("file://{}", dir.display()), ..OriginConfig::default() },
+        );
+        Origins::open(&map).unwrap()
+    }
+
+    #[tokio::test]
+    async fn fetches_and_enforces_the_byte_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("shop")).unwrap();
+        std::fs::write(dir.path().join("shop/a.bin"), vec![7u8; 1000]).unwrap();
+        let o = origins(dir.path());
+        assert_eq!(o.fetch(None, "shop/a.bin", 1000).await.unwrap().bytes.len(), 1000);
+        assert!(matches!(o.fetch(None, "shop/a.bin", 999).await, Err(SourceError::TooLarge(999))));
+        assert!(matches!(o.fetch(None, "shop/missing.bin", 10).await, Err(SourceError::NotFound)));
+        assert!(matches!(o.fetch(None, "shop", 10).await, Err(SourceError::NotFound)));
+        assert!(matches!(o.fetch(Some("other"), "a", 10).await, Err(SourceError::UnknownOrigin(_))));
+    }
+}
