@@ -41,7 +41,14 @@ pub struct App {
 pub struct StartupError(pub String);
 
 impl App {
+    /// Builds the app with Lanczos plus the models found in `ml.models_dir`.
     pub fn build(cfg: Config) -> Result<Arc<App>, StartupError> {
+        let models = load_models(&cfg)?;
+        Self::build_with_models(cfg, models)
+    }
+
+    /// Builds the app with exactly these models (tests plug in instrumented engines here).
+    pub fn build_with_models(cfg: Config, models: Vec<ModelEntry>) -> Result<Arc<App>, StartupError> {
         let err = |e: &dyn std::fmt::Display| StartupError(e.to_string());
         let origins = Origins::open(&cfg.origins).map_err(|e| err(&e))?;
         let store = if cfg.cache.store.url.is_empty() {
@@ -50,7 +57,7 @@ impl App {
             Some(StoreTier::new(Bucket::open(&cfg.cache.store.url, &cfg.cache.store.options, true).map_err(|e| err(&e))?))
         };
         let memory = MemoryTier::new(cfg.cache.memory.max_bytes, cfg.cache.memory.ttl);
-        let registry = Registry::new(load_models(&cfg)?);
+        let registry = Registry::new(models);
         let metrics = Arc::new(Metrics::new());
         let engines: Vec<_> = registry.entries().iter().map(|e| e.engine.clone()).collect();
         let batcher = Batcher::start(
@@ -120,7 +127,7 @@ impl App {
 }
 
 /// Lanczos at every scale (always there), then whatever the models folder holds.
-fn load_models(cfg: &Config) -> Result<Vec<ModelEntry>, StartupError> {
+pub fn load_models(cfg: &Config) -> Result<Vec<ModelEntry>, StartupError> {
     let workers = match cfg.engine.lanczos_workers {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         n => n,

@@ -161,7 +161,7 @@ mod tests {
         let cfg = OutputConfig::default();
         let r = error(&ProxyError::new(ErrorClass::Internal, "secret path /x"), "r1", &cfg);
         assert_eq!(r.status(), 500);
-        let body = String::from_utf8(r.into_body().into_inner().to_vec()).unwrap();
+        let body = String::from_utf8(r.into_body().into_inner().expect("full body").to_vec()).unwrap();
         assert!(!body.contains("secret") && body.contains("r1"));
         let e = ProxyError::new(ErrorClass::Overloaded, "full").with_retry_after(Duration::from_secs(2));
         let r = error(&e, "r2", &cfg);

@@ -186,6 +186,53 @@ mod tests {
         assert_eq!(probe(&bytes, 10_000).unwrap().width, 100);
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/fixtures/images/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    /// RGB of pixel (x, y) as 8-bit.
+    fn px(d: &Decoded, x: u32, y: u32) -> [u8; 3] {
+        let i = (y * d.rgb.width + x) as usize;
+        let n = d.rgb.plane_len();
+        [0, 1, 2].map(|c| (d.rgb.data[c * n + i] * 255.0).round() as u8)
+    }
+
+    #[test]
+    fn cmyk_jpeg_becomes_rgb() {
+        let d = decode(&fixture("cmyk.jpg"), 1 << 20).unwrap();
+        assert_eq!(d.rgb.shape(), (24, 16));
+        let [r, g, b] = px(&d, 12, 8);
+        assert!(r > 200 && g < 60 && b < 60, "CMYK (0,255,255,0) is red, got {r},{g},{b}");
+    }
+
+    #[test]
+    fn exif_orientation_is_applied_to_pixels_and_header() {
+        let bytes = fixture("exif-rotate90.jpg");
+        let h = probe(&bytes, 1 << 20).unwrap();
+        assert_eq!((h.width, h.height), (16, 24));
+        let d = decode(&bytes, 1 << 20).unwrap();
+        assert_eq!(d.rgb.shape(), (16, 24));
+        // The stored left half (red) is the top half once rotated 90° clockwise.
+        let top = px(&d, 8, 3);
+        let bottom = px(&d, 8, 20);
+        assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+    }
+
+    #[test]
+    fn gif_first_frame_palette_and_16_bit_fixtures_decode() {
+        let g = decode(&fixture("anim.gif"), 1 << 20).unwrap();
+        assert_eq!(g.rgb.shape(), (12, 8));
+        assert!(px(&g, 3, 3)[0] > 200, "first frame is red");
+        let p = decode(&fixture("palette.png"), 1 << 20).unwrap();
+        assert_eq!(px(&p, 5, 5), [10, 20, 30]);
+        let gray = decode(&fixture("gray16.png"), 1 << 20).unwrap();
+        assert_eq!(gray.rgb.shape(), (20, 10));
+        let a = decode(&fixture("alpha.png"), 1 << 20).unwrap();
+        let alpha = a.alpha.expect("half transparent");
+        assert_eq!((alpha[0], alpha[15]), (0.0, 1.0));
+    }
+
     #[test]
     fn bad_input_is_classified() {
         assert_eq!(decode(b"", 10).unwrap_err().class(), ErrorClass::Unsupported);

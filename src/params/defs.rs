@@ -261,3 +261,17 @@ fn text(v: &str, limits: &ParamLimits) -> Result<String, String> {
     }
     Ok(v.to_string())
 }
+
+/// The README's URL option table, generated from `OPTIONS` (a test keeps the README in sync).
+pub fn markdown_table() -> String {
+    let mut s = String::from("| option | aliases | values | meaning |\n|---|---|---|---|\n");
+    for d in OPTIONS {
+        let aliases = if d.aliases.is_empty() {
+            "—".to_string()
+        } else {
+            d.aliases.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+        };
+        s.push_str(&format!("| `{}` | {} | {} | {} |\n", d.name, aliases, d.syntax, d.doc));
+    }
+    s
+}

@@ -173,3 +173,10 @@ proptest! {
         let _ = p(&path);
     }
 }
+
+#[test]
+fn readme_url_table_matches_the_option_definitions() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = defs::markdown_table();
+    assert!(readme.contains(&table), "README.md's URL option table drifted; it must contain:\n{table}");
+}

@@ -1,0 +1,6 @@
+//! The integration test binary: real servers on ephemeral ports, real HTTP clients, temporary
+//! origin and store folders. One module per area:
+mod support; // server harness, test engines, image makers
+mod serving; // dimensions, formats, headers, cache tiers, 304, HEAD, /r/
+mod coalescing; // concurrent identical misses, cancellation on disconnect
+mod errors; // every error status and server health afterwards

@@ -1,0 +1,206 @@
+//! Test harness: start upres on 127.0.0.1:0 with temp folders; engines with knobs for timing.
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use image::{DynamicImage, ImageFormat, RgbImage};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+use upres::app::App;
+use upres::config::Config;
+use upres::engine::lanczos::Lanczos;
+use upres::engine::registry::ModelEntry;
+use upres::engine::{Engine, EngineId, GenParams, InferError, RunContext, Tile, Tiling};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub origin: Arc<TempDir>,
+    pub store: Arc<TempDir>,
+    pub app: Arc<App>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a test server is built from.
+pub struct Setup {
+    pub origin: Arc<TempDir>,
+    pub store: Arc<TempDir>,
+    pub models: Vec<ModelEntry>,
+    pub tweak: Box<dyn FnOnce(&mut Config) + Send>,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        Setup {
+            origin: Arc::new(tempfile::tempdir().unwrap()),
+            store: Arc::new(tempfile::tempdir().unwrap()),
+            models: lanczos(),
+            tweak: Box::new(|_| {}),
+        }
+    }
+
+    pub fn models(mut self, models: Vec<ModelEntry>) -> Self {
+        self.models = models;
+        self
+    }
+
+    pub fn config(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.tweak = Box::new(f);
+        self
+    }
+
+    /// Another server on the same origin and store (a restart, or a second replica).
+    pub fn sharing(server: &TestServer) -> Self {
+        Setup { origin: server.origin.clone(), store: server.store.clone(), ..Setup::new() }
+    }
+
+    pub async fn start(self) -> TestServer {
+        let mut cfg = Config::default();
+        cfg.origins.get_mut("default").unwrap().url = format!("file://{}", self.origin.path().display());
+        cfg.cache.store.url = format!("file://{}", self.store.path().display());
+        cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+        (self.tweak)(&mut cfg);
+        let app = App::build_with_models(cfg, self.models).expect("app builds");
+        app.warm_up().await.expect("warm-up");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(upres::server::run(listener, None, app.clone(), async move {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, origin: self.origin, store: self.store, app, stop: Some(stop), task: Some(task) }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Setup::new().start().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn put_source(&self, name: &str, bytes: &[u8]) {
+        let path = self.origin.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// `upres_engine_runs_total` summed over models, read from /metrics like an operator would.
+    pub async fn engine_runs(&self) -> u64 {
+        let text = client().get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metric_sum(&text, "upres_engine_runs_total")
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> u64 {
+        let text = client().get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metric_sum(&text, name_and_labels)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+/// Sums every sample line starting with `prefix` (a name, or a name with a label set prefix).
+pub fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+pub fn lanczos() -> Vec<ModelEntry> {
+    [2, 3, 4].into_iter().map(|s| entry("lanczos", Arc::new(Lanczos::new(s, 2)))).collect()
+}
+
+pub fn entry(name: &str, engine: Arc<dyn Engine>) -> ModelEntry {
+    ModelEntry { name: name.into(), aliases: vec![], rank: 1, engine, description: String::new() }
+}
+
+pub fn png(w: u32, h: u32) -> Vec<u8> {
+    encode(DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 90]))), ImageFormat::Png)
+}
+
+pub fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+pub fn dimensions(bytes: &[u8]) -> (u32, u32) {
+    let img = image::load_from_memory(bytes).expect("response is an image");
+    (img.width(), img.height())
+}
+
+/// An engine that takes `delay` per forward pass (checking cancellation every 10 ms), then
+/// upscales by nearest neighbour. Counts passes and records whether it saw cancellation.
+pub struct SlowEngine {
+    id: EngineId,
+    pub delay: Duration,
+    pub passes: AtomicU32,
+    pub saw_cancel: AtomicBool,
+}
+
+impl SlowEngine {
+    pub fn new(delay: Duration) -> Arc<SlowEngine> {
+        Arc::new(SlowEngine {
+            id: EngineId::new("slow-x2", "test"),
+            delay,
+            passes: AtomicU32::new(0),
+            saw_cancel: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Engine for SlowEngine {
+    fn id(&self) -> &EngineId {
+        &self.id
+    }
+    fn scale(&self) -> u32 {
+        2
+    }
+    fn tiling(&self) -> Option<Tiling> {
+        None
+    }
+    fn upscale(&self, tiles: &[Tile], _: &[GenParams], ctx: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        let until = std::time::Instant::now() + self.delay;
+        while std::time::Instant::now() < until {
+            if ctx.cancelled() {
+                self.saw_cancel.store(true, Ordering::SeqCst);
+                return Err(InferError::Cancelled);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(tiles
+            .iter()
+            .map(|t| {
+                let (w, h) = (t.width * 2, t.height * 2);
+                let mut data = Vec::with_capacity(t.data.len() * 4);
+                for c in 0..3 {
+                    for y in 0..h {
+                        for x in 0..w {
+                            data.push(t.data[c * t.plane_len() + ((y / 2) * t.width + x / 2) as usize]);
+                        }
+                    }
+                }
+                Tile::new(w, h, data)
+            })
+            .collect())
+    }
+}
