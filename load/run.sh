@@ -9,7 +9,7 @@ CONNS=${2:-32}
 PORT=${PORT:-18181}
 command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 1; }
 scripts/fetch-samples.sh
-cargo build --release --locked --quiet
+cargo build --locked --quiet --bin upres
 
 work=$(mktemp -d)
 mkdir -p "$work/origin/shop"
@@ -17,7 +17,7 @@ cp samples/shop/cat.png "$work/origin/shop/cat.png"
 out="load/runs/$(date +%F)-$(hostname)"
 mkdir -p "$out"
 
-RUST_LOG=warn target/release/upres serve --listen "127.0.0.1:$PORT" \
+RUST_LOG=warn target/debug/upres serve --listen "127.0.0.1:$PORT" \
   --origin "file://$work/origin" --store "file://$work/store" > "$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT

@@ -4,3 +4,4 @@ mod support; // server harness, test engines, image makers
 mod serving; // dimensions, formats, headers, cache tiers, 304, HEAD, /r/
 mod coalescing; // concurrent identical misses, cancellation on disconnect
 mod errors; // every error status and server health afterwards
+mod origins; // an HTTP origin: fetch, 404, deadline, byte cap

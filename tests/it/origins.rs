@@ -1,0 +1,73 @@
+//! An HTTP origin (an in-process hyper server on 127.0.0.1:0) through object_store: fetch,
+//! 404, the origin deadline, and the byte cap enforced while streaming.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::*;
+
+/// Serves `/img/a.png`, `/img/slow.png` (answers after 3 s), `/img/big.png` (300 kB).
+async fn fake_origin() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let small = Bytes::from(png(6, 6));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let small = small.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let small = small.clone();
+                    async move {
+                        let (status, body) = match req.uri().path() {
+                            "/img/a.png" => (200, small),
+                            "/img/slow.png" => {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                                (200, small)
+                            }
+                            "/img/big.png" => (200, Bytes::from(vec![0u8; 300_000])),
+                            _ => (404, Bytes::from_static(b"no")),
+                        };
+                        let resp = http::Response::builder().status(status).body(Full::new(body)).unwrap();
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http_origin_fetch_404_timeout_and_cap() {
+    let origin = fake_origin().await;
+    let s = Setup::new()
+        .config(move |c| {
+            let o = c.origins.get_mut("default").unwrap();
+            o.url = format!("http://{origin}/img");
+            o.timeout = Duration::from_millis(500);
+            o.options.insert("allow_http".into(), "true".into());
+            c.limits.max_source_bytes = 200_000;
+        })
+        .start()
+        .await;
+    let ok = client().get(s.url("/x2/format=png/a.png")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(dimensions(&ok.bytes().await.unwrap()), (12, 12));
+    assert_eq!(client().get(s.url("/x2/missing.png")).send().await.unwrap().status(), 404);
+    let started = std::time::Instant::now();
+    assert_eq!(client().get(s.url("/x2/slow.png")).send().await.unwrap().status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(2), "the origin deadline cut the slow origin off");
+    assert_eq!(client().get(s.url("/x2/big.png")).send().await.unwrap().status(), 413);
+    assert_eq!(client().get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    s.stop().await;
+}
