@@ -6,6 +6,8 @@
 use crate::config::MlConfig;
 use crate::engine::registry::ModelEntry;
 
+pub mod ncnn;
+
 /// Why a model could not be loaded. Startup fails with this message.
 #[derive(thiserror::Error, Debug)]
 pub enum MlError {
