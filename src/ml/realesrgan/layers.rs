@@ -72,7 +72,7 @@ impl Conv {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("conv", cin = self.cin, cout = self.cout).entered();
-        let mut y = x.conv2d(&self.weight, self.k / 2, 1, 1, 1)?;
+        let mut y = conv_gemm(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -90,6 +90,31 @@ impl Conv {
     pub fn flops(&self, h: usize, w: usize) -> u64 {
         2 * (self.cin * self.cout * self.k * self.k * h * w) as u64
     }
+}
+
+/// Same-padded stride-1 convolution as one im2col + matrix product: the `k²` shifted copies of the
+/// zero-padded input are stacked to `(N, cin·k², H·W)` (row order matching OIHW weights) and
+/// multiplied by the `(cout, cin·k²)` weight. On the CPU this is several times faster than candle
+/// 0.11's tiled `conv2d` (whose per-tile matmuls nest inside rayon tasks) and matches it to float
+/// rounding.
+fn conv_gemm(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (n, cin, h, w) = x.dims4()?;
+    let (cout, _, k, _) = weight.dims4()?;
+    if k == 1 {
+        let y = weight.reshape((cout, cin))?.broadcast_matmul(&x.reshape((n, cin, h * w))?)?;
+        return y.reshape((n, cout, h, w));
+    }
+    let p = k / 2;
+    let padded = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+    let mut shifted = Vec::with_capacity(k * k);
+    for dy in 0..k {
+        for dx in 0..k {
+            shifted.push(padded.narrow(2, dy, h)?.narrow(3, dx, w)?);
+        }
+    }
+    let cols = Tensor::stack(&shifted, 2)?.reshape((n, cin * k * k, h * w))?;
+    let y = weight.reshape((cout, cin * k * k))?.broadcast_matmul(&cols)?;
+    y.reshape((n, cout, h, w))
 }
 
 /// Depth-to-space: `(N, C·r², H, W)` → `(N, C, H·r, W·r)`, channel `c·r² + i·r + j` going to
@@ -174,6 +199,19 @@ mod tests {
             assert_eq!(y.dims(), &[2, 3, (8.0 * f) as usize, (12.0 * f) as usize]);
             let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
             assert!(v.iter().all(|p| (p - 0.3).abs() < 1e-6));
+        }
+    }
+
+    #[test]
+    fn conv_gemm_matches_candle_conv2d() {
+        let d = Device::Cpu;
+        for (n, cin, cout, h, w, k) in [(2, 5, 7, 9, 6, 3), (1, 3, 4, 1, 1, 3), (3, 4, 2, 5, 4, 1)] {
+            let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &d).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &d).unwrap();
+            let want = x.conv2d(&wt, k / 2, 1, 1, 1).unwrap();
+            let got = conv_gemm(&x, &wt).unwrap();
+            let diff: f32 = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert!(diff < 1e-4, "{n}x{cin}x{h}x{w} k{k}: {diff}");
         }
     }
 
