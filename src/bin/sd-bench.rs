@@ -3,10 +3,13 @@
 //! ```text
 //! sd-bench speed [--full] [--sizes 64,128] [--steps 3] [--batches 1,4]
 //! sd-bench rss SIZE [--full] [--steps 1]
+//! sd-bench vae SIZE [--full]
 //! ```
 //! `speed` reports seconds per image per denoising step (time between the first and the last
 //! step's progress report, divided by steps-1 and by the batch size) and the speed-up of batching.
-//! `rss` runs the whole pipeline once at SIZE² and prints the peak resident set size (VmHWM).
+//! `rss` runs the whole pipeline once at SIZE² and prints the peak resident set size (VmHWM);
+//! `vae` decodes one random SIZE² latent (the memory hot spot: mid-block attention over SIZE²
+//! tokens) and prints its time and the peak RSS.
 //! Without `--full` the tiny fixture model (tests/fixtures/sd-tiny/model) is used; with it a
 //! full-size model with random weights is generated from tests/fixtures/sd-x4-configs into a
 //! temporary folder (safetensors written at bench time, removed afterwards).
@@ -121,6 +124,18 @@ fn main() -> anyhow::Result<()> {
         Ok((per_step / batch as f64, total))
     };
     match mode.as_str() {
+        "vae" => {
+            let size: usize = args.get(1).and_then(|s| s.parse().ok()).expect("vae SIZE");
+            let z = Tensor::randn(0f32, 1f32, (1, 4, size, size), &Device::Cpu)?;
+            let t = Instant::now();
+            let y = pipe.vae.decode(&z)?;
+            println!(
+                "{label} VAE decode of a {size}x{size} latent to {:?}: {:.1}s, peak RSS {:.2} GiB",
+                y.dims(),
+                t.elapsed().as_secs_f64(),
+                peak_rss_kib() as f64 / (1 << 20) as f64
+            );
+        }
         "rss" => {
             let size: usize = args.get(1).and_then(|s| s.parse().ok()).expect("rss SIZE");
             let steps = arg_list(&args, "--steps", "1")[0];
