@@ -156,3 +156,39 @@ fn engine_upscales_deterministically_and_cancels() {
     assert!(matches!(e.upscale(&[tile], &[bad], &Unattended), Err(InferError::Input(_))));
     e.warm_up().unwrap();
 }
+
+/// Copies `src` into `dst` recursively.
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn fp16_variant_files_load_and_stay_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    copy_dir(&fixture().join("model"), &dir);
+    for (sub, stem) in [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")] {
+        let full = dir.join(sub).join(format!("{stem}.safetensors"));
+        let ts = candle_core::safetensors::load(&full, &Device::Cpu).unwrap();
+        let half: HashMap<String, Tensor> = ts.into_iter().map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap())).collect();
+        candle_core::safetensors::save(&half, dir.join(sub).join(format!("{stem}.fp16.safetensors"))).unwrap();
+        std::fs::remove_file(full).unwrap();
+    }
+    let (p, _, _) = load_pipeline(&dir, &Device::Cpu, DType::F32).unwrap();
+    let r = refs();
+    let t = r["unet0_t"].to_vec1::<f32>().unwrap()[0] as f64;
+    let labels = r["unet0_class_labels"].to_dtype(DType::U32).unwrap();
+    let out = p.unet.forward(&r["unet0_sample"], t, &r["text_embeddings"], &labels).unwrap();
+    assert_close("unet step 0 from fp16 files", &out, &r["unet0_out"], 2e-2);
+    let y = p.vae.decode(&r["vae_in"]).unwrap();
+    assert_close("vae decode from fp16 files", &y, &r["decoded"], 2e-2);
+}
