@@ -142,6 +142,6 @@ pub fn load_models(cfg: &Config) -> Result<Vec<ModelEntry>, StartupError> {
             description: "Classical Lanczos-3 resampling; always available.".into(),
         })
         .collect();
-    entries.extend(crate::ml::discover(&cfg.ml).map_err(|e| StartupError(e.to_string()))?);
+    entries.extend(crate::ml::discover(cfg).map_err(|e| StartupError(e.to_string()))?);
     Ok(entries)
 }

@@ -7,13 +7,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::MlConfig;
+use crate::config::{Config, MlConfig};
 use crate::engine::registry::ModelEntry;
 use crate::engine::Tiling;
 
 pub mod device;
 pub mod ncnn;
 pub mod realesrgan;
+pub mod sd;
 
 /// Why a model could not be loaded. Startup fails with this message.
 #[derive(thiserror::Error, Debug)]
@@ -26,7 +27,31 @@ pub enum MlError {
 
 /// Loads every model found in the models folder. A missing folder means no neural models; a
 /// present but broken model file is an error (it would otherwise vanish silently).
-pub fn discover(cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> {
+///
+/// sd-x4 loads from `sd.path` when set (it must then exist), else from
+/// `<ml.models_dir>/stable-diffusion-x4-upscaler/` when that folder exists.
+pub fn discover(cfg: &Config) -> Result<Vec<ModelEntry>, MlError> {
+    let mut entries = discover_ncnn(&cfg.ml)?;
+    let sd_dir = sd::model_dir(&cfg.ml.models_dir, cfg.sd.path.as_deref());
+    if cfg.sd.path.is_some() || sd_dir.is_dir() {
+        let device = sd::select_device(&cfg.ml.device).map_err(|e| MlError::Device(e.to_string()))?;
+        let tiling = Tiling { tile: cfg.ml.tile, overlap: cfg.ml.tile_overlap };
+        let engine = sd::SdEngine::load(&sd_dir, &device, tiling)
+            .map_err(|e| MlError::Load { path: sd_dir.display().to_string(), reason: e.to_string() })?;
+        tracing::info!(model = sd::NAME, id = %crate::engine::Engine::id(&engine), dir = %sd_dir.display(), "loaded");
+        entries.push(ModelEntry {
+            name: sd::NAME.into(),
+            aliases: vec!["sd".into(), sd::DIR_NAME.into()],
+            rank: 50,
+            engine: Arc::new(engine),
+            description: "Stable Diffusion x4 upscaler (prompt-guided, 4x)".into(),
+        });
+    }
+    Ok(entries)
+}
+
+/// The Real-ESRGAN family: every known `.param`/`.bin` pair in `ml.models_dir`.
+pub(crate) fn discover_ncnn(cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> {
     let dir = cfg.models_dir.as_path();
     if !dir.is_dir() {
         tracing::info!(dir = %dir.display(), "no models folder: neural models are off");
@@ -74,4 +99,4 @@ fn param_stems(dir: &Path) -> Result<Vec<String>, MlError> {
     }
     stems.sort();
     Ok(stems)
-}
+

@@ -239,7 +239,7 @@ fn discover_loads_the_models_folder() {
     use crate::params::ModelChoice;
 
     let cfg = MlConfig { models_dir: models_dir(), device: "cpu".into(), tile: 64, tile_overlap: 8, ..MlConfig::default() };
-    let entries = crate::ml::discover(&cfg).unwrap();
+    let entries = crate::ml::discover_ncnn(&cfg).unwrap();
     let mut stems: Vec<String> = entries.iter().map(|e| e.engine.id().name.clone()).collect();
     stems.sort();
     assert_eq!(stems, ["realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4", "realesrgan-x4plus", "realesrgan-x4plus-anime"]);
@@ -261,17 +261,17 @@ fn discover_loads_the_models_folder() {
 fn discover_without_a_folder_is_empty_and_a_broken_file_is_an_error() {
     use crate::config::MlConfig;
     let missing = MlConfig { models_dir: root().join("no-such-models-dir"), ..MlConfig::default() };
-    assert!(crate::ml::discover(&missing).unwrap().is_empty());
+    assert!(crate::ml::discover_ncnn(&missing).unwrap().is_empty());
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("realesr-animevideov3-x4.param"), "7767517\n1 1\nInput in 0 1 data\n").unwrap();
     std::fs::write(dir.path().join("realesr-animevideov3-x4.bin"), b"").unwrap();
     let cfg = MlConfig { models_dir: dir.path().into(), device: "cpu".into(), ..MlConfig::default() };
-    let e = crate::ml::discover(&cfg).err().unwrap().to_string();
+    let e = crate::ml::discover_ncnn(&cfg).err().unwrap().to_string();
     assert!(e.contains("realesr-animevideov3-x4.param") && e.contains("`output`"), "{e}");
 
     std::fs::remove_file(dir.path().join("realesr-animevideov3-x4.bin")).unwrap();
-    let e = crate::ml::discover(&cfg).err().unwrap().to_string();
+    let e = crate::ml::discover_ncnn(&cfg).err().unwrap().to_string();
     assert!(e.contains(".bin"), "{e}");
 }
 

@@ -1,0 +1,165 @@
+//! sd-bench: speed and memory of the sd-x4 pipeline on this machine.
+//!
+//! ```text
+//! sd-bench speed [--full] [--sizes 64,128] [--steps 3] [--batches 1,4]
+//! sd-bench rss SIZE [--full] [--steps 1]
+//! sd-bench vae SIZE [--full]
+//! ```
+//! `speed` reports seconds per image per denoising step (time between the first and the last
+//! step's progress report, divided by steps-1 and by the batch size) and the speed-up of batching.
+//! `rss` runs the whole pipeline once at SIZE² and prints the peak resident set size (VmHWM);
+//! `vae` decodes one random SIZE² latent (the memory hot spot: mid-block attention over SIZE²
+//! tokens) and prints its time and the peak RSS.
+//! Without `--full` the tiny fixture model (tests/fixtures/sd-tiny/model) is used; with it a
+//! full-size model with random weights is generated from tests/fixtures/sd-x4-configs into a
+//! temporary folder (safetensors written at bench time, removed afterwards).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use upres::engine::{GenParams, Progress, RunContext};
+use upres::ml::sd::pipeline::{Item, Noise};
+use upres::ml::sd::{clip, load_pipeline, tokenizer, unet, vae};
+
+struct Timer(Mutex<Vec<Instant>>);
+
+impl RunContext for Timer {
+    fn cancelled(&self) -> bool {
+        false
+    }
+    fn progress(&self, _: Progress) {
+        self.0.lock().unwrap().push(Instant::now());
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read<T: serde::de::DeserializeOwned>(p: &Path) -> T {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+/// Writes a full-size x4 upscaler with random weights into `dir` (diffusers layout).
+fn generate_full(dir: &Path) -> anyhow::Result<()> {
+    let src = root().join("tests/fixtures/sd-x4-configs");
+    let t0 = Instant::now();
+    for sub in ["unet", "vae", "text_encoder", "scheduler", "low_res_scheduler", "tokenizer"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    std::fs::copy(src.join("model_index.json"), dir.join("model_index.json"))?;
+    for (sub, f) in [("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
+        ("scheduler", "scheduler_config.json"), ("low_res_scheduler", "scheduler_config.json")] {
+        std::fs::copy(src.join(sub).join(f), dir.join(sub).join(f))?;
+    }
+    let merges = std::fs::read_to_string(root().join("tests/fixtures/sd-tiny/clip-bpe/merges.txt"))?;
+    std::fs::write(dir.join("tokenizer/merges.txt"), &merges)?;
+    std::fs::write(dir.join("tokenizer/vocab.json"), serde_json::to_string(&tokenizer::vocab_from_merges(&merges))?)?;
+    std::fs::write(dir.join("tokenizer/tokenizer_config.json"), r#"{"model_max_length": 77, "pad_token": "!"}"#)?;
+    let dev = Device::Cpu;
+    {
+        let vm = VarMap::new();
+        unet::Unet::new(&read(&src.join("unet/config.json")), VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        vm.save(dir.join("unet/diffusion_pytorch_model.safetensors"))?;
+    }
+    {
+        let vm = VarMap::new();
+        vae::VaeDecoder::new(&read(&src.join("vae/config.json")), VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        vm.save(dir.join("vae/diffusion_pytorch_model.safetensors"))?;
+    }
+    {
+        let vm = VarMap::new();
+        clip::ClipTextModel::new(&read(&src.join("text_encoder/config.json")), VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        vm.save(dir.join("text_encoder/model.safetensors"))?;
+    }
+    eprintln!("generated a random full-size model in {:.1}s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn arg_list(args: &[String], name: &str, default: &str) -> Vec<usize> {
+    let v = args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or(default);
+    v.split(',').map(|x| x.trim().parse().expect("a number")).collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().cloned().unwrap_or_else(|| "speed".into());
+    let full = args.iter().any(|a| a == "--full");
+    let tmp = std::env::temp_dir().join(format!("upres-sd-bench-{}", std::process::id()));
+    let dir = if full {
+        generate_full(&tmp)?;
+        tmp.clone()
+    } else {
+        root().join("tests/fixtures/sd-tiny/model")
+    };
+    let t0 = Instant::now();
+    let (pipe, digest, _) = load_pipeline(&dir, &Device::Cpu, DType::F32)?;
+    eprintln!("loaded {} ({digest}) in {:.1}s", if full { "full-size random model" } else { "tiny model" }, t0.elapsed().as_secs_f64());
+    let label = if full { "full" } else { "tiny" };
+    let run = |size: usize, batch: usize, steps: usize| -> anyhow::Result<(f64, f64)> {
+        let imgs: Vec<Tensor> = (0..batch).map(|_| Tensor::rand(0f32, 1f32, (3, size, size), &Device::Cpu)).collect::<Result<_, _>>()?;
+        let params: Vec<GenParams> =
+            (0..batch).map(|i| GenParams { prompt: format!("a photo, item {i}"), steps: steps as u32, seed: i as u64, ..GenParams::default() }).collect();
+        let items: Vec<Item> = imgs.iter().zip(&params).map(|(im, p)| Item { image: im, params: p, noise: Noise::Seeded(p.seed) }).collect();
+        let timer = Timer(Mutex::new(Vec::new()));
+        let t = Instant::now();
+        pipe.run(&items, steps, &timer, None)?;
+        let total = t.elapsed().as_secs_f64();
+        let marks = timer.0.into_inner().unwrap();
+        let per_step = if marks.len() >= 2 {
+            (marks[marks.len() - 1] - marks[0]).as_secs_f64() / (marks.len() - 1) as f64
+        } else {
+            total
+        };
+        Ok((per_step / batch as f64, total))
+    };
+    match mode.as_str() {
+        "vae" => {
+            let size: usize = args.get(1).and_then(|s| s.parse().ok()).expect("vae SIZE");
+            let z = Tensor::randn(0f32, 1f32, (1, 4, size, size), &Device::Cpu)?;
+            let t = Instant::now();
+            let y = pipe.vae.decode(&z)?;
+            println!(
+                "{label} VAE decode of a {size}x{size} latent to {:?}: {:.1}s, peak RSS {:.2} GiB",
+                y.dims(),
+                t.elapsed().as_secs_f64(),
+                peak_rss_kib() as f64 / (1 << 20) as f64
+            );
+        }
+        "rss" => {
+            let size: usize = args.get(1).and_then(|s| s.parse().ok()).expect("rss SIZE");
+            let steps = arg_list(&args, "--steps", "1")[0];
+            let (_, total) = run(size, 1, steps)?;
+            println!("{label} model, {size}x{size} input, {steps} step(s): {total:.1}s wall, peak RSS {:.2} GiB", peak_rss_kib() as f64 / (1 << 20) as f64);
+        }
+        _ => {
+            let sizes = arg_list(&args, "--sizes", "64,128");
+            let steps = arg_list(&args, "--steps", "3")[0].max(2);
+            let batches = arg_list(&args, "--batches", "1,4");
+            println!("| model | input | batch | s/image/step | speed-up vs batch 1 | wall (s) |");
+            println!("|---|---|---|---|---|---|");
+            for &size in &sizes {
+                let mut base = None;
+                for &b in &batches {
+                    let (pis, total) = run(size, b, steps)?;
+                    let base = *base.get_or_insert(pis);
+                    println!("| {label} | {size}x{size} | {b} | {pis:.3} | {:.2}x | {total:.1} |", base / pis);
+                }
+            }
+        }
+    }
+    if full {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
+}

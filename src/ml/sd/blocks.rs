@@ -1,0 +1,250 @@
+//! UNet building blocks that candle-transformers 0.11 lacks or gets numerically different:
+//! the transformer block with `only_cross_attention` and exact-GELU GEGLU, the linear-projection
+//! `Transformer2DModel`, and the down/up blocks built on them.
+//!
+//! Reused from candle-transformers: `CrossAttention` (q/k/v/out projections and f32 softmax
+//! attention) and `ResnetBlock2D` (configured with the UNet's group count and epsilon).
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{conv2d, group_norm, layer_norm, linear, Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_transformers::models::stable_diffusion::attention::CrossAttention;
+use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+
+/// Shape-independent settings shared by every block of one UNet.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockCtx {
+    pub groups: usize,
+    pub eps: f64,
+    pub temb: usize,
+    pub cross_dim: usize,
+}
+
+pub fn resnet(vb: VarBuilder, cin: usize, cout: usize, c: BlockCtx) -> Result<ResnetBlock2D> {
+    let cfg = ResnetBlock2DConfig {
+        out_channels: Some(cout),
+        temb_channels: Some(c.temb),
+        groups: c.groups,
+        groups_out: None,
+        eps: c.eps,
+        use_in_shortcut: None,
+        output_scale_factor: 1.0,
+    };
+    ResnetBlock2D::new(vb, cin, cfg)
+}
+
+const CONV3: Conv2dConfig = Conv2dConfig { padding: 1, stride: 1, dilation: 1, groups: 1, cudnn_fwd_algo: None };
+
+/// GEGLU feed-forward with the exact (erf) GELU, as diffusers' `FeedForward(activation_fn="geglu")`.
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl FeedForward {
+    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = 4 * dim;
+        Ok(Self { proj: linear(dim, 2 * inner, vb.pp("net.0.proj"))?, out: linear(inner, dim, vb.pp("net.2"))? })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.proj.forward(x)?;
+        let half = h.dim(D::Minus1)? / 2;
+        let (a, g) = (h.narrow(D::Minus1, 0, half)?, h.narrow(D::Minus1, half, half)?);
+        self.out.forward(&(a * g.gelu_erf()?)?)
+    }
+}
+
+/// diffusers' `BasicTransformerBlock` (layer norms, no attention bias). With `only_cross`,
+/// `attn1` attends to the text context too (its k/v project from `cross_dim`).
+struct TransformerBlock {
+    norm1: LayerNorm,
+    attn1: CrossAttention,
+    norm2: LayerNorm,
+    attn2: CrossAttention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+    only_cross: bool,
+}
+
+impl TransformerBlock {
+    fn new(vb: VarBuilder, dim: usize, heads: usize, c: BlockCtx, only_cross: bool) -> Result<Self> {
+        let d = dim / heads;
+        let ctx1 = only_cross.then_some(c.cross_dim);
+        Ok(Self {
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: CrossAttention::new(vb.pp("attn1"), dim, ctx1, heads, d, None, false)?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: CrossAttention::new(vb.pp("attn2"), dim, Some(c.cross_dim), heads, d, None, false)?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            ff: FeedForward::new(vb.pp("ff"), dim)?,
+            only_cross,
+        })
+    }
+    fn forward(&self, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let c1 = self.only_cross.then_some(ctx);
+        let x = (self.attn1.forward(&self.norm1.forward(x)?, c1)? + x)?;
+        let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(ctx))? + x)?;
+        self.ff.forward(&self.norm3.forward(&x)?)? + x
+    }
+}
+
+/// `Transformer2DModel` with `use_linear_projection=True` and one transformer block per layer.
+pub struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: Linear,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Linear,
+}
+
+impl SpatialTransformer {
+    pub fn new(vb: VarBuilder, dim: usize, heads: usize, depth: usize, c: BlockCtx, only_cross: bool) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(c.groups, dim, 1e-6, vb.pp("norm"))?,
+            proj_in: linear(dim, dim, vb.pp("proj_in"))?,
+            blocks: (0..depth)
+                .map(|i| TransformerBlock::new(vb.pp("transformer_blocks").pp(i), dim, heads, c, only_cross))
+                .collect::<Result<_>>()?,
+            proj_out: linear(dim, dim, vb.pp("proj_out"))?,
+        })
+    }
+    pub fn forward(&self, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let (b, ch, h, w) = x.dims4()?;
+        let mut t = self.norm.forward(x)?.permute((0, 2, 3, 1))?.reshape((b, h * w, ch))?;
+        t = self.proj_in.forward(&t)?;
+        for blk in &self.blocks {
+            t = blk.forward(&t, ctx)?;
+        }
+        let t = self.proj_out.forward(&t)?.reshape((b, h, w, ch))?.permute((0, 3, 1, 2))?;
+        t + x
+    }
+}
+
+/// What a down or up block looks like (from the UNet config).
+#[derive(Clone, Copy, Debug)]
+pub struct LevelCfg {
+    /// Heads and transformer depth when the block has attention.
+    pub attn: Option<(usize, usize)>,
+    pub only_cross: bool,
+}
+
+/// `DownBlock2D` / `CrossAttnDownBlock2D`.
+pub struct DownBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attns: Vec<SpatialTransformer>,
+    down: Option<Conv2d>,
+}
+
+impl DownBlock {
+    pub fn new(vb: VarBuilder, cin: usize, cout: usize, layers: usize, lv: LevelCfg, c: BlockCtx, add_down: bool) -> Result<Self> {
+        let mut resnets = Vec::new();
+        let mut attns = Vec::new();
+        for i in 0..layers {
+            resnets.push(resnet(vb.pp("resnets").pp(i), if i == 0 { cin } else { cout }, cout, c)?);
+            if let Some((heads, depth)) = lv.attn {
+                attns.push(SpatialTransformer::new(vb.pp("attentions").pp(i), cout, heads, depth, c, lv.only_cross)?);
+            }
+        }
+        let down = if add_down {
+            let cfg = Conv2dConfig { stride: 2, ..CONV3 };
+            Some(conv2d(cout, cout, 3, cfg, vb.pp("downsamplers.0.conv"))?)
+        } else {
+            None
+        };
+        Ok(Self { resnets, attns, down })
+    }
+
+    /// Returns the output and pushes every intermediate state onto `skips`.
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor, skips: &mut Vec<Tensor>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, r) in self.resnets.iter().enumerate() {
+            x = r.forward(&x, Some(temb))?;
+            if let Some(a) = self.attns.get(i) {
+                x = a.forward(&x, ctx)?;
+            }
+            skips.push(x.clone());
+        }
+        if let Some(d) = &self.down {
+            x = d.forward(&x)?;
+            skips.push(x.clone());
+        }
+        Ok(x)
+    }
+}
+
+/// `UpBlock2D` / `CrossAttnUpBlock2D`.
+pub struct UpBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attns: Vec<SpatialTransformer>,
+    up: Option<Conv2d>,
+}
+
+impl UpBlock {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        prev: usize,
+        cout: usize,
+        layers: usize,
+        lv: LevelCfg,
+        c: BlockCtx,
+        add_up: bool,
+    ) -> Result<Self> {
+        let mut resnets = Vec::new();
+        let mut attns = Vec::new();
+        for i in 0..layers {
+            let skip = if i == layers - 1 { cin } else { cout };
+            let rin = if i == 0 { prev } else { cout };
+            resnets.push(resnet(vb.pp("resnets").pp(i), rin + skip, cout, c)?);
+            if let Some((heads, depth)) = lv.attn {
+                attns.push(SpatialTransformer::new(vb.pp("attentions").pp(i), cout, heads, depth, c, lv.only_cross)?);
+            }
+        }
+        let up = if add_up { Some(conv2d(cout, cout, 3, CONV3, vb.pp("upsamplers.0.conv"))?) } else { None };
+        Ok(Self { resnets, attns, up })
+    }
+
+    pub fn layers(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// `skips` holds exactly this block's skip tensors, oldest first; `up_to` is the size to
+    /// upsample to (the next block's skip size).
+    pub fn forward(&self, x: &Tensor, skips: &[Tensor], temb: &Tensor, ctx: &Tensor, up_to: Option<(usize, usize)>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, r) in self.resnets.iter().enumerate() {
+            let s = &skips[skips.len() - 1 - i];
+            x = r.forward(&Tensor::cat(&[&x, s], 1)?, Some(temb))?;
+            if let Some(a) = self.attns.get(i) {
+                x = a.forward(&x, ctx)?;
+            }
+        }
+        if let Some(conv) = &self.up {
+            let (_, _, h, w) = x.dims4()?;
+            let (th, tw) = up_to.unwrap_or((2 * h, 2 * w));
+            x = conv.forward(&x.upsample_nearest2d(th, tw)?)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `UNetMidBlock2DCrossAttn`: resnet, transformer (self + cross attention), resnet.
+pub struct MidBlock {
+    r0: ResnetBlock2D,
+    attn: SpatialTransformer,
+    r1: ResnetBlock2D,
+}
+
+impl MidBlock {
+    pub fn new(vb: VarBuilder, ch: usize, heads: usize, depth: usize, c: BlockCtx) -> Result<Self> {
+        Ok(Self {
+            r0: resnet(vb.pp("resnets.0"), ch, ch, c)?,
+            attn: SpatialTransformer::new(vb.pp("attentions.0"), ch, heads, depth, c, false)?,
+            r1: resnet(vb.pp("resnets.1"), ch, ch, c)?,
+        })
+    }
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let x = self.r0.forward(x, Some(temb))?;
+        let x = self.attn.forward(&x, ctx)?;
+        self.r1.forward(&x, Some(temb))
+    }
+}

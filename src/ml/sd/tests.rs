@@ -1,0 +1,194 @@
+//! Parity of every stage with diffusers on the tiny fixture model (`tests/fixtures/sd-tiny`,
+//! made by its `generate.py`), plus batching, determinism and cancellation of the engine.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::pipeline::{Item, Noise, Trace};
+use super::*;
+use crate::engine::{Progress, Unattended};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny")
+}
+
+fn refs() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture().join("ref.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn meta() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture().join("ref.json")).unwrap()).unwrap()
+}
+
+fn pipe() -> Pipeline {
+    load_pipeline(&fixture().join("model"), &Device::Cpu, DType::F32).unwrap().0
+}
+
+/// Max |a-b| and max |b|.
+fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let m = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    (d, m)
+}
+
+fn assert_close(name: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    let (d, m) = diff(a, b);
+    eprintln!("{name}: max abs diff {d:.3e} (max |ref| {m:.3})");
+    assert!(d <= tol, "{name}: max abs diff {d} > {tol}");
+}
+
+fn ref_params() -> GenParams {
+    let m = meta();
+    GenParams {
+        prompt: m["prompt"].as_str().unwrap().into(),
+        negative_prompt: m["negative_prompt"].as_str().unwrap().into(),
+        noise_level: m["noise_level"].as_u64().unwrap() as u32,
+        steps: m["steps"].as_u64().unwrap() as u32,
+        guidance: m["guidance"].as_f64().unwrap() as f32,
+        seed: 0,
+    }
+}
+
+fn ref_item<'a>(r: &HashMap<String, Tensor>, image: &'a Tensor, params: &'a GenParams) -> Item<'a> {
+    Item { image, params, noise: Noise::Given { lowres: r["lowres_noise"].clone(), latents: r["init_latents"].clone() } }
+}
+
+#[test]
+fn text_embeddings_match_diffusers() {
+    let (p, r) = (pipe(), refs());
+    let params = ref_params();
+    let img = r["image01"].get(0).unwrap();
+    let emb = p.encode_prompts(&[ref_item(&r, &img, &params)]).unwrap();
+    assert_close("text embeddings", &emb, &r["text_embeddings"], 1e-5);
+}
+
+#[test]
+fn unet_step0_matches_diffusers() {
+    let (p, r) = (pipe(), refs());
+    let t = r["unet0_t"].to_vec1::<f32>().unwrap()[0] as f64;
+    let labels = r["unet0_class_labels"].to_dtype(DType::U32).unwrap();
+    let out = p.unet.forward(&r["unet0_sample"], t, &r["text_embeddings"], &labels).unwrap();
+    assert_close("unet step 0", &out, &r["unet0_out"], 1e-5);
+}
+
+#[test]
+fn vae_decode_matches_diffusers() {
+    let (p, r) = (pipe(), refs());
+    let y = p.vae.decode(&r["vae_in"]).unwrap();
+    assert_close("vae decode", &y, &r["decoded"], 1e-5);
+}
+
+#[test]
+fn full_pipeline_matches_diffusers() {
+    let (p, r) = (pipe(), refs());
+    let params = ref_params();
+    let img = r["image01"].get(0).unwrap();
+    let ts: Vec<usize> = r["timesteps"].to_vec1::<i64>().unwrap().iter().map(|&t| t as usize).collect();
+    assert_eq!(p.ddim.timesteps(params.steps as usize), ts);
+    let mut tr = Trace::default();
+    let out = p.run(&[ref_item(&r, &img, &params)], params.steps as usize, &Unattended, Some(&mut tr)).unwrap();
+    assert_close("text embeddings", tr.text_embeddings.as_ref().unwrap(), &r["text_embeddings"], 1e-5);
+    assert_close("noised low-res image", tr.lowres_noised.as_ref().unwrap(), &r["lowres_noised"], 5e-6);
+    assert_close("unet step 0 (in pipeline)", tr.unet0_out.as_ref().unwrap(), &r["unet0_out"], 1e-5);
+    assert_close("final latents", tr.final_latents.as_ref().unwrap(), &r["final_latents"], 5e-5);
+    assert_close("decoded", tr.decoded.as_ref().unwrap(), &r["decoded"], 5e-5);
+    assert_close("image [0,1]", &out, &r["image_out"], 2e-5);
+}
+
+#[test]
+fn batching_does_not_change_an_items_result() {
+    let (p, r) = (pipe(), refs());
+    let a = ref_params();
+    let b = GenParams { prompt: "a dog".into(), negative_prompt: String::new(), noise_level: 100, guidance: 4.0, seed: 9, ..a.clone() };
+    let img = r["image01"].get(0).unwrap();
+    let img2 = (img.ones_like().unwrap() - &img).unwrap();
+    let steps = a.steps as usize;
+    let alone = p.run(&[ref_item(&r, &img, &a)], steps, &Unattended, None).unwrap();
+    let seeded = || Item { image: &img2, params: &b, noise: Noise::Seeded(b.seed) };
+    let b_alone = p.run(&[seeded()], steps, &Unattended, None).unwrap();
+    let both = p.run(&[seeded(), ref_item(&r, &img, &a)], steps, &Unattended, None).unwrap();
+    assert_close("item in a batch vs alone", &both.get(1).unwrap().unsqueeze(0).unwrap(), &alone, 1e-5);
+    assert_close("seeded item in a batch vs alone", &both.get(0).unwrap().unsqueeze(0).unwrap(), &b_alone, 1e-5);
+    assert_close("reference still matched in a batch", &both.get(1).unwrap().unsqueeze(0).unwrap(), &r["image_out"], 2e-5);
+}
+
+struct CancelAfter {
+    steps: u32,
+    seen: AtomicU32,
+}
+
+impl RunContext for CancelAfter {
+    fn cancelled(&self) -> bool {
+        self.seen.load(Ordering::SeqCst) >= self.steps
+    }
+    fn progress(&self, p: Progress) {
+        self.seen.store(p.done, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn engine_upscales_deterministically_and_cancels() {
+    let e = SdEngine::load(&fixture().join("model"), &Device::Cpu, Tiling { tile: 16, overlap: 4 }).unwrap();
+    assert_eq!(e.id().name, "sd-x4");
+    assert_eq!(e.id().weights.len(), 16 + 2);
+    assert!(e.prompt_guided());
+    let params = GenParams { steps: 3, seed: 5, prompt: "a cat".into(), ..GenParams::default() };
+    assert_eq!(e.batch_class(&params), 3);
+    let tile = Tile::new(10, 6, (0..180).map(|i| (i % 17) as f32 / 17.0).collect());
+    let a = e.upscale(&[tile.clone()], &[params.clone()], &Unattended).unwrap();
+    let b = e.upscale(&[tile.clone(), tile.clone()], &[GenParams { seed: 6, ..params.clone() }, params.clone()], &Unattended).unwrap();
+    assert_eq!(a[0].shape(), (40, 24));
+    let max_diff = |x: &Tile, y: &Tile| x.data.iter().zip(&y.data).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    // a different batch size changes the matmul blocking, hence float rounding, not the noise
+    let same = max_diff(&a[0], &b[1]);
+    assert!(same < 1e-4, "same seed, same pixels whatever the batch: max diff {same}");
+    let other = max_diff(&a[0], &b[0]);
+    assert!(other > 1e-2, "another seed, other pixels: max diff {other}");
+    let ctx = CancelAfter { steps: 1, seen: AtomicU32::new(0) };
+    assert!(matches!(e.upscale(&[tile.clone()], &[params.clone()], &ctx), Err(InferError::Cancelled)));
+    let bad = GenParams { noise_level: 351, ..params };
+    assert!(matches!(e.upscale(&[tile], &[bad], &Unattended), Err(InferError::Input(_))));
+    e.warm_up().unwrap();
+}
+
+/// Copies `src` into `dst` recursively.
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn fp16_variant_files_load_and_stay_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    copy_dir(&fixture().join("model"), &dir);
+    for (sub, stem) in [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")] {
+        let full = dir.join(sub).join(format!("{stem}.safetensors"));
+        let ts = candle_core::safetensors::load(&full, &Device::Cpu).unwrap();
+        let half: HashMap<String, Tensor> = ts.into_iter().map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap())).collect();
+        candle_core::safetensors::save(&half, dir.join(sub).join(format!("{stem}.fp16.safetensors"))).unwrap();
+        std::fs::remove_file(full).unwrap();
+    }
+    let (p, _, _) = load_pipeline(&dir, &Device::Cpu, DType::F32).unwrap();
+    let r = refs();
+    let t = r["unet0_t"].to_vec1::<f32>().unwrap()[0] as f64;
+    let labels = r["unet0_class_labels"].to_dtype(DType::U32).unwrap();
+    let out = p.unet.forward(&r["unet0_sample"], t, &r["text_embeddings"], &labels).unwrap();
+    assert_close("unet step 0 from fp16 files", &out, &r["unet0_out"], 2e-2);
+    let y = p.vae.decode(&r["vae_in"]).unwrap();
+    assert_close("vae decode from fp16 files", &y, &r["decoded"], 2e-2);
+}
