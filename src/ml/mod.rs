@@ -100,3 +100,4 @@ fn param_stems(dir: &Path) -> Result<Vec<String>, MlError> {
     stems.sort();
     Ok(stems)
 
+}
