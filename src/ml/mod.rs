@@ -3,6 +3,8 @@
 //! Only this module (and its children) imports candle. `discover` turns the files found in
 //! `ml.models_dir` into registry entries; each model family lives in its own child module.
 
+pub mod fastconv;
+
 use crate::config::MlConfig;
 use crate::engine::registry::ModelEntry;
 
