@@ -41,10 +41,28 @@ impl Rng {
     }
 }
 
+/// CPU time of all this process's threads in seconds (Linux schedstat, ns resolution; 0
+/// elsewhere). On a shared machine `flops / cpu time` shows the kernel's per-core rate
+/// independent of how much of the machine other processes took.
+fn cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>()
+        / 1e9
+}
+
 /// Best wall time of `f` over at least `min` seconds (and at least 2 runs after a warm-up).
-fn best_time(min: Duration, mut f: impl FnMut()) -> f64 {
+fn best_time(min: Duration, f: impl FnMut()) -> f64 {
+    best_time_cpu(min, f).0
+}
+
+/// (best wall time, mean CPU seconds per run).
+fn best_time_cpu(min: Duration, mut f: impl FnMut()) -> (f64, f64) {
     f();
     let start = Instant::now();
+    let cpu0 = cpu_secs();
     let mut best = f64::INFINITY;
     let mut runs = 0;
     while runs < 2 || start.elapsed() < min {
@@ -53,7 +71,7 @@ fn best_time(min: Duration, mut f: impl FnMut()) -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
         runs += 1;
     }
-    best
+    (best, (cpu_secs() - cpu0) / runs as f64)
 }
 
 fn torch_table() -> Vec<((usize, usize, usize, usize, usize), f64)> {
@@ -72,6 +90,46 @@ fn torch_table() -> Vec<((usize, usize, usize, usize, usize), f64)> {
             ((g("n"), g("h"), g("w"), g("cin"), g("cout")), s["nhwc_gflops"].as_f64().unwrap_or(0.0))
         })
         .collect()
+}
+
+/// Contemporaneous ceiling: a register-only AVX-512 FMA loop (24 independent chains) on
+/// every rayon thread. Returns (GFLOP/s wall, GFLOP per CPU-second).
+#[cfg(target_arch = "x86_64")]
+fn fma_peak(min: Duration) -> (f64, f64) {
+    #[target_feature(enable = "avx512f")]
+    fn chains(iters: usize) -> f32 {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm512_set1_ps(0.0); 24];
+        let a = _mm512_set1_ps(0.999_999);
+        let b = _mm512_set1_ps(1e-7);
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for v in acc {
+            s = _mm512_add_ps(s, v);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+    if !is_x86_feature_detected!("avx512f") {
+        return (f64::NAN, f64::NAN);
+    }
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let iters = 2_000_000;
+    let flops = (threads * iters * 24 * 32) as f64;
+    let (t, cpu) = best_time_cpu(min, || {
+        // SAFETY: avx512f checked above.
+        let s: f32 = (0..threads).into_par_iter().map(|_| unsafe { chains(iters) }).sum();
+        std::hint::black_box(s);
+    });
+    (flops / t / 1e9, flops / cpu / 1e9)
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak(_: Duration) -> (f64, f64) {
+    (f64::NAN, f64::NAN)
 }
 
 fn random_nhwc(rng: &mut Rng, n: usize, h: usize, w: usize, c: usize) -> Nhwc {
@@ -100,9 +158,12 @@ fn main() {
         rayon::current_num_threads(),
         if bf16 { "yes" } else { "no" }
     );
+    let (pk, pk_core) = fma_peak(min);
+    println!("AVX-512 FMA-only loop now: {pk:.1} GFLOP/s wall, {pk_core:.1} GFLOP per CPU-second");
+    println!("GFLOP/s (best wall time); f32/core-s = GFLOP per CPU-second of ours f32 (per-core rate)");
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
-        "shape n hxw cin->cout", "ours f32", "ours bf16", "candle", "torch", "f32/tch", "f32/cndl"
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
+        "shape n hxw cin->cout", "ours f32", "ours bf16", "candle", "torch", "f32/tch", "f32/cndl", "f32/core-s"
     );
     let mut rng = Rng(1);
     for &(n, h, w, cin, cout) in SHAPES {
@@ -112,8 +173,9 @@ fn main() {
         let mut out = Nhwc::zeros(n, h, w, cout);
         let flops = 2.0 * 9.0 * (n * h * w * cin * cout) as f64;
         let conv = Conv3x3::with_backend(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::best_fp32()).unwrap();
-        let t = best_time(min, || conv.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap());
+        let (t, cpu) = best_time_cpu(min, || conv.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap());
         let ours = flops / t / 1e9;
+        let per_core = flops / cpu / 1e9;
         let ours_bf = if bf16 {
             let c = Conv3x3::with_backend(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::Avx512Bf16).unwrap();
             let t = best_time(min, || c.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap());
@@ -133,14 +195,15 @@ fn main() {
         };
         let tch = torch.iter().find(|(k, _)| *k == (n, h, w, cin, cout)).map_or(f64::NAN, |(_, g)| *g);
         println!(
-            "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8.1}",
+            "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8.1} {:>10.1}",
             format!("{n} {h}x{w} {cin}->{cout}"),
             ours,
             ours_bf,
             cand,
             tch,
             ours / tch,
-            ours / cand
+            ours / cand,
+            per_core
         );
     }
     srvgg(&dev, min, skip_candle);

@@ -41,6 +41,9 @@ use kernels::{RawBlock, RawJob, RawRes};
 /// Extra pixels allocated after the last padded pixel: a tile may run up to 15 positions past
 /// the last interior pixel (its results are discarded, its reads must stay in the buffer).
 const SLACK_PX: usize = 24;
+/// Widest output-channel block, in 16-channel vectors (4: 64 channels × 6 pixels per tile).
+/// `UPRES_FASTCONV_MAXNV` overrides it (tuning).
+const MAX_NV: usize = 4;
 /// Output positions per parallel work item (a multiple of every tile width P).
 const CHUNK: usize = 144;
 
@@ -360,9 +363,10 @@ impl Conv3x3 {
             Activation::PRelu(v) if v.len() == out_c => Ok(v[o]),
             Activation::PRelu(v) => shape_err(format!("PReLU: {} slopes for {out_c} channels", v.len())),
         };
-        // Split the 16-channel vectors into blocks of at most 4, as evenly as possible.
+        // Split the 16-channel vectors into blocks of at most MAX_NV, as evenly as possible.
+        let max_nv = std::env::var("UPRES_FASTCONV_MAXNV").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_NV).clamp(1, 4);
         let nvt = out_c.div_ceil(16);
-        let nblocks = nvt.div_ceil(4);
+        let nblocks = nvt.div_ceil(max_nv);
         let mut blocks = Vec::with_capacity(nblocks);
         let mut v0 = 0;
         for bi in 0..nblocks {
