@@ -420,6 +420,18 @@ impl Conv3x3 {
         Conv3x3::new(&w, b.as_deref(), i, o, act).map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
+    /// Drop-in for candle NCHW code: converts `x` (N, in_c, H, W) to [`Nhwc`], convolves
+    /// with the fused bias/activation, and converts back to an f32 NCHW tensor on `x`'s
+    /// device. The conversions cost two copies; keep activations in [`Nhwc`] across layers
+    /// to avoid them.
+    pub fn forward_tensor(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, _, h, w) = x.dims4()?;
+        let input = Nhwc::from_tensor(x, 0)?;
+        let mut out = Nhwc::zeros(n, h, w, self.out_c);
+        self.forward(&input, 0, &mut out, 0, &Epilogue::default()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        out.to_tensor(0, self.out_c, x.device())
+    }
+
     pub fn in_c(&self) -> usize {
         self.in_c
     }

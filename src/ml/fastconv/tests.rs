@@ -234,6 +234,8 @@ fn matches_candle_conv2d_through_tensors() {
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() < 2e-4 * (1.0 + w.abs()), "{g} vs {w}");
     }
+    let got2 = conv.forward_tensor(&xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(got, got2);
 }
 
 #[test]
