@@ -518,6 +518,9 @@ impl Conv3x3 {
     #[allow(clippy::too_many_arguments)]
     fn run(&self, geom: (usize, usize, usize), inp: *const f32, cs_in: usize, out_ptr: *mut f32, cs_out: usize, res: &[RawRes], scale: f32) {
         let (n, h, w) = geom;
+        if n == 0 || h == 0 || w == 0 {
+            return;
+        }
         let row_px = w + 2;
         let mut rr = [RawRes { ptr: std::ptr::null(), cs: 0, weight: 0.0 }; 2];
         rr[..res.len()].copy_from_slice(res);

@@ -273,4 +273,8 @@ fn rejects_bad_shapes() {
     let mut o = Nhwc::zeros(1, 4, 4, 1);
     assert!(c.forward(&x, 1, &mut o, 0, &Epilogue::default()).is_err());
     assert!(c.forward(&x, 0, &mut o, 0, &Epilogue::default()).is_ok());
+    // Empty maps are a no-op.
+    let x = Nhwc::zeros(1, 0, 4, 2);
+    let mut o = Nhwc::zeros(1, 0, 4, 1);
+    assert!(c.forward(&x, 0, &mut o, 0, &Epilogue::default()).is_ok());
 }
