@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor, D};
-use upres::ml::fastconv::{Activation, Backend, Conv3x3, Epilogue, Nhwc, Residual};
+use candle_core::{Device, Tensor};
+use upres::ml::fastconv::{Activation, Backend, Conv3x3, Epilogue, Nhwc};
 
 /// (n, h, w, cin, cout) — keep in sync with scripts/bench_torch_conv.py.
 const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
@@ -288,7 +288,6 @@ impl Srvgg {
             .reshape((n, 3, h * SCALE, w * SCALE))
             .unwrap();
         let up = x.upsample_nearest2d(h * SCALE, w * SCALE).unwrap();
-        let _ = D::Minus1;
         (y + up).unwrap()
     }
 }
@@ -351,5 +350,4 @@ fn srvgg(dev: &Device, min: Duration, skip_candle: bool) {
         );
         println!("  speed-up vs candle: {:.1}x", t / t_ours);
     }
-    let _ = Residual { src: &x, c_off: 0, weight: 0.0 };
 }
