@@ -110,7 +110,8 @@ fn main() {
     let device = upres::ml::device::select("cpu").expect("cpu device");
     let stems: Vec<&Known> =
         KNOWN.iter().filter(|k| a.only.as_ref().is_none_or(|o| o.iter().any(|s| s == k.stem))).collect();
-    println!("# realesrgan-bench: candle CPU, {} threads, {} timed runs, untiled, batch 1", a.threads, a.runs);
+    let path = if upres::ml::realesrgan::fastconv_enabled_by_env() { "fastconv" } else { "candle" };
+    println!("# realesrgan-bench: {path} CPU (UPRES_FASTCONV=off for candle), {} threads, {} timed runs, untiled, batch 1", a.threads, a.runs);
     let mut rows = Vec::new();
     for k in &stems {
         let model = match RealEsrgan::load(&a.models, k, &device, None) {
@@ -132,7 +133,7 @@ fn main() {
             let ms = t.elapsed().as_secs_f64() * 1000.0 / a.runs as f64;
             let flops = model.flops(size as usize, size as usize) as f64;
             rows.push((k.stem.to_string(), size, model.scale(), ms, flops));
-            eprintln!("candle {} {size}: {ms:.1} ms", k.stem);
+            eprintln!("{path} {} {size}: {ms:.1} ms", k.stem);
         }
     }
     let ncnn = a.ncnn.as_deref().map(|py| ncnn_times(py, &a, &stems)).unwrap_or_default();

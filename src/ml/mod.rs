@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod fastconv;
+
 use crate::config::{Config, MlConfig};
 use crate::engine::registry::ModelEntry;
 use crate::engine::Tiling;

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::graph::Fused;
+use crate::ml::fastconv;
 use crate::ml::ncnn::LayerData;
 
 /// The activation applied after a convolution.
@@ -84,6 +85,28 @@ impl Conv {
                 y.maximum(0f32)? + neg
             }
         }
+    }
+
+    /// The same convolution as a pre-packed [`fastconv::Conv3x3`] (NHWC, CPU): weights, bias
+    /// and activation copied from this layer. Only 3×3 kernels (every Real-ESRGAN conv).
+    pub fn to_fast(&self) -> std::result::Result<fastconv::Conv3x3, String> {
+        if self.k != 3 {
+            return Err(format!("fastconv has no {0}x{0} kernel", self.k));
+        }
+        let host = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
+            t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())
+        };
+        let weight = host(&self.weight)?;
+        let bias = match &self.bias {
+            Some(b) => Some(host(b)?),
+            None => None,
+        };
+        let act = match &self.act {
+            Activation::Identity => fastconv::Activation::None,
+            Activation::LeakyRelu(s) => fastconv::Activation::LeakyRelu(*s as f32),
+            Activation::PRelu(slope) => fastconv::Activation::PRelu(host(slope)?),
+        };
+        fastconv::Conv3x3::new(&weight, bias.as_deref(), self.cin, self.cout, act).map_err(|e| e.to_string())
     }
 
     /// Floating-point operations (multiply and add counted separately) on an `h`×`w` input.

@@ -21,11 +21,13 @@ use candle_core::{Device, Tensor};
 use crate::engine::{Engine, EngineId, GenParams, InferError, RunContext, Tile, Tiling};
 use crate::ml::ncnn::{self, Param};
 
+pub mod fast;
 pub mod graph;
 pub mod layers;
 pub mod rrdb;
 pub mod srvgg;
 
+use fast::FastNet;
 use graph::{Builder, Graph};
 use rrdb::{Rrdb, RrdbConfig};
 use srvgg::{Srvgg, SrvggConfig};
@@ -118,8 +120,18 @@ pub struct RealEsrgan {
     id: EngineId,
     arch: Arch,
     net: Net,
+    /// The fastconv (NHWC) network, on the CPU unless `UPRES_FASTCONV=off`: [`Self::forward`]
+    /// and [`Engine::upscale`] use it when present.
+    fast: Option<FastNet>,
     device: Device,
     tiling: Option<Tiling>,
+}
+
+/// Whether the environment leaves fastconv on: `UPRES_FASTCONV=off` (or `candle`, `0`) forces
+/// the candle path; any other value (or none) keeps fastconv, whose backend the same variable
+/// picks (`docs/fastconv.md`).
+pub fn fastconv_enabled_by_env() -> bool {
+    !matches!(std::env::var("UPRES_FASTCONV").ok().as_deref(), Some("off" | "candle" | "0"))
 }
 
 impl RealEsrgan {
@@ -145,7 +157,9 @@ impl RealEsrgan {
         .map_err(mismatch)?;
         b.finish(out).map_err(mismatch)?;
         let id = EngineId::new(stem, EngineId::digest(&[param, bin].concat()));
-        Ok(Self { id, arch, net, device: device.clone(), tiling })
+        let mut model = Self { id, arch, net, fast: None, device: device.clone(), tiling };
+        model.set_fastconv(device.is_cpu() && fastconv_enabled_by_env())?;
+        Ok(model)
     }
 
     /// Loads `<dir>/<stem>.param` and `.bin`.
@@ -170,8 +184,33 @@ impl RealEsrgan {
         }
     }
 
-    /// Runs the network on an `(N, 3, H, W)` tensor.
+    /// Turns the fastconv path on (packing the weights, CPU device only) or off (candle).
+    pub fn set_fastconv(&mut self, on: bool) -> Result<(), String> {
+        if !on {
+            self.fast = None;
+        } else if !self.device.is_cpu() {
+            return Err("fastconv runs on the CPU only".into());
+        } else if self.fast.is_none() {
+            self.fast = Some(FastNet::new(&self.net).map_err(|e| format!("fastconv: {e}"))?);
+        }
+        Ok(())
+    }
+
+    /// Whether [`Self::forward`] runs on fastconv.
+    pub fn uses_fastconv(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Runs the network on an `(N, 3, H, W)` tensor: fastconv when on, else candle.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.fast {
+            Some(f) => f.forward(x),
+            None => self.forward_candle(x),
+        }
+    }
+
+    /// Runs the candle network (the reference; the CUDA path).
+    pub fn forward_candle(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.net {
             Net::Rrdb(n) => n.forward(x),
             Net::Srvgg(n) => n.forward(x),

@@ -38,18 +38,18 @@ impl RrdbConfig {
 }
 
 /// Five densely connected convolutions.
-struct DenseBlock {
-    convs: [Conv; 5],
+pub(super) struct DenseBlock {
+    pub(super) convs: [Conv; 5],
 }
 
 pub struct Rrdb {
-    conv_first: Conv,
-    blocks: Vec<[DenseBlock; 3]>,
-    conv_body: Conv,
-    conv_up1: Conv,
-    conv_up2: Conv,
-    conv_hr: Conv,
-    conv_last: Conv,
+    pub(super) conv_first: Conv,
+    pub(super) blocks: Vec<[DenseBlock; 3]>,
+    pub(super) conv_body: Conv,
+    pub(super) conv_up1: Conv,
+    pub(super) conv_up2: Conv,
+    pub(super) conv_hr: Conv,
+    pub(super) conv_last: Conv,
 }
 
 fn conv(

@@ -32,8 +32,8 @@ impl SrvggConfig {
 }
 
 pub struct Srvgg {
-    cfg: SrvggConfig,
-    convs: Vec<Conv>,
+    pub(super) cfg: SrvggConfig,
+    pub(super) convs: Vec<Conv>,
 }
 
 impl Srvgg {

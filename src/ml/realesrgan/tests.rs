@@ -69,20 +69,24 @@ fn compare(a: &[f32], b: &[f32]) -> (f32, f64) {
 
 const SIZES: [(usize, usize); 2] = [(16, 16), (24, 20)];
 
+/// Both paths against ncnn: the engine's default (fastconv on the CPU) through `forward`, and
+/// the candle reference through `forward_candle`.
 fn parity(stem: &str) {
     let model = load(stem, None);
+    assert!(model.uses_fastconv(), "{stem}: the CPU default must be fastconv (is UPRES_FASTCONV=off set?)");
     for (w, h) in SIZES {
         let (ishape, input) = fixture(&format!("in-{w}x{h}.npy"));
         assert_eq!(ishape, vec![3, h, w]);
         let (oshape, want) = fixture(&format!("{stem}-{w}x{h}.npy"));
         let x = Tensor::from_vec(input, (1, 3, h, w), &Device::Cpu).unwrap();
-        let y = model.forward(&x).unwrap();
-        assert_eq!(y.dims()[1..], oshape[..], "{stem} {w}x{h}: output shape");
-        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-        let (max, psnr) = compare(&got, &want);
-        println!("parity {stem} {w}x{h}: max abs err {max:.2e}, PSNR {psnr:.1} dB (8-bit)");
-        assert!(psnr >= 45.0, "{stem} {w}x{h}: PSNR {psnr:.1} dB < 45 dB vs ncnn (max abs err {max:.2e})");
-        assert!(max < 1e-4, "{stem} {w}x{h}: max abs err {max:.2e} vs ncnn");
+        for (path, y) in [("fastconv", model.forward(&x).unwrap()), ("candle", model.forward_candle(&x).unwrap())] {
+            assert_eq!(y.dims()[1..], oshape[..], "{stem} {w}x{h} {path}: output shape");
+            let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            let (max, psnr) = compare(&got, &want);
+            println!("parity {stem} {w}x{h} {path}: max abs err {max:.2e}, PSNR {psnr:.1} dB (8-bit)");
+            assert!(psnr >= 45.0, "{stem} {w}x{h} {path}: PSNR {psnr:.1} dB < 45 dB vs ncnn (max abs err {max:.2e})");
+            assert!(max < 1e-4, "{stem} {w}x{h} {path}: max abs err {max:.2e} vs ncnn");
+        }
     }
 }
 
@@ -131,6 +135,63 @@ fn test_image(w: u32, h: u32) -> Tile {
 fn run(model: &RealEsrgan, tiles: &[Tile]) -> Vec<Tile> {
     let params = vec![GenParams::default(); tiles.len()];
     model.upscale(tiles, &params, &Unattended).unwrap()
+}
+
+/// The engine's fastconv path vs its candle path through `upscale` (one batched forward pass
+/// each) on the real weights: 16×16 single, 23×17 batch of 2 (odd sizes, N > 1).
+fn fast_vs_candle(stem: &str) {
+    let mut model = load(stem, None);
+    assert!(model.uses_fastconv(), "{stem}: the CPU default must be fastconv (is UPRES_FASTCONV=off set?)");
+    let cases: Vec<Vec<Tile>> = vec![
+        vec![test_image(16, 16)],
+        vec![test_image(23, 17), {
+            let mut b = test_image(23, 17);
+            b.data.reverse();
+            b
+        }],
+    ];
+    let fast: Vec<Vec<Tile>> = cases.iter().map(|t| run(&model, t)).collect();
+    model.set_fastconv(false).unwrap();
+    assert!(!model.uses_fastconv());
+    let s = model.scale();
+    for (tiles, got) in cases.iter().zip(&fast) {
+        let want = run(&model, tiles);
+        assert_eq!(got.len(), tiles.len());
+        for (i, (g, c)) in got.iter().zip(&want).enumerate() {
+            let (w, h) = tiles[i].shape();
+            assert_eq!(g.shape(), (w * s, h * s));
+            assert_eq!(g.shape(), c.shape());
+            let (max, psnr) = compare(&g.data, &c.data);
+            println!("fast vs candle {stem} {w}x{h} batch {} #{i}: max abs err {max:.2e}, PSNR {psnr:.1} dB (8-bit)", tiles.len());
+            assert!(psnr >= 45.0, "{stem} {w}x{h}: fast vs candle PSNR {psnr:.1} dB < 45 dB (max abs err {max:.2e})");
+            assert!(max < 1e-3, "{stem} {w}x{h}: fast vs candle max abs err {max:.2e}");
+        }
+    }
+}
+
+#[test]
+fn fast_matches_candle_animevideov3_x4() {
+    fast_vs_candle("realesr-animevideov3-x4");
+}
+
+#[test]
+fn fast_matches_candle_animevideov3_x3() {
+    fast_vs_candle("realesr-animevideov3-x3");
+}
+
+#[test]
+fn fast_matches_candle_animevideov3_x2() {
+    fast_vs_candle("realesr-animevideov3-x2");
+}
+
+#[test]
+fn fast_matches_candle_x4plus_anime() {
+    fast_vs_candle("realesrgan-x4plus-anime");
+}
+
+#[test]
+fn fast_matches_candle_x4plus() {
+    fast_vs_candle("realesrgan-x4plus");
 }
 
 /// Tiled (cut, one batched forward pass, feathered stitch) vs the whole image in one pass.

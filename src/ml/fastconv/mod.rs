@@ -1,0 +1,593 @@
+//! Fast CPU 3×3 convolution for the Real-ESRGAN family (issue #7).
+//!
+//! candle's CPU `conv2d` (im2col + GEMM on NCHW) reaches 18–29 GFLOP/s on Real-ESRGAN's
+//! shapes. This module is a direct convolution on a CPU-friendly layout:
+//!
+//! * **Layout** — [`Nhwc`]: f32, NHWC, with a one-pixel zero border stored in the buffer
+//!   (so the kernels need no bounds checks: in padded flat coordinates the 9 taps are
+//!   constant offsets) and a *channel stride* larger than the channels a conv uses, so a
+//!   conv can read a channel slice and write its output into a channel slice of a wider
+//!   buffer (RRDBNet's dense-block concatenation without copies, see
+//!   [`Conv3x3::forward_in_place`]).
+//! * **Weights** — [`Conv3x3::new`] packs OIHW weights once into blocks of up to 64 output
+//!   channels, `[tap][c_in][block channels]`.
+//! * **Kernel** — register-blocked AVX-512 microkernel: `P` output pixels × `NV`·16 output
+//!   channels held in 24 zmm accumulators (NV=4,P=6 / 3,8 / 2,12 / 1,16), broadcast input,
+//!   FMA. An optional bf16 kernel (`vdpbf16ps`, f32 accumulation) and a portable kernel
+//!   (compiled for the baseline target and for AVX2+FMA) share the packing and epilogue.
+//! * **Epilogue** — fused into the single store: `out = scale · act(conv + bias) + Σ wᵢ·resᵢ`
+//!   with `act` = none / LeakyReLU / PReLU (a per-channel negative slope), at most two
+//!   residuals ([`Epilogue`]).
+//! * **Threads** — output rows are cut into chunks of 144 positions per image, run on
+//!   rayon's pool (both cores); batches (N>1) go through the same path.
+//! * **Backend** — detected at run time ([`Backend::detect`]); the env var
+//!   `UPRES_FASTCONV=portable|avx2|avx512|bf16` overrides it (an unsupported request falls
+//!   back to the best supported fp32 backend). bf16 is never chosen automatically.
+//!
+//! Tolerances (see the tests): fp32 backends within `1e-5·Σ|w·x| + 1e-6` of an f64
+//! reference per output; bf16 within `1.6e-2·Σ|w·x| + 1e-6`.
+
+mod avx512;
+mod kernels;
+mod portable;
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+use kernels::{RawBlock, RawJob, RawRes};
+
+/// Extra pixels allocated after the last padded pixel: a tile may run up to 15 positions past
+/// the last interior pixel (its results are discarded, its reads must stay in the buffer).
+const SLACK_PX: usize = 24;
+/// Widest output-channel block, in 16-channel vectors (4: 64 channels × 6 pixels per tile).
+/// `UPRES_FASTCONV_MAXNV` overrides it (tuning).
+const MAX_NV: usize = 4;
+/// Output positions per parallel work item (a multiple of every tile width P).
+const CHUNK: usize = 144;
+
+/// Errors from shape or slice mismatches.
+#[derive(thiserror::Error, Debug, PartialEq)]
+pub enum FastConvError {
+    #[error("fastconv: {0}")]
+    Shape(String),
+}
+
+fn shape_err<T>(msg: impl Into<String>) -> Result<T, FastConvError> {
+    Err(FastConvError::Shape(msg.into()))
+}
+
+/// Which kernel runs the convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// The portable kernel compiled with AVX2+FMA.
+    Avx2,
+    /// AVX-512F fp32 FMA microkernel.
+    Avx512,
+    /// AVX-512 BF16 dot products (`vdpbf16ps`), bf16 inputs and weights, f32 accumulation.
+    Avx512Bf16,
+}
+
+impl Backend {
+    /// Whether this CPU can run the backend.
+    pub fn supported(self) -> bool {
+        match self {
+            Backend::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512Bf16 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The fastest supported fp32 backend.
+    pub fn best_fp32() -> Backend {
+        [Backend::Avx512, Backend::Avx2].into_iter().find(|b| b.supported()).unwrap_or(Backend::Portable)
+    }
+
+    /// The backend new convolutions use: `UPRES_FASTCONV` if set and supported, else
+    /// [`Backend::best_fp32`].
+    pub fn detect() -> Backend {
+        let want = match std::env::var("UPRES_FASTCONV").ok().as_deref() {
+            Some("portable") => Some(Backend::Portable),
+            Some("avx2") => Some(Backend::Avx2),
+            Some("avx512") => Some(Backend::Avx512),
+            Some("bf16") => Some(Backend::Avx512Bf16),
+            _ => None,
+        };
+        match want {
+            Some(b) if b.supported() => b,
+            _ => Backend::best_fp32(),
+        }
+    }
+}
+
+/// An f32 NHWC activation with a stored one-pixel zero border and a channel stride `c`.
+///
+/// Pixel `(n, y, x)` (logical coordinates, `0 <= y < h`) lives at padded flat index
+/// `n·(h+2)·(w+2) + (y+1)·(w+2) + (x+1)`; channel `k` of it at `index·c + k`. The border is
+/// never written by the ops here and stays zero.
+#[derive(Clone, Debug)]
+pub struct Nhwc {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    buf: Vec<f32>,
+    /// Start of the data inside `buf` (aligned to 64 bytes).
+    base: usize,
+}
+
+impl Nhwc {
+    /// A zeroed activation of `n` images, `h×w` pixels, `c` channels (channel stride).
+    pub fn zeros(n: usize, h: usize, w: usize, c: usize) -> Self {
+        let len = (n * (h + 2) * (w + 2) + SLACK_PX) * c;
+        let buf = vec![0f32; len + 16];
+        let base = buf.as_ptr().align_offset(64).min(15);
+        Nhwc { n, h, w, c, buf, base }
+    }
+
+    /// `(n, h, w, c)`.
+    pub fn shape(&self) -> (usize, usize, usize, usize) {
+        (self.n, self.h, self.w, self.c)
+    }
+
+    fn row_px(&self) -> usize {
+        self.w + 2
+    }
+
+    fn img_px(&self) -> usize {
+        (self.h + 2) * (self.w + 2)
+    }
+
+    fn index(&self, n: usize, y: usize, x: usize) -> usize {
+        n * self.img_px() + (y + 1) * self.row_px() + (x + 1)
+    }
+
+    fn data(&self) -> &[f32] {
+        &self.buf[self.base..]
+    }
+
+    fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.base..]
+    }
+
+    /// Channels `k..k+len` of pixel `(n, y, x)`.
+    pub fn pixel(&self, n: usize, y: usize, x: usize) -> &[f32] {
+        let i = self.index(n, y, x) * self.c;
+        &self.data()[i..i + self.c]
+    }
+
+    /// Mutable channels of pixel `(n, y, x)`.
+    pub fn pixel_mut(&mut self, n: usize, y: usize, x: usize) -> &mut [f32] {
+        let i = self.index(n, y, x) * self.c;
+        let c = self.c;
+        &mut self.data_mut()[i..i + c]
+    }
+
+    /// Builds from NCHW data (`data.len() == n·c·h·w`); the channel stride is `c + extra_c`.
+    pub fn from_nchw(data: &[f32], n: usize, c: usize, h: usize, w: usize, extra_c: usize) -> Result<Self, FastConvError> {
+        if data.len() != n * c * h * w {
+            return shape_err(format!("from_nchw: {} values for {n}x{c}x{h}x{w}", data.len()));
+        }
+        let mut t = Nhwc::zeros(n, h, w, c + extra_c);
+        for ni in 0..n {
+            for y in 0..h {
+                for x in 0..w {
+                    let px = t.pixel_mut(ni, y, x);
+                    for (k, v) in px.iter_mut().take(c).enumerate() {
+                        *v = data[((ni * c + k) * h + y) * w + x];
+                    }
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Channels `c_off..c_off+c_len` as NCHW data.
+    pub fn to_nchw(&self, c_off: usize, c_len: usize) -> Vec<f32> {
+        assert!(c_off + c_len <= self.c, "channel slice out of range");
+        let (n, h, w) = (self.n, self.h, self.w);
+        let mut out = vec![0f32; n * c_len * h * w];
+        for ni in 0..n {
+            for y in 0..h {
+                for x in 0..w {
+                    let px = self.pixel(ni, y, x);
+                    for k in 0..c_len {
+                        out[((ni * c_len + k) * h + y) * w + x] = px[c_off + k];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// From a candle NCHW tensor (any float dtype); channel stride `c + extra_c`.
+    pub fn from_tensor(t: &Tensor, extra_c: usize) -> candle_core::Result<Self> {
+        let (n, c, h, w) = t.dims4()?;
+        let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Nhwc::from_nchw(&v, n, c, h, w, extra_c).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    /// Channels `c_off..c_off+c_len` as a candle NCHW f32 tensor.
+    pub fn to_tensor(&self, c_off: usize, c_len: usize, device: &Device) -> candle_core::Result<Tensor> {
+        Tensor::from_vec(self.to_nchw(c_off, c_len), (self.n, c_len, self.h, self.w), device)
+    }
+
+    /// Nearest-neighbour upsampling by an integer `factor` of channels `c_off..c_off+c_len`.
+    pub fn upsample_nearest(&self, c_off: usize, c_len: usize, factor: usize) -> Nhwc {
+        assert!(c_off + c_len <= self.c, "channel slice out of range");
+        let mut out = Nhwc::zeros(self.n, self.h * factor, self.w * factor, c_len);
+        for ni in 0..self.n {
+            for y in 0..out.h {
+                for x in 0..out.w {
+                    let src = &self.pixel(ni, y / factor, x / factor)[c_off..c_off + c_len];
+                    out.pixel_mut(ni, y, x).copy_from_slice(src);
+                }
+            }
+        }
+        out
+    }
+
+    /// PyTorch `pixel_shuffle(r)` of channels `c_off..c_off+c_len` (`c_len = C·r²`): output
+    /// channel `k`, sub-pixel `(i, j)` comes from input channel `k·r² + i·r + j`.
+    pub fn pixel_shuffle(&self, c_off: usize, c_len: usize, r: usize) -> Nhwc {
+        assert!(c_off + c_len <= self.c && c_len % (r * r) == 0, "bad pixel_shuffle slice");
+        let co = c_len / (r * r);
+        let mut out = Nhwc::zeros(self.n, self.h * r, self.w * r, co);
+        for ni in 0..self.n {
+            for y in 0..out.h {
+                for x in 0..out.w {
+                    let src = self.pixel(ni, y / r, x / r);
+                    let sub = (y % r) * r + (x % r);
+                    let dst = out.pixel_mut(ni, y, x);
+                    for (k, d) in dst.iter_mut().enumerate() {
+                        *d = src[c_off + k * r * r + sub];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `self[.., c_off..c_off+len] += other[.., o_off..o_off+len]` (same n, h, w).
+    pub fn add_assign(&mut self, c_off: usize, other: &Nhwc, o_off: usize, len: usize) {
+        assert!((self.n, self.h, self.w) == (other.n, other.h, other.w), "add_assign: shape mismatch");
+        for ni in 0..self.n {
+            for y in 0..self.h {
+                for x in 0..self.w {
+                    let src = &other.pixel(ni, y, x)[o_off..o_off + len];
+                    for (d, s) in self.pixel_mut(ni, y, x)[c_off..c_off + len].iter_mut().zip(src) {
+                        *d += s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Activation fused into the convolution's output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Activation {
+    None,
+    /// `x < 0 → slope·x` (Real-ESRGAN uses 0.2).
+    LeakyRelu(f32),
+    /// Per-output-channel slopes (`len == out_c`).
+    PRelu(Vec<f32>),
+}
+
+/// One residual term: `out += weight · src[.., c_off..c_off+out_c]`. `src` has the output's
+/// `n, h, w`.
+#[derive(Clone, Copy)]
+pub struct Residual<'a> {
+    pub src: &'a Nhwc,
+    pub c_off: usize,
+    pub weight: f32,
+}
+
+/// The fused output pass: `out = scale · act(conv + bias) + Σ residuals`.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: f32,
+    /// At most two.
+    pub residuals: &'a [Residual<'a>],
+}
+
+impl Default for Epilogue<'_> {
+    fn default() -> Self {
+        Epilogue { scale: 1.0, residuals: &[] }
+    }
+}
+
+struct Block {
+    w: Vec<f32>,
+    wbf: Vec<u16>,
+    bias: Vec<f32>,
+    slope: Vec<f32>,
+    oc0: usize,
+    nv: usize,
+    lanes: usize,
+}
+
+/// A 3×3, stride 1, pad 1 convolution with pre-packed weights and a fused activation.
+pub struct Conv3x3 {
+    in_c: usize,
+    out_c: usize,
+    blocks: Vec<Block>,
+    backend: Backend,
+}
+
+/// Pool of bf16 input copies, reused across calls (bounded by the number of concurrent
+/// bf16 convolutions).
+static BF16_POOL: Mutex<Vec<Vec<u16>>> = Mutex::new(Vec::new());
+
+fn f32_to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+impl Conv3x3 {
+    /// Packs `weight` (OIHW, `out_c·in_c·9` values) and `bias` (`out_c`, or none) for the
+    /// backend from [`Backend::detect`].
+    pub fn new(weight: &[f32], bias: Option<&[f32]>, in_c: usize, out_c: usize, act: Activation) -> Result<Self, FastConvError> {
+        Self::with_backend(weight, bias, in_c, out_c, act, Backend::detect())
+    }
+
+    /// As [`Conv3x3::new`] with an explicit backend (an unsupported one falls back to
+    /// [`Backend::best_fp32`]).
+    pub fn with_backend(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        in_c: usize,
+        out_c: usize,
+        act: Activation,
+        backend: Backend,
+    ) -> Result<Self, FastConvError> {
+        let backend = if backend.supported() { backend } else { Backend::best_fp32() };
+        if in_c == 0 || out_c == 0 || weight.len() != out_c * in_c * 9 {
+            return shape_err(format!("weight: {} values for {out_c}x{in_c}x3x3", weight.len()));
+        }
+        if bias.is_some_and(|b| b.len() != out_c) {
+            return shape_err("bias length != out_c");
+        }
+        let slope_of = |o: usize| match &act {
+            Activation::None => Ok(1.0),
+            Activation::LeakyRelu(s) => Ok(*s),
+            Activation::PRelu(v) if v.len() == out_c => Ok(v[o]),
+            Activation::PRelu(v) => shape_err(format!("PReLU: {} slopes for {out_c} channels", v.len())),
+        };
+        // Split the 16-channel vectors into blocks of at most MAX_NV, as evenly as possible.
+        let max_nv = std::env::var("UPRES_FASTCONV_MAXNV").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_NV).clamp(1, 4);
+        let nvt = out_c.div_ceil(16);
+        let nblocks = nvt.div_ceil(max_nv);
+        let mut blocks = Vec::with_capacity(nblocks);
+        let mut v0 = 0;
+        for bi in 0..nblocks {
+            let nv = (nvt - v0) / (nblocks - bi) + usize::from((nvt - v0) % (nblocks - bi) != 0);
+            let oc0 = v0 * 16;
+            let width = nv * 16;
+            let valid = (out_c - oc0).min(width);
+            let lanes = valid - (nv - 1) * 16;
+            let mut w = vec![0f32; 9 * in_c * width];
+            let mut bias_v = vec![0f32; width];
+            let mut slope = vec![1f32; width];
+            for j in 0..valid {
+                let o = oc0 + j;
+                bias_v[j] = bias.map_or(0.0, |b| b[o]);
+                slope[j] = slope_of(o)?;
+                for i in 0..in_c {
+                    for t in 0..9 {
+                        w[(t * in_c + i) * width + j] = weight[(o * in_c + i) * 9 + t];
+                    }
+                }
+            }
+            let mut wbf = Vec::new();
+            if backend == Backend::Avx512Bf16 {
+                let pairs = in_c.div_ceil(2);
+                wbf = vec![0u16; 9 * pairs * width * 2];
+                for t in 0..9 {
+                    for i in 0..in_c {
+                        for j in 0..width {
+                            wbf[((t * pairs + i / 2) * width + j) * 2 + i % 2] = f32_to_bf16(w[(t * in_c + i) * width + j]);
+                        }
+                    }
+                }
+            }
+            blocks.push(Block { w, wbf, bias: bias_v, slope, oc0, nv, lanes });
+            v0 += nv;
+        }
+        Ok(Conv3x3 { in_c, out_c, blocks, backend })
+    }
+
+    /// From candle tensors: weight `(out_c, in_c, 3, 3)`, bias `(out_c)`.
+    pub fn from_tensors(weight: &Tensor, bias: Option<&Tensor>, act: Activation) -> candle_core::Result<Self> {
+        let (o, i, kh, kw) = weight.dims4()?;
+        if (kh, kw) != (3, 3) {
+            candle_core::bail!("fastconv: kernel {kh}x{kw}, want 3x3");
+        }
+        let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let b = match bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        Conv3x3::new(&w, b.as_deref(), i, o, act).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    /// Drop-in for candle NCHW code: converts `x` (N, in_c, H, W) to [`Nhwc`], convolves
+    /// with the fused bias/activation, and converts back to an f32 NCHW tensor on `x`'s
+    /// device. The conversions cost two copies; keep activations in [`Nhwc`] across layers
+    /// to avoid them.
+    pub fn forward_tensor(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, _, h, w) = x.dims4()?;
+        let input = Nhwc::from_tensor(x, 0)?;
+        let mut out = Nhwc::zeros(n, h, w, self.out_c);
+        self.forward(&input, 0, &mut out, 0, &Epilogue::default()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        out.to_tensor(0, self.out_c, x.device())
+    }
+
+    pub fn in_c(&self) -> usize {
+        self.in_c
+    }
+
+    pub fn out_c(&self) -> usize {
+        self.out_c
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Floating-point operations of one forward over `n×h×w` (2 per multiply-add).
+    pub fn flops(&self, n: usize, h: usize, w: usize) -> f64 {
+        2.0 * 9.0 * (self.in_c * self.out_c * n * h * w) as f64
+    }
+
+    /// Convolves channels `in_off..in_off+in_c` of `input` into channels
+    /// `out_off..out_off+out_c` of `out` (same n, h, w), with the fused epilogue.
+    pub fn forward(&self, input: &Nhwc, in_off: usize, out: &mut Nhwc, out_off: usize, ep: &Epilogue) -> Result<(), FastConvError> {
+        self.check_in(input, in_off)?;
+        self.check_out(out, out_off, input)?;
+        let res = self.check_res(ep, input)?;
+        let geom = (input.n, input.h, input.w);
+        let inp = input.data()[in_off..].as_ptr();
+        let cs_out = out.c;
+        let out_ptr = out.data_mut()[out_off..].as_mut_ptr();
+        self.run(geom, inp, input.c, out_ptr, cs_out, &res, ep.scale);
+        Ok(())
+    }
+
+    /// Convolves channels `in_off..in_off+in_c` of `buf` into its channels
+    /// `out_off..out_off+out_c` (the ranges must not overlap): a dense block's conv writes its
+    /// growth channels right after the ones it read.
+    pub fn forward_in_place(&self, buf: &mut Nhwc, in_off: usize, out_off: usize, ep: &Epilogue) -> Result<(), FastConvError> {
+        self.check_in(buf, in_off)?;
+        self.check_out(buf, out_off, buf)?;
+        if in_off < out_off + self.out_c && out_off < in_off + self.in_c {
+            return shape_err("forward_in_place: input and output channel ranges overlap");
+        }
+        let res = self.check_res(ep, buf)?;
+        let geom = (buf.n, buf.h, buf.w);
+        let cs = buf.c;
+        // Both pointers derive from one mutable borrow; reads and writes touch disjoint
+        // channels.
+        let base = buf.data_mut().as_mut_ptr();
+        self.run(geom, base.wrapping_add(in_off), cs, base.wrapping_add(out_off), cs, &res, ep.scale);
+        Ok(())
+    }
+
+    fn check_in(&self, input: &Nhwc, in_off: usize) -> Result<(), FastConvError> {
+        if in_off + self.in_c > input.c {
+            return shape_err(format!("input channels {in_off}+{} > stride {}", self.in_c, input.c));
+        }
+        Ok(())
+    }
+
+    fn check_out(&self, out: &Nhwc, out_off: usize, input: &Nhwc) -> Result<(), FastConvError> {
+        if (out.n, out.h, out.w) != (input.n, input.h, input.w) {
+            return shape_err("output n/h/w differ from input");
+        }
+        if out_off + self.out_c > out.c {
+            return shape_err(format!("output channels {out_off}+{} > stride {}", self.out_c, out.c));
+        }
+        Ok(())
+    }
+
+    fn check_res(&self, ep: &Epilogue, input: &Nhwc) -> Result<Vec<RawRes>, FastConvError> {
+        if ep.residuals.len() > 2 {
+            return shape_err("at most two residuals");
+        }
+        let mut v = Vec::new();
+        for r in ep.residuals {
+            if (r.src.n, r.src.h, r.src.w) != (input.n, input.h, input.w) || r.c_off + self.out_c > r.src.c {
+                return shape_err("residual shape or channel slice mismatch");
+            }
+            v.push(RawRes { ptr: r.src.data()[r.c_off..].as_ptr(), cs: r.src.c, weight: r.weight });
+        }
+        Ok(v)
+    }
+
+    /// Runs a validated convolution. `inp`/`out_ptr` point at pixel 0 (padded) of their
+    /// buffers, already offset to the channel slice.
+    #[allow(clippy::too_many_arguments)]
+    fn run(&self, geom: (usize, usize, usize), inp: *const f32, cs_in: usize, out_ptr: *mut f32, cs_out: usize, res: &[RawRes], scale: f32) {
+        let (n, h, w) = geom;
+        if n == 0 || h == 0 || w == 0 {
+            return;
+        }
+        let row_px = w + 2;
+        let mut rr = [RawRes { ptr: std::ptr::null(), cs: 0, weight: 0.0 }; 2];
+        rr[..res.len()].copy_from_slice(res);
+        let bf16 = self.backend == Backend::Avx512Bf16;
+        // The bf16 backend reads a bf16 copy of the input slice (same geometry, even stride),
+        // taken from a pool so the buffer is reused across calls.
+        let mut scratch = Vec::new();
+        let (inp, cs, c_in) = if bf16 {
+            let csb = self.in_c.div_ceil(2) * 2;
+            scratch = BF16_POOL.lock().map(|mut p| p.pop()).ok().flatten().unwrap_or_default();
+            scratch.clear();
+            let pixels = n * (h + 2) * row_px;
+            scratch.resize((pixels + SLACK_PX) * csb, 0);
+            kernels::to_bf16(inp, cs_in, self.in_c, pixels, &mut scratch, csb);
+            (scratch.as_ptr() as *const f32, csb, csb)
+        } else {
+            (inp, cs_in, self.in_c)
+        };
+        let rs = (row_px * cs) as isize;
+        let c = cs as isize;
+        let mut tap_off = [0isize; 9];
+        for ky in 0..3 {
+            for kx in 0..3 {
+                tap_off[ky * 3 + kx] = (ky as isize - 1) * rs + (kx as isize - 1) * c;
+            }
+        }
+        let job = RawJob { inp, cs_in: cs, c_in, tap_off, out: out_ptr, cs_out, res: rr, nres: res.len(), scale, row_px, w };
+        let blocks: Vec<RawBlock> = self
+            .blocks
+            .iter()
+            .map(|b| RawBlock {
+                w: b.w.as_ptr(),
+                wbf: b.wbf.as_ptr(),
+                bias: b.bias.as_ptr(),
+                slope: b.slope.as_ptr(),
+                oc0: b.oc0,
+                nv: b.nv,
+                lanes: b.lanes,
+            })
+            .collect();
+        // Interior positions of one image: first interior pixel .. one past the last.
+        let first = row_px + 1;
+        let end = (h + 1) * row_px - 1;
+        let per_img = (end - first).div_ceil(CHUNK);
+        let backend = self.backend;
+        let work = |item: usize| {
+            let img = item / per_img;
+            let base = img * (h + 2) * row_px;
+            let q0 = base + first + (item % per_img) * CHUNK;
+            let q1 = (q0 + CHUNK).min(base + end);
+            for b in &blocks {
+                kernels::run_range(backend, &job, b, q0, q1);
+            }
+        };
+        let items = n * per_img;
+        if items == 1 {
+            work(0);
+        } else {
+            (0..items).into_par_iter().for_each(work);
+        }
+        if bf16 {
+            if let Ok(mut p) = BF16_POOL.lock() {
+                p.push(scratch);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,280 @@
+//! Fast path vs a straightforward f64-accumulating reference convolution.
+
+use super::*;
+
+/// Deterministic xorshift in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+const BACKENDS: [Backend; 4] = [Backend::Portable, Backend::Avx2, Backend::Avx512, Backend::Avx512Bf16];
+
+/// Per-output tolerance factor on Σ|w·x|+|b|.
+fn tol(b: Backend) -> f64 {
+    if b == Backend::Avx512Bf16 {
+        1.6e-2
+    } else {
+        1e-5
+    }
+}
+
+/// Reference: returns (value, Σ|terms|) per output, NCHW-indexed [n][o][y][x].
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    x: &Nhwc,
+    in_off: usize,
+    wt: &[f32],
+    bias: &[f32],
+    in_c: usize,
+    out_c: usize,
+    slopes: &[f32],
+    scale: f32,
+    res: &[(&Nhwc, usize, f32)],
+) -> Vec<(f64, f64)> {
+    let (n, h, w, _) = x.shape();
+    let mut out = Vec::with_capacity(n * out_c * h * w);
+    for ni in 0..n {
+        for o in 0..out_c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let mut s = bias[o] as f64;
+                    let mut a = (bias[o] as f64).abs();
+                    for i in 0..in_c {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (yy, xs) = (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
+                                if yy < 0 || xs < 0 || yy >= h as isize || xs >= w as isize {
+                                    continue;
+                                }
+                                let v = x.pixel(ni, yy as usize, xs as usize)[in_off + i] as f64;
+                                let t = wt[(o * in_c + i) * 9 + ky * 3 + kx] as f64 * v;
+                                s += t;
+                                a += t.abs();
+                            }
+                        }
+                    }
+                    if s < 0.0 {
+                        s *= slopes[o] as f64;
+                    }
+                    s *= scale as f64;
+                    a *= (scale as f64).abs();
+                    for (r, off, wgt) in res {
+                        let rv = r.pixel(ni, y, xx)[off + o] as f64 * *wgt as f64;
+                        s += rv;
+                        a += rv.abs();
+                    }
+                    out.push((s, a));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check(out: &Nhwc, out_off: usize, out_c: usize, want: &[(f64, f64)], tol: f64, what: &str) {
+    let (n, h, w, _) = out.shape();
+    let mut k = 0;
+    for ni in 0..n {
+        for o in 0..out_c {
+            for y in 0..h {
+                for x in 0..w {
+                    let got = out.pixel(ni, y, x)[out_off + o] as f64;
+                    let (v, a) = want[k];
+                    k += 1;
+                    assert!((got - v).abs() <= tol * a + 1e-6, "{what}: n{ni} o{o} y{y} x{x}: got {got}, want {v} (Σ|t|={a})");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matches_reference_on_random_shapes() {
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    // (n, h, w, in_c, out_c): odd sizes, 1×1 maps, channel counts off the vector width,
+    // batch > 1, and Real-ESRGAN's own channel counts.
+    let shapes = [
+        (1, 1, 1, 3, 5),
+        (2, 5, 7, 17, 33),
+        (1, 9, 13, 64, 64),
+        (1, 3, 40, 35, 48),
+        (3, 4, 4, 1, 16),
+        (1, 6, 11, 96, 32),
+        (2, 2, 3, 192, 64),
+        (1, 7, 5, 64, 3),
+        (1, 1, 30, 8, 80),
+    ];
+    for (si, &(n, h, w, in_c, out_c)) in shapes.iter().enumerate() {
+        let extra_in = si % 3; // channel stride wider than the slice
+        let in_off = si % 2;
+        let x = {
+            let mut t = Nhwc::zeros(n, h, w, in_c + extra_in + in_off);
+            for ni in 0..n {
+                for y in 0..h {
+                    for xx in 0..w {
+                        for v in t.pixel_mut(ni, y, xx) {
+                            *v = rng.next();
+                        }
+                    }
+                }
+            }
+            t
+        };
+        let wt = rng.vec(out_c * in_c * 9);
+        let bias = rng.vec(out_c);
+        let act = match si % 3 {
+            0 => Activation::None,
+            1 => Activation::LeakyRelu(0.2),
+            _ => Activation::PRelu(rng.vec(out_c)),
+        };
+        let slopes: Vec<f32> = match &act {
+            Activation::None => vec![1.0; out_c],
+            Activation::LeakyRelu(s) => vec![*s; out_c],
+            Activation::PRelu(v) => v.clone(),
+        };
+        let mut r1 = Nhwc::zeros(n, h, w, out_c + 2);
+        for ni in 0..n {
+            for y in 0..h {
+                for xx in 0..w {
+                    for v in r1.pixel_mut(ni, y, xx) {
+                        *v = rng.next();
+                    }
+                }
+            }
+        }
+        let (scale, res): (f32, Vec<(&Nhwc, usize, f32)>) = match si % 4 {
+            0 => (1.0, vec![]),
+            1 => (0.2, vec![(&r1, 1, 1.0)]),
+            2 => (0.04, vec![(&r1, 0, 0.2), (&x, in_off, 1.0)]),
+            _ => (1.0, vec![(&r1, 2, 1.0)]),
+        };
+        // the two-residual case needs out_c <= in_c slice width for `x`
+        let res: Vec<_> = res.into_iter().filter(|(r, off, _)| off + out_c <= r.shape().3).collect();
+        let want = reference(&x, in_off, &wt, &bias, in_c, out_c, &slopes, scale, &res);
+        for b in BACKENDS {
+            if !b.supported() {
+                continue;
+            }
+            let conv = Conv3x3::with_backend(&wt, Some(&bias), in_c, out_c, act.clone(), b).unwrap();
+            assert_eq!(conv.backend(), b);
+            let out_off = si % 2;
+            let mut out = Nhwc::zeros(n, h, w, out_c + out_off + 1);
+            let residuals: Vec<Residual> = res.iter().map(|&(src, c_off, weight)| Residual { src, c_off, weight }).collect();
+            conv.forward(&x, in_off, &mut out, out_off, &Epilogue { scale, residuals: &residuals }).unwrap();
+            check(&out, out_off, out_c, &want, tol(b), &format!("{b:?} shape {si}"));
+            // Channels outside the output slice and the zero border stay untouched.
+            for ni in 0..n {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let px = out.pixel(ni, y, xx);
+                        assert!(px[..out_off].iter().chain(&px[out_off + out_c..]).all(|&v| v == 0.0), "{b:?}: wrote outside the slice");
+                    }
+                }
+            }
+            assert!(out.buf[..out.base + (w + 3) * out.c].iter().all(|&v| v == 0.0), "{b:?}: wrote the border");
+        }
+    }
+}
+
+#[test]
+fn in_place_dense_block_concat() {
+    let mut rng = Rng(42);
+    let (n, h, w) = (2, 6, 9);
+    // channels 0..20 hold x; two growth convs of 12 each append to it.
+    let mut buf = Nhwc::zeros(n, h, w, 20 + 24);
+    for ni in 0..n {
+        for y in 0..h {
+            for xx in 0..w {
+                for v in &mut buf.pixel_mut(ni, y, xx)[..20] {
+                    *v = rng.next();
+                }
+            }
+        }
+    }
+    for b in BACKENDS.into_iter().filter(|b| b.supported()) {
+        let w1 = rng.vec(12 * 20 * 9);
+        let w2 = rng.vec(12 * 32 * 9);
+        let b1 = rng.vec(12);
+        let c1 = Conv3x3::with_backend(&w1, Some(&b1), 20, 12, Activation::LeakyRelu(0.2), b).unwrap();
+        let c2 = Conv3x3::with_backend(&w2, None, 32, 12, Activation::LeakyRelu(0.2), b).unwrap();
+        c1.forward_in_place(&mut buf, 0, 20, &Epilogue::default()).unwrap();
+        let want1 = reference(&buf, 0, &w1, &b1, 20, 12, &[0.2; 12], 1.0, &[]);
+        check(&buf, 20, 12, &want1, tol(b), &format!("{b:?} conv1"));
+        c2.forward_in_place(&mut buf, 0, 32, &Epilogue::default()).unwrap();
+        let want2 = reference(&buf, 0, &w2, &[0.0; 12], 32, 12, &[0.2; 12], 1.0, &[]);
+        check(&buf, 32, 12, &want2, tol(b), &format!("{b:?} conv2"));
+        assert!(c2.forward_in_place(&mut buf, 0, 20, &Epilogue::default()).is_err(), "overlap must be refused");
+    }
+}
+
+#[test]
+fn matches_candle_conv2d_through_tensors() {
+    let dev = Device::Cpu;
+    let mut rng = Rng(7);
+    let (n, c, h, w, o) = (2, 19, 11, 6, 21);
+    let xt = Tensor::from_vec(rng.vec(n * c * h * w), (n, c, h, w), &dev).unwrap();
+    let wt = Tensor::from_vec(rng.vec(o * c * 9), (o, c, 3, 3), &dev).unwrap();
+    let bt = Tensor::from_vec(rng.vec(o), o, &dev).unwrap();
+    let want = xt.conv2d(&wt, 1, 1, 1, 1).unwrap().broadcast_add(&bt.reshape((1, o, 1, 1)).unwrap()).unwrap();
+    let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let conv = Conv3x3::from_tensors(&wt, Some(&bt), Activation::None).unwrap();
+    let x = Nhwc::from_tensor(&xt, 3).unwrap();
+    let mut out = Nhwc::zeros(n, h, w, o);
+    conv.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap();
+    let got = out.to_tensor(0, o, &dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 2e-4 * (1.0 + w.abs()), "{g} vs {w}");
+    }
+    let got2 = conv.forward_tensor(&xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(got, got2);
+}
+
+#[test]
+fn pixel_shuffle_and_upsample() {
+    // 1 image, 2×1 pixels, 8 channels = 2 output channels × 2².
+    let data: Vec<f32> = (0..16).map(|v| v as f32).collect();
+    let t = Nhwc::from_nchw(&data, 1, 8, 1, 2, 0).unwrap();
+    let s = t.pixel_shuffle(0, 8, 2);
+    assert_eq!(s.shape(), (1, 2, 4, 2));
+    // NCHW input: channel k at pixel x = data[k*2 + x]. Output (c, y, x) = in[c*4 + (y%2)*2 + x%2] at x/2.
+    for cc in 0..2 {
+        for y in 0..2 {
+            for x in 0..4 {
+                let k = cc * 4 + (y % 2) * 2 + x % 2;
+                assert_eq!(s.pixel(0, y, x)[cc], data[k * 2 + x / 2]);
+            }
+        }
+    }
+    let u = t.upsample_nearest(1, 2, 3);
+    assert_eq!(u.shape(), (1, 3, 6, 2));
+    assert_eq!(u.pixel(0, 2, 5), &[data[2 + 1], data[4 + 1]]);
+    let mut a = u.clone();
+    a.add_assign(0, &u, 1, 1);
+    assert_eq!(a.pixel(0, 0, 0)[0], data[2] + data[4]);
+}
+
+#[test]
+fn rejects_bad_shapes() {
+    assert!(Conv3x3::new(&[0.0; 10], None, 1, 1, Activation::None).is_err());
+    assert!(Conv3x3::new(&[0.0; 18], None, 1, 2, Activation::PRelu(vec![0.1])).is_err());
+    let c = Conv3x3::new(&[0.0; 18], None, 2, 1, Activation::None).unwrap();
+    let x = Nhwc::zeros(1, 4, 4, 2);
+    let mut o = Nhwc::zeros(1, 4, 5, 1);
+    assert!(c.forward(&x, 0, &mut o, 0, &Epilogue::default()).is_err());
+    let mut o = Nhwc::zeros(1, 4, 4, 1);
+    assert!(c.forward(&x, 1, &mut o, 0, &Epilogue::default()).is_err());
+    assert!(c.forward(&x, 0, &mut o, 0, &Epilogue::default()).is_ok());
+    // Empty maps are a no-op.
+    let x = Nhwc::zeros(1, 0, 4, 2);
+    let mut o = Nhwc::zeros(1, 0, 4, 1);
+    assert!(c.forward(&x, 0, &mut o, 0, &Epilogue::default()).is_ok());
+}

@@ -1,0 +1,200 @@
+//! The Real-ESRGAN networks on [`fastconv`] (NHWC, pre-packed AVX-512/AVX2 3×3 convolutions with
+//! fused bias, activation and residuals): the CPU path of [`super::RealEsrgan`].
+//!
+//! Built once at load from the same [`super::layers::Conv`] layers the candle path uses (weights
+//! copied and packed by [`Conv::to_fast`](super::layers::Conv::to_fast)), so both paths run the
+//! same numbers; the candle path stays the reference (and the CUDA path). The wiring follows
+//! `docs/fastconv.md`:
+//!
+//! * RRDBNet: one `64 + 4·32`-channel buffer per dense block; `conv1..conv4` append their growth
+//!   channels in place; `conv5` writes the next block's input slot with `0.2·x5 + x` fused; the
+//!   RRDB residual is folded into the third block's `conv5` (`0.04·x5 + 0.2·x3_in + rrdb_in`);
+//!   `conv_body` adds the trunk skip in its epilogue. Nearest ×2 upsampling between the up convs.
+//! * SRVGGNetCompact: PReLU fused, two ping-pong buffers, pixel shuffle + nearest-upsampled input
+//!   on NHWC; the x2/x3 files' bicubic resize runs on the NCHW output with the candle helper
+//!   [`super::layers::bicubic`].
+//!
+//! A batch of `N` tiles is one pass: every buffer is `N` images deep and the kernels spread
+//! positions × images over rayon's pool.
+
+use candle_core::{Device, Result, Tensor};
+
+use super::layers::bicubic;
+use super::rrdb::Rrdb;
+use super::srvgg::{Srvgg, SrvggConfig};
+use crate::ml::fastconv::{Conv3x3, Epilogue, FastConvError, Nhwc, Residual};
+
+/// Dense-block and RRDB residual scale (as in [`super::rrdb`]).
+const RES_SCALE: f32 = 0.2;
+
+fn err(e: FastConvError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// RRDBNet on fastconv.
+pub struct FastRrdb {
+    feat: usize,
+    grow: usize,
+    first: Conv3x3,
+    /// Per RRDB, per dense block, the five convs.
+    blocks: Vec<[[Conv3x3; 5]; 3]>,
+    body: Conv3x3,
+    up1: Conv3x3,
+    up2: Conv3x3,
+    hr: Conv3x3,
+    last: Conv3x3,
+}
+
+impl FastRrdb {
+    pub fn new(net: &Rrdb) -> std::result::Result<Self, String> {
+        let mut blocks = Vec::with_capacity(net.blocks.len());
+        for rrdb in &net.blocks {
+            let mut dbs = Vec::with_capacity(3);
+            for db in rrdb {
+                let convs: Vec<Conv3x3> = db.convs.iter().map(|c| c.to_fast()).collect::<std::result::Result<_, _>>()?;
+                dbs.push(<[Conv3x3; 5]>::try_from(convs).map_err(|_| "five convs")?);
+            }
+            blocks.push(<[[Conv3x3; 5]; 3]>::try_from(dbs).map_err(|_| "three dense blocks")?);
+        }
+        let feat = net.conv_first.cout;
+        let grow = net.blocks.first().map(|b| b[0].convs[0].cout).unwrap_or(0);
+        Ok(Self {
+            feat,
+            grow,
+            first: net.conv_first.to_fast()?,
+            blocks,
+            body: net.conv_body.to_fast()?,
+            up1: net.conv_up1.to_fast()?,
+            up2: net.conv_up2.to_fast()?,
+            hr: net.conv_hr.to_fast()?,
+            last: net.conv_last.to_fast()?,
+        })
+    }
+
+    /// `x`: `(n, h, w, 3)` → `(n, 4h, 4w, 3)`.
+    pub fn forward(&self, x: &Nhwc) -> std::result::Result<Nhwc, FastConvError> {
+        let (n, h, w, _) = x.shape();
+        let (f, g) = (self.feat, self.grow);
+        let none = Epilogue::default();
+        let mut feat = Nhwc::zeros(n, h, w, f);
+        self.first.forward(x, 0, &mut feat, 0, &none)?;
+        // bufs[0..3]: the three dense blocks of the current RRDB (bufs[0][..f] = RRDB input);
+        // bufs[3] receives the RRDB output and becomes the next bufs[0].
+        let mut bufs: [Nhwc; 4] = std::array::from_fn(|_| Nhwc::zeros(n, h, w, f + 4 * g));
+        bufs[0].add_assign(0, &feat, 0, f);
+        for rrdb in &self.blocks {
+            for (d, db) in rrdb.iter().enumerate() {
+                for (k, conv) in db[..4].iter().enumerate() {
+                    conv.forward_in_place(&mut bufs[d], 0, f + k * g, &none)?;
+                }
+                let (lo, hi) = bufs.split_at_mut(d + 1);
+                let cat = &lo[d];
+                if d < 2 {
+                    let res = [Residual { src: cat, c_off: 0, weight: 1.0 }];
+                    db[4].forward(cat, 0, &mut hi[0], 0, &Epilogue { scale: RES_SCALE, residuals: &res })?;
+                } else {
+                    // 0.2·(0.2·x5 + x3_in) + rrdb_in
+                    let res = [
+                        Residual { src: cat, c_off: 0, weight: RES_SCALE },
+                        Residual { src: &lo[0], c_off: 0, weight: 1.0 },
+                    ];
+                    let ep = Epilogue { scale: RES_SCALE * RES_SCALE, residuals: &res };
+                    db[4].forward(cat, 0, &mut hi[0], 0, &ep)?;
+                }
+            }
+            bufs.swap(0, 3);
+        }
+        let [trunk, ..] = bufs;
+        let mut body = Nhwc::zeros(n, h, w, f);
+        let res = [Residual { src: &feat, c_off: 0, weight: 1.0 }];
+        self.body.forward(&trunk, 0, &mut body, 0, &Epilogue { scale: 1.0, residuals: &res })?;
+        drop(trunk);
+        let up = body.upsample_nearest(0, f, 2);
+        let mut x1 = Nhwc::zeros(n, 2 * h, 2 * w, f);
+        self.up1.forward(&up, 0, &mut x1, 0, &none)?;
+        let mut up = x1.upsample_nearest(0, f, 2);
+        let mut x2 = Nhwc::zeros(n, 4 * h, 4 * w, f);
+        self.up2.forward(&up, 0, &mut x2, 0, &none)?;
+        // `up` (same shape) is free again: conv_hr writes there.
+        self.hr.forward(&x2, 0, &mut up, 0, &none)?;
+        let mut out = Nhwc::zeros(n, 4 * h, 4 * w, self.last.out_c());
+        self.last.forward(&up, 0, &mut out, 0, &none)?;
+        Ok(out)
+    }
+}
+
+/// SRVGGNetCompact on fastconv.
+pub struct FastSrvgg {
+    cfg: SrvggConfig,
+    convs: Vec<Conv3x3>,
+}
+
+impl FastSrvgg {
+    pub fn new(net: &Srvgg) -> std::result::Result<Self, String> {
+        let convs = net.convs.iter().map(|c| c.to_fast()).collect::<std::result::Result<Vec<_>, _>>()?;
+        if convs.len() < 2 {
+            return Err("SRVGGNetCompact needs at least two convs".into());
+        }
+        Ok(Self { cfg: net.cfg, convs })
+    }
+
+    /// `x`: `(n, h, w, 3)` → `(n, r·h, r·w, 3)` with `r` the network's upscale (before any
+    /// bicubic resize).
+    pub fn forward(&self, x: &Nhwc) -> std::result::Result<Nhwc, FastConvError> {
+        let (n, h, w, _) = x.shape();
+        let r = self.cfg.upscale;
+        let none = Epilogue::default();
+        let (first, rest) = self.convs.split_first().expect("checked in new");
+        let (last, body) = rest.split_last().expect("checked in new");
+        let f = first.out_c();
+        let mut a = Nhwc::zeros(n, h, w, f);
+        let mut b = Nhwc::zeros(n, h, w, f);
+        first.forward(x, 0, &mut a, 0, &none)?;
+        for conv in body {
+            conv.forward(&a, 0, &mut b, 0, &none)?;
+            std::mem::swap(&mut a, &mut b);
+        }
+        drop(b);
+        let mut lr = Nhwc::zeros(n, h, w, last.out_c());
+        last.forward(&a, 0, &mut lr, 0, &none)?;
+        let mut out = lr.pixel_shuffle(0, last.out_c(), r);
+        out.add_assign(0, &x.upsample_nearest(0, 3, r), 0, 3);
+        Ok(out)
+    }
+}
+
+/// Either network, ready to run.
+pub enum FastNet {
+    Rrdb(FastRrdb),
+    Srvgg(FastSrvgg),
+}
+
+impl FastNet {
+    /// Packs the weights of a loaded candle network.
+    pub(super) fn new(net: &super::Net) -> std::result::Result<Self, String> {
+        Ok(match net {
+            super::Net::Rrdb(n) => FastNet::Rrdb(FastRrdb::new(n)?),
+            super::Net::Srvgg(n) => FastNet::Srvgg(FastSrvgg::new(n)?),
+        })
+    }
+
+    /// `(N, 3, H, W)` f32 NCHW in, `(N, 3, s·H, s·W)` f32 NCHW out on the CPU (the same contract
+    /// as the candle forward).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let input = Nhwc::from_tensor(x, 0)?;
+        let y = match self {
+            FastNet::Rrdb(net) => net.forward(&input),
+            FastNet::Srvgg(net) => net.forward(&input),
+        }
+        .map_err(err)?;
+        let (n, oh, ow, _) = y.shape();
+        let y = y.to_tensor(0, 3, &Device::Cpu)?;
+        debug_assert_eq!(y.dims4()?, (n, 3, oh, ow));
+        match self {
+            FastNet::Srvgg(net) if net.cfg.scale as usize != net.cfg.upscale => {
+                bicubic(&y, net.cfg.scale as f32 / net.cfg.upscale as f32)
+            }
+            _ => Ok(y),
+        }
+    }
+}
