@@ -5,3 +5,4 @@ mod serving; // dimensions, formats, headers, cache tiers, 304, HEAD, /r/
 mod coalescing; // concurrent identical misses, cancellation on disconnect
 mod errors; // every error status and server health afterwards
 mod origins; // an HTTP origin: fetch, 404, deadline, byte cap
+mod tls; // rustls, ALPN h2 and http/1.1

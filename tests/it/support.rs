@@ -68,8 +68,9 @@ impl Setup {
         app.warm_up().await.expect("warm-up");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let tls = upres::server::tls_acceptor(&app.cfg.tls).expect("tls config");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(upres::server::run(listener, None, app.clone(), async move {
+        let task = tokio::spawn(upres::server::run(listener, tls, app.clone(), async move {
             let _ = stopped.await;
         }));
         TestServer { addr, origin: self.origin, store: self.store, app, stop: Some(stop), task: Some(task) }
