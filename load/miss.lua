@@ -11,5 +11,5 @@ function request()
   counter = counter + 1
   local w = 300 + n % 900
   local q = 40 + math.floor(n / 900) % 60
-  return wrk.format("GET", "/x2/w=" .. w .. "/q=" .. q .. "/format=webp/shop/cat.png")
+  return wrk.format("GET", "/x2/model=lanczos/w=" .. w .. "/q=" .. q .. "/format=webp/shop/cat.png")
 end

@@ -14,8 +14,8 @@ end
 function request()
   counter = counter + 1
   if math.random() < 0.8 then
-    return wrk.format("GET", "/x2/w=" .. (199 + zipf()) .. "/format=webp/shop/cat.png")
+    return wrk.format("GET", "/x2/model=lanczos/w=" .. (199 + zipf()) .. "/format=webp/shop/cat.png")
   end
   local w = 300 + (tid * 7919 + counter) % 1500
-  return wrk.format("GET", "/x2/w=" .. w .. "/q=" .. (counter % 50 + 41) .. "/format=webp/shop/cat.png")
+  return wrk.format("GET", "/x2/model=lanczos/w=" .. w .. "/q=" .. (counter % 50 + 41) .. "/format=webp/shop/cat.png")
 end

@@ -29,14 +29,14 @@ base="http://127.0.0.1:$PORT"
   echo "# source: samples/shop/cat.png (451x300 PNG), engine lanczos x2 → 902x600 WebP"
   echo
   echo "## hit: one URL, served from the memory tier"
-  curl -sf -o /dev/null "$base/x2/format=webp/shop/cat.png"
-  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$base/x2/format=webp/shop/cat.png"
+  curl -sf -o /dev/null "$base/x2/model=lanczos/format=webp/shop/cat.png"
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$base/x2/model=lanczos/format=webp/shop/cat.png"
   echo
   echo "## miss: every request a new width (fetch + decode + upscale + resize + encode + store)"
   wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s load/miss.lua "$base"
   echo
   echo "## mixed storefront: 80% of requests over 50 warm URLs (zipf), 20% new URLs"
-  for w in $(seq 200 249); do curl -sf -o /dev/null "$base/x2/w=$w/format=webp/shop/cat.png"; done
+  for w in $(seq 200 249); do curl -sf -o /dev/null "$base/x2/model=lanczos/w=$w/format=webp/shop/cat.png"; done
   wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s load/mixed.lua "$base"
   echo
   echo "## server metrics after the runs"
