@@ -61,7 +61,7 @@ impl Grid {
     }
 
     /// Blends upscaled tiles (in `cut` order) into one image `scale` times larger. In an overlap
-    /// each tile's weight ramps linearly from its inner edge, so neighbours cross-fade.
+    /// each tile's outer quarter is dropped and the middle half cross-fades (see `feather`).
     pub fn stitch(&self, tiles: &[Tile], scale: u32) -> Tile {
         assert_eq!(tiles.len(), self.len(), "stitch needs every tile");
         if tiles.len() == 1 {
@@ -138,16 +138,24 @@ fn axis(len: u32, tile: u32, overlap: u32) -> (u32, Vec<u32>) {
 }
 
 /// Weight of position `i` in a tile of length `n` whose first `a` and last `b` positions overlap
-/// neighbours. Never zero, so every output pixel has weight.
+/// neighbours. A tile's outer quarter of each overlap gets (almost) no weight and the middle half
+/// cross-fades linearly: pixels near a tile's edge saw padding instead of the neighbour's context,
+/// so they are the least right ones (what Real-ESRGAN's `tile_pad` discards), and the two ramps of
+/// one overlap sum to 1. Never exactly zero, so every output pixel has weight.
 fn feather(i: u32, n: u32, a: u32, b: u32) -> f32 {
+    // `t` is the distance of the pixel centre from the tile edge, `len` the overlap on that side.
+    let ramp = |t: f32, len: u32| {
+        let len = len as f32;
+        ((t - len / 4.0) / (len / 2.0)).clamp(0.0, 1.0)
+    };
     let mut w = 1.0f32;
     if a > 0 && i < a {
-        w = w.min((i as f32 + 0.5) / a as f32);
+        w = w.min(ramp(i as f32 + 0.5, a));
     }
     if b > 0 && i >= n - b {
-        w = w.min(((n - i) as f32 - 0.5) / b as f32);
+        w = w.min(ramp((n - i) as f32 - 0.5, b));
     }
-    w
+    w.max(1e-6)
 }
 
 #[cfg(test)]

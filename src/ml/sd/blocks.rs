@@ -3,12 +3,13 @@
 //! `Transformer2DModel`, and the down/up blocks built on them.
 //!
 //! Reused from candle-transformers: `CrossAttention` (q/k/v/out projections and f32 softmax
-//! attention) and `ResnetBlock2D` (configured with the UNet's group count and epsilon).
+//! attention). The resnet blocks and 3×3 convolutions are [`super::conv`]'s (fastconv on the CPU).
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{conv2d, group_norm, layer_norm, linear, Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::stable_diffusion::attention::CrossAttention;
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+
+use super::conv::{Conv3, Resnet};
 
 /// Shape-independent settings shared by every block of one UNet.
 #[derive(Clone, Copy, Debug)]
@@ -19,17 +20,8 @@ pub struct BlockCtx {
     pub cross_dim: usize,
 }
 
-pub fn resnet(vb: VarBuilder, cin: usize, cout: usize, c: BlockCtx) -> Result<ResnetBlock2D> {
-    let cfg = ResnetBlock2DConfig {
-        out_channels: Some(cout),
-        temb_channels: Some(c.temb),
-        groups: c.groups,
-        groups_out: None,
-        eps: c.eps,
-        use_in_shortcut: None,
-        output_scale_factor: 1.0,
-    };
-    ResnetBlock2D::new(vb, cin, cfg)
+pub fn resnet(vb: VarBuilder, cin: usize, cout: usize, c: BlockCtx) -> Result<Resnet> {
+    Resnet::new(vb, cin, cout, c.groups, c.eps, Some(c.temb))
 }
 
 const CONV3: Conv2dConfig = Conv2dConfig { padding: 1, stride: 1, dilation: 1, groups: 1, cudnn_fwd_algo: None };
@@ -128,7 +120,7 @@ pub struct LevelCfg {
 
 /// `DownBlock2D` / `CrossAttnDownBlock2D`.
 pub struct DownBlock {
-    resnets: Vec<ResnetBlock2D>,
+    resnets: Vec<Resnet>,
     attns: Vec<SpatialTransformer>,
     down: Option<Conv2d>,
 }
@@ -172,9 +164,9 @@ impl DownBlock {
 
 /// `UpBlock2D` / `CrossAttnUpBlock2D`.
 pub struct UpBlock {
-    resnets: Vec<ResnetBlock2D>,
+    resnets: Vec<Resnet>,
     attns: Vec<SpatialTransformer>,
-    up: Option<Conv2d>,
+    up: Option<Conv3>,
 }
 
 impl UpBlock {
@@ -199,7 +191,7 @@ impl UpBlock {
                 attns.push(SpatialTransformer::new(vb.pp("attentions").pp(i), cout, heads, depth, c, lv.only_cross)?);
             }
         }
-        let up = if add_up { Some(conv2d(cout, cout, 3, CONV3, vb.pp("upsamplers.0.conv"))?) } else { None };
+        let up = if add_up { Some(Conv3::new(cout, cout, vb.pp("upsamplers.0.conv"))?) } else { None };
         Ok(Self { resnets, attns, up })
     }
 
@@ -229,9 +221,9 @@ impl UpBlock {
 
 /// `UNetMidBlock2DCrossAttn`: resnet, transformer (self + cross attention), resnet.
 pub struct MidBlock {
-    r0: ResnetBlock2D,
+    r0: Resnet,
     attn: SpatialTransformer,
-    r1: ResnetBlock2D,
+    r1: Resnet,
 }
 
 impl MidBlock {

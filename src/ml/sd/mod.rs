@@ -8,6 +8,7 @@
 
 pub mod blocks;
 pub mod clip;
+pub mod conv;
 pub mod loader;
 pub mod pipeline;
 pub mod rng;

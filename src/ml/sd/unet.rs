@@ -3,7 +3,9 @@
 //! `only_cross_attention`, linear projections. Configured from `unet/config.json`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, embedding, group_norm, Conv2d, Conv2dConfig, Embedding, GroupNorm, VarBuilder};
+use candle_nn::{embedding, group_norm, Embedding, GroupNorm, VarBuilder};
+
+use super::conv::Conv3;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 
 use super::blocks::{BlockCtx, DownBlock, LevelCfg, MidBlock, UpBlock};
@@ -81,7 +83,7 @@ fn one_depth() -> PerLevel<usize> {
 
 /// The UNet.
 pub struct Unet {
-    conv_in: Conv2d,
+    conv_in: Conv3,
     time_proj: Timesteps,
     time_emb: TimestepEmbedding,
     class_emb: Option<Embedding>,
@@ -89,7 +91,7 @@ pub struct Unet {
     mid: MidBlock,
     up: Vec<UpBlock>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv3,
 }
 
 impl Unet {
@@ -105,8 +107,7 @@ impl Unet {
         let temb = 4 * ch[0];
         let heads = cfg.num_attention_heads.clone().unwrap_or_else(|| cfg.attention_head_dim.clone());
         let c = BlockCtx { groups: cfg.norm_num_groups, eps: cfg.norm_eps, temb, cross_dim: cfg.cross_attention_dim };
-        let conv3 = Conv2dConfig { padding: 1, ..Default::default() };
-        let conv_in = conv2d(cfg.in_channels, ch[0], 3, conv3, vb.pp("conv_in"))?;
+        let conv_in = Conv3::new(cfg.in_channels, ch[0], vb.pp("conv_in"))?;
         let time_proj = Timesteps::new(ch[0], cfg.flip_sin_to_cos, cfg.freq_shift);
         let time_emb = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
         let class_emb = match cfg.num_class_embeds {
@@ -143,7 +144,7 @@ impl Unet {
             up.push(UpBlock::new(vb.pp("up_blocks").pp(i), cin, prev, out, cfg.layers_per_block + 1, lv, c, i + 1 < n)?);
         }
         let norm_out = group_norm(cfg.norm_num_groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = conv2d(ch[0], cfg.out_channels, 3, conv3, vb.pp("conv_out"))?;
+        let conv_out = Conv3::new(ch[0], cfg.out_channels, vb.pp("conv_out"))?;
         Ok(Self { conv_in, time_proj, time_emb, class_emb, down, mid, up, norm_out, conv_out })
     }
 

@@ -6,8 +6,9 @@
 //! queries in chunks so at most `ATTN_CHUNK_ELEMS` scores exist at once.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+use candle_nn::{conv2d, group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
+
+use super::conv::{Conv3, Resnet};
 
 /// Most attention scores materialised at once (16 Mi floats = 64 MiB in f32).
 pub const ATTN_CHUNK_ELEMS: usize = 16 << 20;
@@ -94,40 +95,30 @@ impl AttnBlock {
     }
 }
 
-fn resnet(vb: VarBuilder, cin: usize, cout: usize, groups: usize) -> Result<ResnetBlock2D> {
-    let cfg = ResnetBlock2DConfig {
-        out_channels: Some(cout),
-        temb_channels: None,
-        groups,
-        groups_out: None,
-        eps: 1e-6,
-        use_in_shortcut: None,
-        output_scale_factor: 1.0,
-    };
-    ResnetBlock2D::new(vb, cin, cfg)
+fn resnet(vb: VarBuilder, cin: usize, cout: usize, groups: usize) -> Result<Resnet> {
+    Resnet::new(vb, cin, cout, groups, 1e-6, None)
 }
 
 struct UpDecoderBlock {
-    resnets: Vec<ResnetBlock2D>,
-    up: Option<Conv2d>,
+    resnets: Vec<Resnet>,
+    up: Option<Conv3>,
 }
 
 /// `post_quant_conv` + `Decoder`.
 pub struct VaeDecoder {
     post_quant: Option<Conv2d>,
-    conv_in: Conv2d,
-    mid_r0: ResnetBlock2D,
+    conv_in: Conv3,
+    mid_r0: Resnet,
     mid_attn: Option<AttnBlock>,
-    mid_r1: ResnetBlock2D,
+    mid_r1: Resnet,
     ups: Vec<UpDecoderBlock>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv3,
 }
 
 impl VaeDecoder {
     /// `vb` is the root of `vae/diffusion_pytorch_model.safetensors`; encoder weights are ignored.
     pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
-        let conv3 = Conv2dConfig { padding: 1, ..Default::default() };
         let g = cfg.norm_num_groups;
         let ch = &cfg.block_out_channels;
         let top = *ch.last().unwrap_or(&0);
@@ -137,7 +128,7 @@ impl VaeDecoder {
             None
         };
         let d = vb.pp("decoder");
-        let conv_in = conv2d(cfg.latent_channels, top, 3, conv3, d.pp("conv_in"))?;
+        let conv_in = Conv3::new(cfg.latent_channels, top, d.pp("conv_in"))?;
         let mid = d.pp("mid_block");
         let mid_r0 = resnet(mid.pp("resnets.0"), top, top, g)?;
         let mid_attn = if cfg.mid_block_add_attention { Some(AttnBlock::new(mid.pp("attentions.0"), top, g)?) } else { None };
@@ -152,11 +143,11 @@ impl VaeDecoder {
             let resnets = (0..cfg.layers_per_block + 1)
                 .map(|j| resnet(vb.pp("resnets").pp(j), if j == 0 { prev } else { out }, out, g))
                 .collect::<Result<_>>()?;
-            let up = if i + 1 < rev.len() { Some(conv2d(out, out, 3, conv3, vb.pp("upsamplers.0.conv"))?) } else { None };
+            let up = if i + 1 < rev.len() { Some(Conv3::new(out, out, vb.pp("upsamplers.0.conv"))?) } else { None };
             ups.push(UpDecoderBlock { resnets, up });
         }
         let norm_out = group_norm(g, ch[0], 1e-6, d.pp("conv_norm_out"))?;
-        let conv_out = conv2d(ch[0], cfg.out_channels, 3, conv3, d.pp("conv_out"))?;
+        let conv_out = Conv3::new(ch[0], cfg.out_channels, d.pp("conv_out"))?;
         Ok(Self { post_quant, conv_in, mid_r0, mid_attn, mid_r1, ups, norm_out, conv_out })
     }
 
