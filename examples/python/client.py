@@ -45,15 +45,15 @@ def _multipart(images, fields):
 
 
 def _request(url, data=None, content_type=None):
-    """(status, headers, body); HTTP errors are answers too (upres sends JSON errors)."""
+    """(status, headers (case-insensitive), body); HTTP errors are answers too (JSON)."""
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     if content_type:
         req.add_header("Content-Type", content_type)
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, e.headers, e.read()
 
 
 def upscale(base, image, **fields):
