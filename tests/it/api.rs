@@ -308,3 +308,18 @@ async fn openapi_and_model_info_describe_the_server() {
     assert_eq!(info["defaults"]["num_inference_steps"]["api"], 75);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_uploader_that_disconnects_cancels_its_work() {
+    let engine = SlowEngine::new(Duration::from_secs(20));
+    let s = Setup::new().models(vec![entry("slow", engine.clone())]).config(|c| c.ml.warm_up = false).start().await;
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(400)).build().unwrap();
+    let f = form(png(8, 8), &[("model", "slow"), ("scale", "2")]);
+    assert!(impatient.post(s.url("/api/v1/upscale")).multipart(f).send().await.is_err(), "the client gives up");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !engine.saw_cancel.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(engine.saw_cancel.load(Ordering::SeqCst), "the engine was told to stop");
+    s.stop().await;
+}
