@@ -205,7 +205,7 @@ async fn wrong_methods_are_405_with_allow() {
         assert_eq!(r.headers()["allow"], "POST", "{path}");
         error_of(r, 405, "method_not_allowed").await;
     }
-    for path in ["/api/v1/model-info", "/api/v1/health", "/api/v1/openapi.json"] {
+    for path in ["/api/v1/model-info", "/api/v1/health", "/api/v1/openapi.json", "/healthz", "/readyz", "/metrics", "/r/x.png"] {
         let r = client().post(s.url(path)).send().await.unwrap();
         assert_eq!(r.headers()["allow"], "GET, HEAD", "{path}");
         error_of(r, 405, "method_not_allowed").await;
