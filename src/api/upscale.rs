@@ -21,7 +21,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
     if head.method != Method::POST {
         return Err(ProxyError::method_not_allowed("POST"));
     }
-    let limits = FormLimits { body_bytes: app.cfg.api.max_upload_bytes, image_bytes: app.cfg.api.max_upload_bytes, max_images: 1 };
+    let limits = FormLimits { body_bytes: app.cfg.api.max_upload_bytes, image_bytes: app.cfg.api.max_upload_bytes, max_images: 1, read_timeout: app.cfg.server.request_deadline };
     let form = form::read(head, body, limits).await.map_err(|e| match e {
         FormError::TooManyImages(_) => {
             ProxyError::new(ErrorClass::BadRequest, "send one `image` part; /api/v1/batch-upscale takes several")
