@@ -32,6 +32,7 @@ pub struct Config {
     pub output: OutputConfig,
     pub signing: SigningConfig,
     pub telemetry: TelemetryConfig,
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -50,6 +51,7 @@ impl Default for Config {
             output: OutputConfig::default(),
             signing: SigningConfig::default(),
             telemetry: TelemetryConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -67,7 +69,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Open connections at most; further accepts wait.
     pub max_connections: usize,
-    /// Whole-request deadline for transform requests; past it the answer is 504.
+    /// Whole-request deadline for transform requests; past it the answer is 504. Uploads get it
+    /// twice: once to receive the body (408 past it), once for the result.
     #[serde(with = "humantime_serde")]
     pub request_deadline: Duration,
     /// Longest accepted request path in bytes (414 above).
@@ -307,6 +310,23 @@ impl Default for TelemetryConfig {
     }
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest request body of `POST /api/v1/upscale`, and largest image in a batch (413 above).
+    pub max_upload_bytes: u64,
+    /// Largest request body of `POST /api/v1/batch-upscale` (413 above).
+    pub max_batch_bytes: u64,
+    /// Images in one batch request at most (413 above).
+    pub max_batch_images: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { max_upload_bytes: 10 * 1024 * 1024, max_batch_bytes: 64 * 1024 * 1024, max_batch_images: 16 }
+    }
+}
+
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -395,6 +415,9 @@ impl Config {
         }
         if self.signing.keys.len() != self.signing.salts.len() || self.signing.key.is_some() != self.signing.salt.is_some() {
             return bad("signing keys and salts must come in pairs");
+        }
+        if self.api.max_upload_bytes == 0 || self.api.max_batch_bytes == 0 || self.api.max_batch_images == 0 {
+            return bad("api.max_upload_bytes, api.max_batch_bytes and api.max_batch_images must be > 0");
         }
         if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
             return bad("telemetry.log_format must be `text` or `json`");

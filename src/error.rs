@@ -29,6 +29,8 @@ pub enum ErrorClass {
     Unsupported,
     /// An image that claims a supported format but cannot be decoded (truncated, corrupt).
     Unprocessable,
+    /// The client did not send its request body in time.
+    RequestTimeout,
     /// Too many requests from this client.
     RateLimited,
     /// The origin failed.
@@ -54,6 +56,7 @@ impl ErrorClass {
             ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorClass::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorClass::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorClass::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorClass::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorClass::Upstream => StatusCode::BAD_GATEWAY,
             ErrorClass::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -74,6 +77,7 @@ impl ErrorClass {
             ErrorClass::TooLarge => "too_large",
             ErrorClass::Unsupported => "unsupported_media_type",
             ErrorClass::Unprocessable => "unprocessable_image",
+            ErrorClass::RequestTimeout => "request_timeout",
             ErrorClass::RateLimited => "rate_limited",
             ErrorClass::Upstream => "upstream_error",
             ErrorClass::Timeout => "timeout",
@@ -94,11 +98,18 @@ pub struct ProxyError {
     pub class: ErrorClass,
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// The methods a `MethodNotAllowed` route accepts (`Allow`); `GET, HEAD` when unset.
+    pub allow: Option<&'static str>,
 }
 
 impl ProxyError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into(), retry_after: None }
+        Self { class, message: message.into(), retry_after: None, allow: None }
+    }
+
+    /// A 405 for a route that accepts only `allow` (e.g. `"POST"`).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self { allow: Some(allow), ..Self::new(ErrorClass::MethodNotAllowed, format!("use {allow}")) }
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {
@@ -123,7 +134,7 @@ pub trait Classify: std::fmt::Display {
 
 impl<E: Classify> From<E> for ProxyError {
     fn from(e: E) -> Self {
-        ProxyError { class: e.class(), message: e.to_string(), retry_after: e.retry_after() }
+        ProxyError { class: e.class(), message: e.to_string(), retry_after: e.retry_after(), allow: None }
     }
 }
 

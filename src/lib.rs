@@ -28,17 +28,22 @@
 //!  publish    store put, memory insert, then release the flight
 //!  respond    200/304, ETag, Cache-Control, Server-Timing, X-Upres-*     respond.rs
 //! ```
+//! An upload (`POST /api/v1/upscale`, `api/`) reads the multipart body within limits, then
+//! joins the same path at `probe`: its flight is keyed by the `ResultKey`, its memory entry by
+//! `RequestKey::for_upload` (`pipeline::uploaded`).
 //!
 //! # Layout
 //! - `main.rs`/`cli.rs`: commands (`serve`, `upscale`, `sign`); the only users of clap/anyhow.
 //! - `config.rs`: the config tree (file + `UPRES_*` env + flags), validated.
 //! - `server.rs`: accept loop, TLS, HTTP/1+2, graceful shutdown (the only hyper server code).
 //! - `app.rs`: shared state and readiness. `pipeline.rs`: the request path, top-down.
+//! - `api/`: the REST API (multipart uploads, batch, model-info, the OpenAPI document).
 //! - `params/`, `plan.rs`, `key.rs`, `verify.rs`, `source.rs`, `objects.rs`, `cache/`,
 //!   `coalesce.rs`, `imaging/`, `engine/` (interface, batcher, tiling, registry, Lanczos),
 //!   `ml/` (candle models), `respond.rs`, `error.rs`, `telemetry.rs`.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod cache;
 pub mod cli;
