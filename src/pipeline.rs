@@ -8,8 +8,9 @@
 //!                      verify (signature) → parse → negotiate → request key → memory tier
 //!                      → coalesce ─ leader: spawn(produce) ─┐
 //!                                └ follower ────────────────┴→ wait (deadline) → respond
-//! produce: fetch → probe header → plan → result key → store tier → decode → tile → batcher
-//!          → stitch → resize/alpha → encode → store put → (memory insert) → finish flight
+//! produce: fetch → probe header → plan → result key → store tier → claim (or wait for the
+//!          replica holding it) → decode → tile → batcher → stitch → resize/alpha → encode
+//!          → store put → release claim → (memory insert) → finish flight
 //! ```
 //! Stages own their details; decisions are enums matched here.
 
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::app::App;
+use crate::cache::claim::{self, Turn};
 use crate::cache::store::Lookup;
 use crate::cache::CachedResult;
 use crate::coalesce::{Join, Outcome};
@@ -182,7 +184,14 @@ pub async fn produce(
     if let Some(found) = lookup_store(app, &result_key).await {
         return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t }));
     }
-    compute(app, source.bytes, plan, result_key, t, cancel).await
+    // Another replica may be computing this result: wait for it rather than compute it twice.
+    let held = match claim::wait_or_claim(app.claims.as_ref(), &result_key, app.cfg.server.request_deadline).await {
+        Turn::Found(found) => return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t })),
+        Turn::Compute(held) => held,
+    };
+    let value = compute(app, source.bytes, plan, result_key, t, cancel).await;
+    held.release().await;
+    value
 }
 
 /// Decode → infer → finish → store, for a planned result that no tier holds.
@@ -194,6 +203,8 @@ pub async fn compute(
     mut t: Timings,
     cancel: &CancellationToken,
 ) -> FlightValue {
+    // Shed before decoding: under overload a refused request costs no decode memory or CPU.
+    app.batcher.check_room().map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
     let clock = Instant::now();
     let max_pixels = app.cfg.limits.max_source_pixels;
     let tiling = plan.engine.tiling();
