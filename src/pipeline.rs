@@ -184,6 +184,8 @@ pub async fn produce(
     if let Some(found) = lookup_store(app, &result_key).await {
         return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t }));
     }
+    // Shed before claiming and decoding: under overload a refused request costs next to nothing.
+    app.batcher.check_room().map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
     // Another replica may be computing this result: wait for it rather than compute it twice.
     let held = match claim::wait_or_claim(app.claims.as_ref(), &result_key, app.cfg.server.request_deadline).await {
         Turn::Found(found) => return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t })),
@@ -203,8 +205,6 @@ pub async fn compute(
     mut t: Timings,
     cancel: &CancellationToken,
 ) -> FlightValue {
-    // Shed before decoding: under overload a refused request costs no decode memory or CPU.
-    app.batcher.check_room().map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
     let clock = Instant::now();
     let max_pixels = app.cfg.limits.max_source_pixels;
     let tiling = plan.engine.tiling();
