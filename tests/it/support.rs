@@ -216,10 +216,10 @@ pub struct S3Server {
     child: std::process::Child,
 }
 
-/// The interpreter with moto: `$UPRES_TEST_PYTHON`, `.venv/bin/python`, then `python3`.
+/// The interpreter with moto: `$TEST_S3_PYTHON`, `.venv/bin/python`, then `python3`.
 pub fn python() -> String {
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    let candidates = [std::env::var("UPRES_TEST_PYTHON").ok(), Some(venv.to_string()), Some("python3".to_string())];
+    let candidates = [std::env::var("TEST_S3_PYTHON").ok(), Some(venv.to_string()), Some("python3".to_string())];
     for py in candidates.into_iter().flatten() {
         let ok = std::process::Command::new(&py)
             .args(["-c", "import moto.server, yaml"])
@@ -232,7 +232,7 @@ pub fn python() -> String {
     }
     panic!(
         "no Python with moto[server] (a real S3 server for the fleet tests) and PyYAML: \
-         run `sh scripts/install-moto.sh` (installs moto[server] into .venv), or set UPRES_TEST_PYTHON"
+         run `sh scripts/install-moto.sh` (installs moto[server] into .venv), or set TEST_S3_PYTHON"
     );
 }
 
