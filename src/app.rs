@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::cache::claim::Claims;
 use crate::cache::memory::MemoryTier;
 use crate::cache::store::StoreTier;
 use crate::coalesce::Coalescer;
@@ -26,6 +27,8 @@ pub struct App {
     pub origins: Origins,
     pub memory: MemoryTier,
     pub store: Option<StoreTier>,
+    /// Claims in the shared store (cross-replica coalescing); none without a store.
+    pub claims: Option<Claims>,
     pub flights: Coalescer<FlightValue>,
     pub registry: Registry,
     pub batcher: Batcher,
@@ -59,6 +62,10 @@ impl App {
         let memory = MemoryTier::new(cfg.cache.memory.max_bytes, cfg.cache.memory.ttl);
         let registry = Registry::new(models);
         let metrics = Arc::new(Metrics::new());
+        let claims = store
+            .as_ref()
+            .filter(|_| cfg.cache.claims.enabled)
+            .map(|s| Claims::new(s.clone(), &cfg.cache.claims, metrics.clone()));
         let engines: Vec<_> = registry.entries().iter().map(|e| e.engine.clone()).collect();
         let batcher = Batcher::start(
             &engines,
@@ -85,6 +92,7 @@ impl App {
             origins,
             memory,
             store,
+            claims,
             flights: Coalescer::new(),
             registry,
             batcher,

@@ -48,6 +48,23 @@ pub enum Command {
         #[arg(long)]
         models: Option<PathBuf>,
     },
+    /// Warm the cache: request every URL or path listed in FILE from a running upres.
+    Warm {
+        /// One transform URL or path per line (`#` starts a comment); `-` reads stdin.
+        file: String,
+        /// The upres to warm (a replica or its Service), http:// only.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        concurrency: u16,
+        /// `Accept` header sent (results of `format=auto` URLs vary on it).
+        #[arg(long, default_value = "image/webp,image/*,*/*;q=0.8")]
+        accept: String,
+        /// Per-request timeout, e.g. `90s`.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Print a signed URL path for PATH (with UPRES_KEY/UPRES_SALT or the config's keys).
     Sign {
         /// The path to sign, e.g. /x4/w=800/shop/cat.jpg

@@ -109,6 +109,7 @@ pub struct OriginConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Extra `object_store` options (credentials, region, endpoint…), passed through by key.
+    #[serde(deserialize_with = "string_map")]
     pub options: BTreeMap<String, String>,
 }
 
@@ -147,6 +148,7 @@ impl Default for LimitsConfig {
 pub struct CacheConfig {
     pub memory: MemoryCacheConfig,
     pub store: StoreCacheConfig,
+    pub claims: ClaimsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -171,12 +173,34 @@ pub struct StoreCacheConfig {
     /// Result tier URL (`file://dir`, `s3://bucket/prefix`, …); empty turns the tier off.
     pub url: String,
     /// Extra `object_store` options, passed through by key.
+    #[serde(deserialize_with = "string_map")]
     pub options: BTreeMap<String, String>,
 }
 
 impl Default for StoreCacheConfig {
     fn default() -> Self {
         Self { url: "file://data/results".into(), options: BTreeMap::new() }
+    }
+}
+
+/// Cross-replica coalescing through claim objects in the result store (`cache/claim.rs`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimsConfig {
+    /// Claim a result in the store before computing it, and wait for another replica's claim.
+    pub enabled: bool,
+    /// How long a claim lives; past it a crashed owner's claim is taken over. At least
+    /// `server.request_deadline`.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// First pause between polls of a waiting replica (doubles up to 1 s).
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        Self { enabled: true, ttl: Duration::from_secs(120), poll: Duration::from_millis(50) }
     }
 }
 
@@ -327,6 +351,32 @@ impl Default for ApiConfig {
     }
 }
 
+/// `object_store` options are strings, but the env overlay reads `…__AWS_ALLOW_HTTP=true` as a
+/// bool and `…=5` as a number: take any scalar and keep its text.
+fn string_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Flag(bool),
+        Int(i64),
+        Float(f64),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::Text(s) => s,
+                Scalar::Flag(b) => b.to_string(),
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
+}
+
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -396,6 +446,12 @@ impl Config {
         if self.cache.memory.max_bytes == 0 {
             return bad("cache.memory.max_bytes must be > 0");
         }
+        if self.cache.claims.enabled && self.cache.claims.ttl < self.server.request_deadline {
+            return bad("cache.claims.ttl must be at least server.request_deadline");
+        }
+        if self.cache.claims.poll.is_zero() {
+            return bad("cache.claims.poll must be > 0");
+        }
         if self.engine.queue_capacity == 0 || self.engine.max_batch == 0 {
             return bad("engine.queue_capacity and engine.max_batch must be > 0");
         }
@@ -462,10 +518,15 @@ mod tests {
             jail.set_env("UPRES_SERVER__LISTEN", "127.0.0.1:9999");
             jail.set_env("UPRES_MODELS", "/opt/models");
             jail.set_env("UPRES_CACHE__MEMORY__MAX_BYTES", "1234");
+            jail.set_env("UPRES_CACHE__STORE__OPTIONS__AWS_ALLOW_HTTP", "true");
+            jail.set_env("UPRES_ORIGINS__DEFAULT__OPTIONS__TIMEOUT", "5");
             let cfg = Config::load(None, &Overrides::default()).expect("loads");
             assert_eq!(cfg.server.listen.port(), 9999);
             assert_eq!(cfg.ml.models_dir, PathBuf::from("/opt/models"));
             assert_eq!(cfg.cache.memory.max_bytes, 1234);
+            // object_store options stay text even when the env value looks like a bool or number.
+            assert_eq!(cfg.cache.store.options["aws_allow_http"], "true");
+            assert_eq!(cfg.origins["default"].options["timeout"], "5");
             Ok(())
         });
     }
@@ -492,6 +553,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.signing.keys = vec!["00".into()];
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.cache.claims.ttl = c.server.request_deadline / 2;
         assert!(c.validate().is_err());
         assert!(Config::default().validate().is_ok());
     }

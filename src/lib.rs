@@ -22,10 +22,12 @@
 //!  plan       engine, sizes, output format, limits (400/413)             plan.rs
 //!  result key ResultKey = H(source hash, plan, engine id + weights)      key.rs
 //!  store      object-store tier by ResultKey, hash-verified → hit-store  cache/store.rs
+//!  claim      claims/<key> in a shared store, or wait for the replica    cache/claim.rs
+//!             holding it → hit-store
 //!  decode     pixels, EXIF orientation, alpha split                      imaging/decode.rs
 //!  infer      tiles → bounded batcher → engine forward passes (503)     engine/
 //!  finish     stitch, resize/fit/crop, alpha (Lanczos), encode           imaging/
-//!  publish    store put, memory insert, then release the flight
+//!  publish    store put, release the claim, memory insert, then release the flight
 //!  respond    200/304, ETag, Cache-Control, Server-Timing, X-Upres-*     respond.rs
 //! ```
 //! An upload (`POST /api/v1/upscale`, `api/`) reads the multipart body within limits, then
@@ -33,7 +35,8 @@
 //! `RequestKey::for_upload` (`pipeline::uploaded`).
 //!
 //! # Layout
-//! - `main.rs`/`cli.rs`: commands (`serve`, `upscale`, `sign`); the only users of clap/anyhow.
+//! - `main.rs`/`cli.rs`: commands (`serve`, `upscale`, `sign`, `warm`); the only users of clap/anyhow.
+//! - `warm.rs`: `upres warm`, cache warming against a running server (reqwest, indicatif).
 //! - `config.rs`: the config tree (file + `UPRES_*` env + flags), validated.
 //! - `server.rs`: accept loop, TLS, HTTP/1+2, graceful shutdown (the only hyper server code).
 //! - `app.rs`: shared state and readiness. `pipeline.rs`: the request path, top-down.
@@ -63,3 +66,4 @@ pub mod server;
 pub mod source;
 pub mod telemetry;
 pub mod verify;
+pub mod warm;

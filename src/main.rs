@@ -13,7 +13,7 @@ use upres::params::{self, Format};
 use upres::plan::{Caller, Variant};
 use upres::respond::Timings;
 use upres::verify::Signer;
-use upres::{pipeline, server, telemetry};
+use upres::{pipeline, server, telemetry, warm};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -54,6 +54,33 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.ml.warm_up = false;
             telemetry::init_tracing(&cfg.telemetry);
             upscale_file(cfg, &input, &output, &options).await
+        }
+        Command::Warm { file, server, concurrency, accept, timeout } => {
+            let list = if file == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the list from stdin")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
+            };
+            let targets = warm::targets(&list);
+            let opts = warm::WarmOptions { server, concurrency: concurrency.into(), accept, timeout };
+            let report = warm::run(targets, &opts).await;
+            for f in &report.failures {
+                let status = f.status.map_or_else(|| "-".to_string(), |s| s.to_string());
+                eprintln!("failed {status} {}: {}", f.target, f.message);
+            }
+            let secs = report.elapsed.as_secs_f64();
+            eprintln!(
+                "warm: {} URLs in {secs:.1}s ({:.1}/s): {} computed, {} already cached, {} failed",
+                report.total(),
+                report.total() as f64 / secs.max(1e-9),
+                report.computed,
+                report.cached,
+                report.failures.len()
+            );
+            if !report.failures.is_empty() {
+                bail!("{} of {} URLs failed", report.failures.len(), report.total());
+            }
+            Ok(())
         }
         Command::Sign { path, config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())?;

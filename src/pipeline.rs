@@ -13,8 +13,9 @@
 //! uploaded: plan_bytes → memory tier (upload key) → fly(result key) ─ leader: spawn(produce_planned)
 //! produce:  fetch → plan_bytes → produce_planned
 //! plan_bytes:      probe header → plan → result key                    (shared by both paths)
-//! produce_planned: store tier → decode → tile → batcher → stitch → resize/alpha → encode
-//!                  → store put                                          (shared by both paths)
+//! produce_planned: store tier → shed if the queue is full → claim (or wait for the replica
+//!                  holding it) → decode → tile → batcher → stitch → resize/alpha → encode
+//!                  → store put → release claim                          (shared by both paths)
 //! ```
 //! Stages own their details; decisions are enums matched here.
 
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, RequestBody};
 use crate::app::App;
+use crate::cache::claim::{self, Turn};
 use crate::cache::store::Lookup;
 use crate::cache::CachedResult;
 use crate::coalesce::{Join, Outcome};
@@ -248,7 +250,16 @@ pub async fn produce_planned(app: &Arc<App>, planned: Planned, t: Timings, cance
     if let Some(found) = lookup_store(app, &planned.key).await {
         return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t }));
     }
-    compute(app, planned.bytes, planned.plan, planned.key, t, cancel).await
+    // Shed before claiming and decoding: under overload a refused request costs next to nothing.
+    app.batcher.check_room().map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
+    // Another replica may be computing this result: wait for it rather than compute it twice.
+    let held = match claim::wait_or_claim(app.claims.as_ref(), &planned.key, app.cfg.server.request_deadline).await {
+        Turn::Found(found) => return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t })),
+        Turn::Compute(held) => held,
+    };
+    let value = compute(app, planned.bytes, planned.plan, planned.key, t, cancel).await;
+    held.release().await;
+    value
 }
 
 /// Decode → infer → finish → store, for a planned result that no tier holds.

@@ -3,10 +3,12 @@
 //! - `memory`: moka, keyed by `RequestKey` (URL meaning), weighted by bytes, with a TTL that
 //!   bounds how long a URL maps to a result before the origin is read again.
 //! - `store`: an object store keyed by `ResultKey` (content meaning), shared by replicas.
+//! - `claim`: claims in that store, so replicas sharing it compute each result once.
 //!
 //! A cache failure never fails a request: the store reports errors, the caller logs them and
 //! goes on uncached (`CacheBypass` in metrics).
 
+pub mod claim;
 pub mod memory;
 pub mod store;
 

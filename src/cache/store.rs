@@ -54,6 +54,11 @@ impl StoreTier {
         &self.bucket.url
     }
 
+    /// The bucket (claims live beside the results).
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+
     fn location(&self, key: &ResultKey) -> Path {
         let hex = key.hex();
         self.bucket.prefix.parts().chain(Path::from_iter(["results", &hex[..2], &hex]).parts()).collect()

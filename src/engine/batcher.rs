@@ -116,6 +116,17 @@ impl Batcher {
         self.depth.load(Ordering::Acquire)
     }
 
+    /// `Overloaded` when the queue is full now: lets a caller refuse before decoding, so an
+    /// overloaded server spends no CPU or memory on requests `submit` would refuse anyway.
+    /// Advisory (the queue may fill between this and `submit`, which stays the real bound).
+    pub fn check_room(&self) -> Result<(), SubmitError> {
+        let cap = self.cfg.queue_capacity;
+        if self.depth() >= cap {
+            return Err(SubmitError::Overloaded(cap));
+        }
+        Ok(())
+    }
+
     /// Queues one request's tiles (all of one shape). The receiver yields when every tile is done.
     pub fn submit(
         &self,

@@ -8,3 +8,6 @@ mod origins; // an HTTP origin: fetch, 404, deadline, byte cap
 mod tls; // rustls, ALPN h2 and http/1.1
 mod api; // REST API: uploads, batch, limits, OpenAPI
 mod examples; // examples/ (curl, Python, Node) run against a live server
+mod warm; // `upres warm`, the binary against a live server
+mod fleet; // replicas sharing a real S3 tier (moto): cross-replica hits, verification, claims
+mod deploy; // deploy/: manifests parse and hold the fleet design; Dockerfiles name real files

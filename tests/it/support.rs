@@ -205,3 +205,91 @@ impl Engine for SlowEngine {
             .collect())
     }
 }
+
+// === S3: a real S3 endpoint (moto's server) on 127.0.0.1 ===
+
+/// moto's S3 server in a child process on a free port, with one empty bucket; killed on drop.
+/// Needs `moto[server]` for one of the interpreters `python()` tries (`scripts/install-moto.sh`).
+pub struct S3Server {
+    pub endpoint: String,
+    pub bucket: String,
+    child: std::process::Child,
+}
+
+/// The interpreter with moto: `$TEST_S3_PYTHON`, `.venv/bin/python`, then `python3`.
+pub fn python() -> String {
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let candidates = [std::env::var("TEST_S3_PYTHON").ok(), Some(venv.to_string()), Some("python3".to_string())];
+    for py in candidates.into_iter().flatten() {
+        let ok = std::process::Command::new(&py)
+            .args(["-c", "import moto.server, yaml"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return py;
+        }
+    }
+    panic!(
+        "no Python with moto[server] (a real S3 server for the fleet tests) and PyYAML: \
+         run `sh scripts/install-moto.sh` (installs moto[server] into .venv), or set TEST_S3_PYTHON"
+    );
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let py = python();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = std::process::Command::new(&py)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto server starts");
+        let mut s3 = S3Server { endpoint: format!("http://127.0.0.1:{port}"), bucket: "upres-results".into(), child };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // Creating the bucket is the readiness probe (moto checks no credentials).
+            match client().put(format!("{}/{}", s3.endpoint, s3.bucket)).send().await {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => panic!("creating the bucket: {}", r.status()),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    if let Ok(Some(status)) = s3.child.try_wait() {
+                        panic!("moto server exited early: {status}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("moto server did not answer within 30 s: {e}"),
+            }
+        }
+        s3
+    }
+
+    pub fn options(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", "testing"),
+            ("aws_secret_access_key", "testing"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// The bucket through upres's own opener, to inspect and tamper with objects.
+    pub fn bucket(&self) -> upres::objects::Bucket {
+        upres::objects::Bucket::open(&format!("s3://{}", self.bucket), &self.options(), false).unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
