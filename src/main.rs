@@ -93,7 +93,7 @@ async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::
     let engine = plan.engine.id().to_string();
     let (w, h) = (plan.out_w, plan.out_h);
     let started = std::time::Instant::now();
-    let computed = pipeline::compute(&app, bytes.into(), plan, key, Timings::default(), &CancellationToken::new())
+    let computed = pipeline::compute(&app, bytes.into(), plan, key, Timings::default(), &CancellationToken::new(), None)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::fs::write(output, &computed.result.bytes).await.with_context(|| format!("writing {}", output.display()))?;

@@ -4,6 +4,7 @@
 //! ```text
 //! handle ─ route ─┬─ /healthz /readyz /metrics /api/v1/health /api/v1/model-info
 //!                 ├─ /r/<hash>.<ext>            stored result by key
+//!                 ├─ / /docs /playground/* /api/v1/{samples,sign,progress}   playground
 //!                 └─ transform:
 //!                      verify (signature) → parse → negotiate → request key → memory tier
 //!                      → coalesce ─ leader: spawn(produce) ─┐
@@ -26,6 +27,7 @@ use crate::app::App;
 use crate::cache::store::Lookup;
 use crate::cache::CachedResult;
 use crate::coalesce::{Join, Outcome};
+use crate::engine::batcher::{JobProgress, ProgressFn};
 use crate::engine::tiling::Grid;
 use crate::engine::Tile;
 use crate::error::{ErrorClass, ProxyError};
@@ -34,6 +36,7 @@ use crate::imaging::{decode, encode, resize};
 use crate::key::{RequestKey, ResultKey, SourceHash};
 use crate::params::{self, TransformPath};
 use crate::plan::{Caller, Plan, Variant};
+use crate::playground;
 use crate::respond::{self, Body, CacheOutcome, ImageReply, Timings};
 
 /// What a flight delivers to every waiter.
@@ -64,6 +67,7 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
         "/api/v1/health" => ("api_health", Ok((api_health(app), CacheOutcome::None))),
         "/api/v1/model-info" => ("api_model_info", Ok((model_info(app), CacheOutcome::None))),
         p if p.starts_with("/r/") => ("stored", stored(app, &head).await),
+        p if playground::is_route(p) => ("playground", playground::serve(app, &head).await.map(|r| (r, CacheOutcome::None))),
         _ => ("transform", transform(app, &head).await),
     };
     let (response, outcome) = match result {
@@ -110,6 +114,8 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
         None => raw_path,
     };
     let request = params::parse(path, &app.param_limits)?;
+    // Ends the id's progress stream however this request ends (answer, error, client gone).
+    let mut watcher = playground::progress_id(app, head).map(|id| Watcher { app: app.clone(), id, ok: false });
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let variant = Variant::negotiate(request.spec.format, accept);
     let key = RequestKey::for_request(
@@ -121,6 +127,7 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
 
     if let Some(hit) = app.memory.get(&key).await {
         app.metrics.cache_event("memory", "hit");
+        watcher.iter_mut().for_each(|w| w.ok = true);
         return Ok((reply(app, head, &hit, CacheOutcome::HitMemory, &Timings::default(), variant), CacheOutcome::HitMemory));
     }
     app.metrics.cache_event("memory", "miss");
@@ -128,10 +135,11 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
     let (waiter, led) = match app.flights.join(key.as_bytes()) {
         Join::Leader(permit, waiter) => {
             let cancel = permit.cancellation();
+            let tracking = app.progress.track(*key.as_bytes());
             let app = app.clone();
             tokio::spawn(async move {
                 let value = tokio::select! {
-                    v = produce(&app, &request, variant, Caller::Url, &cancel) => v,
+                    v = produce(&app, &request, variant, Caller::Url, &cancel, Some(tracking.sink())) => v,
                     _ = cancel.cancelled() => Err(ProxyError::new(ErrorClass::Timeout, "abandoned: no client is waiting")),
                 };
                 // Publish before releasing the flight, so late arrivals hit memory.
@@ -144,6 +152,9 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
         }
         Join::Follower(waiter) => (waiter, false),
     };
+    if let Some(w) = &watcher {
+        app.progress.attach(&w.id, key.as_bytes());
+    }
 
     let deadline = app.cfg.server.request_deadline;
     let outcome = tokio::time::timeout(deadline, waiter.wait())
@@ -151,6 +162,7 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
         .map_err(|_| ProxyError::new(ErrorClass::Timeout, format!("the result was not ready within {deadline:?}")))?;
     match outcome {
         Outcome::Done(Ok(c)) => {
+            watcher.iter_mut().for_each(|w| w.ok = true);
             let cache = if led { c.outcome } else { CacheOutcome::Coalesced };
             Ok((reply(app, head, &c.result, cache, &c.timings, variant), cache))
         }
@@ -159,13 +171,28 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
     }
 }
 
-/// The miss path: from source bytes to a stored, encoded result.
+/// A request's progress id on the playground's board; dropping it ends the id's stream.
+struct Watcher {
+    app: Arc<App>,
+    id: String,
+    ok: bool,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.app.progress.finish(&self.id, self.ok);
+    }
+}
+
+/// The miss path: from source bytes to a stored, encoded result. `progress` hears tiles and
+/// steps done (the playground's progress streams).
 pub async fn produce(
     app: &Arc<App>,
     request: &TransformPath,
     variant: Variant,
     caller: Caller,
     cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
 ) -> FlightValue {
     let mut t = Timings::default();
     let limits = &app.cfg.limits;
@@ -182,7 +209,7 @@ pub async fn produce(
     if let Some(found) = lookup_store(app, &result_key).await {
         return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t }));
     }
-    compute(app, source.bytes, plan, result_key, t, cancel).await
+    compute(app, source.bytes, plan, result_key, t, cancel, progress).await
 }
 
 /// Decode → infer → finish → store, for a planned result that no tier holds.
@@ -193,6 +220,7 @@ pub async fn compute(
     result_key: ResultKey,
     mut t: Timings,
     cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
 ) -> FlightValue {
     let clock = Instant::now();
     let max_pixels = app.cfg.limits.max_source_pixels;
@@ -207,7 +235,7 @@ pub async fn compute(
     stage(app, &mut t, "decode", clock);
 
     let clock = Instant::now();
-    let upscaled = infer(app, &plan, grid, tiles, cancel).await?;
+    let upscaled = infer(app, &plan, grid, tiles, cancel, progress).await?;
     stage(app, &mut t, "infer", clock);
 
     let clock = Instant::now();
@@ -233,10 +261,20 @@ pub async fn compute(
 }
 
 /// Tiles → batcher → stitched engine output.
-async fn infer(app: &Arc<App>, plan: &Plan, grid: Grid, tiles: Vec<Tile>, cancel: &CancellationToken) -> Result<Tile, ProxyError> {
+async fn infer(
+    app: &Arc<App>,
+    plan: &Plan,
+    grid: Grid,
+    tiles: Vec<Tile>,
+    cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
+) -> Result<Tile, ProxyError> {
+    if let Some(report) = &progress {
+        report(JobProgress::Tiles(crate::engine::Progress { done: 0, total: tiles.len() as u32 }));
+    }
     let rx = app
         .batcher
-        .submit(&*plan.engine, tiles, plan.gen.clone(), cancel.clone(), None)
+        .submit(&*plan.engine, tiles, plan.gen.clone(), cancel.clone(), progress)
         .map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
     let tiles = rx
         .await

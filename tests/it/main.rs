@@ -6,3 +6,5 @@ mod coalescing; // concurrent identical misses, cancellation on disconnect
 mod errors; // every error status and server health afterwards
 mod origins; // an HTTP origin: fetch, 404, deadline, byte cap
 mod tls; // rustls, ALPN h2 and http/1.1
+mod playground; // pages, samples, signing, progress streams, cancel with a progress id
+mod browser; // the playground in headless Chromium (playwright-core)
