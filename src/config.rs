@@ -33,6 +33,7 @@ pub struct Config {
     pub signing: SigningConfig,
     pub telemetry: TelemetryConfig,
     pub playground: PlaygroundConfig,
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -52,6 +53,7 @@ impl Default for Config {
             signing: SigningConfig::default(),
             telemetry: TelemetryConfig::default(),
             playground: PlaygroundConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -326,6 +328,23 @@ pub enum PlaygroundAccess {
     Off,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest request body of `POST /api/v1/upscale`, and largest image in a batch (413 above).
+    pub max_upload_bytes: u64,
+    /// Largest request body of `POST /api/v1/batch-upscale` (413 above).
+    pub max_batch_bytes: u64,
+    /// Images in one batch request at most (413 above).
+    pub max_batch_images: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { max_upload_bytes: 10 * 1024 * 1024, max_batch_bytes: 64 * 1024 * 1024, max_batch_images: 16 }
+    }
+}
+
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -414,6 +433,9 @@ impl Config {
         }
         if self.signing.keys.len() != self.signing.salts.len() || self.signing.key.is_some() != self.signing.salt.is_some() {
             return bad("signing keys and salts must come in pairs");
+        }
+        if self.api.max_upload_bytes == 0 || self.api.max_batch_bytes == 0 || self.api.max_batch_images == 0 {
+            return bad("api.max_upload_bytes, api.max_batch_bytes and api.max_batch_images must be > 0");
         }
         if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
             return bad("telemetry.log_format must be `text` or `json`");

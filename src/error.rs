@@ -94,11 +94,18 @@ pub struct ProxyError {
     pub class: ErrorClass,
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// The methods a `MethodNotAllowed` route accepts (`Allow`); `GET, HEAD` when unset.
+    pub allow: Option<&'static str>,
 }
 
 impl ProxyError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into(), retry_after: None }
+        Self { class, message: message.into(), retry_after: None, allow: None }
+    }
+
+    /// A 405 for a route that accepts only `allow` (e.g. `"POST"`).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self { allow: Some(allow), ..Self::new(ErrorClass::MethodNotAllowed, format!("use {allow}")) }
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {
@@ -123,7 +130,7 @@ pub trait Classify: std::fmt::Display {
 
 impl<E: Classify> From<E> for ProxyError {
     fn from(e: E) -> Self {
-        ProxyError { class: e.class(), message: e.to_string(), retry_after: e.retry_after() }
+        ProxyError { class: e.class(), message: e.to_string(), retry_after: e.retry_after(), allow: None }
     }
 }
 

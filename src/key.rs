@@ -77,6 +77,14 @@ impl RequestKey {
     }
 }
 
+impl RequestKey {
+    /// The memory-tier key of an upload: uploads have no URL, so the result key stands in for it
+    /// (in its own domain, so it never collides with a URL's request key).
+    pub fn for_upload(result: &ResultKey) -> Self {
+        Self::derive(&[b"upload", result.as_bytes()])
+    }
+}
+
 impl ResultKey {
     pub fn for_result(source: &SourceHash, canonical_plan: &str, engine_id: &str) -> Self {
         Self::derive(&[&source.0, canonical_plan.as_bytes(), engine_id.as_bytes(), ENGINE_VERSION.as_bytes()])

@@ -34,6 +34,7 @@
 //! - `config.rs`: the config tree (file + `UPRES_*` env + flags), validated.
 //! - `server.rs`: accept loop, TLS, HTTP/1+2, graceful shutdown (the only hyper server code).
 //! - `app.rs`: shared state and readiness. `pipeline.rs`: the request path, top-down.
+//! - `api/`: the REST API (multipart uploads, batch, model-info, the OpenAPI document).
 //! - `params/`, `plan.rs`, `key.rs`, `verify.rs`, `source.rs`, `objects.rs`, `cache/`,
 //!   `coalesce.rs`, `imaging/`, `engine/` (interface, batcher, tiling, registry, Lanczos),
 //!   `ml/` (candle models), `respond.rs`, `error.rs`, `telemetry.rs`.
@@ -41,6 +42,7 @@
 //!   progress streams (`assets/playground/` holds the compiled-in HTML, CSS and JavaScript).
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod cache;
 pub mod cli;

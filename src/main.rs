@@ -8,10 +8,9 @@ use tokio_util::sync::CancellationToken;
 use upres::app::App;
 use upres::cli::{Cli, Command};
 use upres::config::{Config, Overrides};
-use upres::imaging::{decode, encode::OutputFormat};
-use upres::key::{ResultKey, SourceHash};
+use upres::imaging::encode::OutputFormat;
 use upres::params::{self, Format};
-use upres::plan::{Caller, Plan, Variant};
+use upres::plan::{Caller, Variant};
 use upres::respond::Timings;
 use upres::verify::Signer;
 use upres::{pipeline, server, telemetry};
@@ -86,14 +85,12 @@ async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::
         bail!("{} is larger than limits.max_source_bytes", input.display());
     }
     let app = App::build(cfg)?;
-    let header = decode::probe(&bytes, app.cfg.limits.max_source_pixels)?;
     let variant = Variant::negotiate(request.spec.format, None);
-    let plan = Plan::resolve(&request.spec, variant, &header, &app.registry, &app.cfg, Caller::Api)?;
-    let key = ResultKey::for_result(&SourceHash::of(&bytes), &plan.canonical(), &plan.engine.id().to_string());
-    let engine = plan.engine.id().to_string();
-    let (w, h) = (plan.out_w, plan.out_h);
+    let planned = pipeline::plan_bytes(&app, bytes.into(), &request.spec, variant, Caller::Api).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = planned.plan.engine.id().to_string();
+    let (w, h) = (planned.plan.out_w, planned.plan.out_h);
     let started = std::time::Instant::now();
-    let computed = pipeline::compute(&app, bytes.into(), plan, key, Timings::default(), &CancellationToken::new(), None)
+    let computed = pipeline::compute(&app, planned.bytes, planned.plan, planned.key, Timings::default(), &CancellationToken::new(), None)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::fs::write(output, &computed.result.bytes).await.with_context(|| format!("writing {}", output.display()))?;

@@ -1,19 +1,27 @@
 //! The request path, top to bottom. `handle` routes; `transform` is the image path and reads as
-//! the design's stage list; `produce` is the miss path a flight leader runs in its own task.
+//! the design's stage list; `uploaded` is the same for bytes that came in a request body (the
+//! REST API in `api/`); `produce` is the URL miss path a flight leader runs in its own task.
 //!
 //! ```text
-//! handle ─ route ─┬─ /healthz /readyz /metrics /api/v1/health /api/v1/model-info
+//! handle ─ route ─┬─ /healthz /readyz /metrics /api/v1/{health,model-info,openapi.json}
+//!                 ├─ /api/v1/upscale /api/v1/batch-upscale   multipart → api/ → uploaded
 //!                 ├─ /r/<hash>.<ext>            stored result by key
-//!                 ├─ / /docs /playground/* /api/v1/{samples,sign,progress}   playground
+//!                 ├─ / /docs /playground/* /api/v1/{samples,sign,progress}   playground/
 //!                 └─ transform:
 //!                      verify (signature) → parse → negotiate → request key → memory tier
-//!                      → coalesce ─ leader: spawn(produce) ─┐
-//!                                └ follower ────────────────┴→ wait (deadline) → respond
-//! produce: fetch → probe header → plan → result key → store tier → decode → tile → batcher
-//!          → stitch → resize/alpha → encode → store put → (memory insert) → finish flight
+//!                      → fly(request key) ─ leader: spawn(produce) ─┐
+//!                                         └ follower ───────────────┴→ wait (deadline) → respond
+//! uploaded: plan_bytes → memory tier (upload key) → fly(result key) ─ leader: spawn(produce_planned)
+//! produce:  fetch → plan_bytes → produce_planned
+//! plan_bytes:      probe header → plan → result key                    (shared by both paths)
+//! produce_planned: store tier → decode → tile → batcher → stitch → resize/alpha → encode
+//!                  → store put                                          (shared by both paths)
 //! ```
+//! A request with a playground progress id (`X-Upres-Progress`) has it attached to the flight it
+//! joins; the flight's leader reports tiles and steps done to `app.progress` (`fly`).
 //! Stages own their details; decisions are enums matched here.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +31,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::{self, RequestBody};
 use crate::app::App;
 use crate::cache::store::Lookup;
 use crate::cache::CachedResult;
@@ -34,7 +43,7 @@ use crate::error::{ErrorClass, ProxyError};
 use crate::imaging::encode::OutputFormat;
 use crate::imaging::{decode, encode, resize};
 use crate::key::{RequestKey, ResultKey, SourceHash};
-use crate::params::{self, TransformPath};
+use crate::params::{self, TransformPath, TransformSpec};
 use crate::plan::{Caller, Plan, Variant};
 use crate::playground;
 use crate::respond::{self, Body, CacheOutcome, ImageReply, Timings};
@@ -52,10 +61,10 @@ pub struct Computed {
 }
 
 /// Routes one request. Never fails: errors become responses here.
-pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
+pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
     let started = Instant::now();
     let rid = app.next_request_id();
-    let (head, _body) = req.into_parts();
+    let (head, body) = req.into_parts();
     let path = head.uri.path();
     let (route, result) = match path {
         "/healthz" => ("healthz", Ok((respond::text(StatusCode::OK, "text/plain", "ok\n"), CacheOutcome::None))),
@@ -64,10 +73,19 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
             "metrics",
             Ok((respond::text(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render()), CacheOutcome::None)),
         ),
-        "/api/v1/health" => ("api_health", Ok((api_health(app), CacheOutcome::None))),
-        "/api/v1/model-info" => ("api_model_info", Ok((model_info(app), CacheOutcome::None))),
+        "/api/v1/health" => ("api_health", api::info::health(app, &head)),
+        "/api/v1/model-info" => ("api_model_info", api::info::model_info(app, &head)),
+        "/api/v1/openapi.json" => ("api_openapi", api::openapi::serve(&head)),
+        "/api/v1/upscale" => ("api_upscale", api::upscale::handle(app, &head, body).await),
+        "/api/v1/batch-upscale" => ("api_batch", api::batch::handle(app, &head, body).await),
         p if p.starts_with("/r/") => ("stored", stored(app, &head).await),
-        p if playground::is_route(p) => ("playground", playground::serve(app, &head).await.map(|r| (r, CacheOutcome::None))),
+        "/" => ("playground", playground(app, &head).await),
+        "/docs" => ("playground", playground(app, &head).await),
+        "/api/v1/samples" => ("playground", playground(app, &head).await),
+        "/api/v1/sign" => ("playground", playground(app, &head).await),
+        p if p.starts_with("/api/v1/samples/") => ("playground", playground(app, &head).await),
+        p if p.starts_with("/api/v1/progress/") => ("playground", playground(app, &head).await),
+        p if p.starts_with("/playground/") => ("playground", playground(app, &head).await),
         _ => ("transform", transform(app, &head).await),
     };
     let (response, outcome) = match result {
@@ -82,7 +100,7 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     app.metrics.requests.with_label_values(&[&status.to_string(), outcome.as_str()]).inc();
-    if route == "transform" || route == "stored" {
+    if matches!(route, "transform" | "stored" | "api_upscale" | "api_batch") {
         app.metrics.request_seconds.observe(elapsed.as_secs_f64());
     }
     info!(
@@ -98,7 +116,11 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
     response
 }
 
-type Answer = Result<(Response<Body>, CacheOutcome), ProxyError>;
+pub type Answer = Result<(Response<Body>, CacheOutcome), ProxyError>;
+
+async fn playground(app: &Arc<App>, head: &Parts) -> Answer {
+    playground::serve(app, head).await.map(|r| (r, CacheOutcome::None))
+}
 
 /// The image path: one call per stage, in order.
 async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
@@ -114,8 +136,7 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
         None => raw_path,
     };
     let request = params::parse(path, &app.param_limits)?;
-    // Ends the id's progress stream however this request ends (answer, error, client gone).
-    let mut watcher = playground::progress_id(app, head).map(|id| Watcher { app: app.clone(), id, ok: false });
+    let mut watcher = Watcher::for_request(app, head);
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let variant = Variant::negotiate(request.spec.format, accept);
     let key = RequestKey::for_request(
@@ -127,24 +148,76 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
 
     if let Some(hit) = app.memory.get(&key).await {
         app.metrics.cache_event("memory", "hit");
-        watcher.iter_mut().for_each(|w| w.ok = true);
+        watcher.answered();
         return Ok((reply(app, head, &hit, CacheOutcome::HitMemory, &Timings::default(), variant), CacheOutcome::HitMemory));
     }
     app.metrics.cache_event("memory", "miss");
 
-    let (waiter, led) = match app.flights.join(key.as_bytes()) {
+    let (c, cache) = fly(app, key.as_bytes(), key, &watcher, move |app, cancel, progress| async move {
+        produce(&app, &request, variant, Caller::Url, &cancel, Some(progress)).await
+    })
+    .await?;
+    watcher.answered();
+    Ok((reply(app, head, &c.result, cache, &c.timings, variant), cache))
+}
+
+/// An uploaded image through the shared miss path: plan it, then the memory tier, then one flight
+/// per result key, so concurrent identical uploads compute once. Returns the plan for headers.
+/// `watcher` is the request's progress id, if any (`Watcher::for_request`).
+pub async fn uploaded(
+    app: &Arc<App>,
+    bytes: Bytes,
+    spec: &TransformSpec,
+    variant: Variant,
+    watcher: &Watcher,
+) -> Result<(Arc<Computed>, CacheOutcome, Plan), ProxyError> {
+    let planned = plan_bytes(app, bytes, spec, variant, Caller::Api)?;
+    let plan = planned.plan.clone();
+    let memo = RequestKey::for_upload(&planned.key);
+    if let Some(hit) = app.memory.get(&memo).await {
+        app.metrics.cache_event("memory", "hit");
+        let c = Computed { result: hit, outcome: CacheOutcome::HitMemory, timings: Timings::default() };
+        return Ok((Arc::new(c), CacheOutcome::HitMemory, plan));
+    }
+    app.metrics.cache_event("memory", "miss");
+    let key = planned.key;
+    let (c, cache) = fly(app, key.as_bytes(), memo, watcher, move |app, cancel, progress| async move {
+        produce_planned(&app, planned, Timings::default(), &cancel, Some(progress)).await
+    })
+    .await?;
+    Ok((c, cache, plan))
+}
+
+/// Single flight around `work`: the leader runs it in its own task (so it survives the leader's
+/// client leaving), publishes to the memory tier under `memo`, then releases the flight; every
+/// waiter waits with the request deadline. Returns the value and this request's cache outcome.
+/// The flight's progress goes to the playground's board, where `watcher`'s id (if any) follows it.
+async fn fly<F, Fut>(
+    app: &Arc<App>,
+    key: &[u8; 32],
+    memo: RequestKey,
+    watcher: &Watcher,
+    work: F,
+) -> Result<(Arc<Computed>, CacheOutcome), ProxyError>
+where
+    F: FnOnce(Arc<App>, CancellationToken, ProgressFn) -> Fut,
+    Fut: Future<Output = FlightValue> + Send + 'static,
+{
+    let (waiter, led) = match app.flights.join(key) {
         Join::Leader(permit, waiter) => {
             let cancel = permit.cancellation();
-            let tracking = app.progress.track(*key.as_bytes());
+            let tracking = app.progress.track(*key);
+            let task = work(app.clone(), cancel.clone(), tracking.sink());
             let app = app.clone();
             tokio::spawn(async move {
+                let _tracking = tracking;
                 let value = tokio::select! {
-                    v = produce(&app, &request, variant, Caller::Url, &cancel, Some(tracking.sink())) => v,
+                    v = task => v,
                     _ = cancel.cancelled() => Err(ProxyError::new(ErrorClass::Timeout, "abandoned: no client is waiting")),
                 };
                 // Publish before releasing the flight, so late arrivals hit memory.
                 if let Ok(c) = &value {
-                    app.memory.insert(key, c.result.clone()).await;
+                    app.memory.insert(memo, c.result.clone()).await;
                 }
                 permit.finish(value);
             });
@@ -152,8 +225,8 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
         }
         Join::Follower(waiter) => (waiter, false),
     };
-    if let Some(w) = &watcher {
-        app.progress.attach(&w.id, key.as_bytes());
+    if let Some(id) = &watcher.id {
+        app.progress.attach(id, key);
     }
 
     let deadline = app.cfg.server.request_deadline;
@@ -162,30 +235,48 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
         .map_err(|_| ProxyError::new(ErrorClass::Timeout, format!("the result was not ready within {deadline:?}")))?;
     match outcome {
         Outcome::Done(Ok(c)) => {
-            watcher.iter_mut().for_each(|w| w.ok = true);
             let cache = if led { c.outcome } else { CacheOutcome::Coalesced };
-            Ok((reply(app, head, &c.result, cache, &c.timings, variant), cache))
+            Ok((c, cache))
         }
         Outcome::Done(Err(e)) => Err(e),
         Outcome::Dangling => Err(ProxyError::new(ErrorClass::Internal, "the computation ended without a result")),
     }
 }
 
-/// A request's progress id on the playground's board; dropping it ends the id's stream.
-struct Watcher {
+/// A request's playground progress id; dropping it ends the id's stream with `done` (after
+/// `answered`) or `failed` (errors, cancel, client gone). Without an id it does nothing.
+pub struct Watcher {
     app: Arc<App>,
-    id: String,
+    id: Option<String>,
     ok: bool,
+}
+
+impl Watcher {
+    /// The progress id the request asks for, when the playground serves this client.
+    pub fn for_request(app: &Arc<App>, head: &Parts) -> Watcher {
+        Watcher { app: app.clone(), id: playground::progress_id(app, head), ok: false }
+    }
+
+    /// No progress id (batch items report nowhere).
+    pub fn none(app: &Arc<App>) -> Watcher {
+        Watcher { app: app.clone(), id: None, ok: false }
+    }
+
+    pub fn answered(&mut self) {
+        self.ok = true;
+    }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.app.progress.finish(&self.id, self.ok);
+        if let Some(id) = &self.id {
+            self.app.progress.finish(id, self.ok);
+        }
     }
 }
 
-/// The miss path: from source bytes to a stored, encoded result. `progress` hears tiles and
-/// steps done (the playground's progress streams).
+/// The URL miss path: fetch the source, then the shared path. `progress` hears tiles and steps
+/// done.
 pub async fn produce(
     app: &Arc<App>,
     request: &TransformPath,
@@ -195,21 +286,42 @@ pub async fn produce(
     progress: Option<ProgressFn>,
 ) -> FlightValue {
     let mut t = Timings::default();
-    let limits = &app.cfg.limits;
-
     let clock = Instant::now();
+    let limits = &app.cfg.limits;
     let source = app.origins.fetch(request.spec.origin.as_deref(), &request.source, limits.max_source_bytes).await?;
     stage(app, &mut t, "fetch", clock);
+    let planned = plan_bytes(app, source.bytes, &request.spec, variant, caller)?;
+    produce_planned(app, planned, t, cancel, progress).await
+}
 
-    let header = decode::probe(&source.bytes, limits.max_source_pixels)?;
-    let plan = Plan::resolve(&request.spec, variant, &header, &app.registry, &app.cfg, caller)?;
-    let result_key =
-        ResultKey::for_result(&SourceHash::of(&source.bytes), &plan.canonical(), &plan.engine.id().to_string());
+/// Source bytes with everything decided before any pixel is decoded.
+pub struct Planned {
+    pub bytes: Bytes,
+    pub plan: Plan,
+    pub key: ResultKey,
+}
 
-    if let Some(found) = lookup_store(app, &result_key).await {
+/// Probe the header (magic number, pixel limit) → plan (engine, sizes, limits) → result key.
+/// The key hashes the bytes, so a URL and an upload of the same bytes and plan share a result.
+pub fn plan_bytes(app: &App, bytes: Bytes, spec: &TransformSpec, variant: Variant, caller: Caller) -> Result<Planned, ProxyError> {
+    let header = decode::probe(&bytes, app.cfg.limits.max_source_pixels)?;
+    let plan = Plan::resolve(spec, variant, &header, &app.registry, &app.cfg, caller)?;
+    let key = ResultKey::for_result(&SourceHash::of(&bytes), &plan.canonical(), &plan.engine.id().to_string());
+    Ok(Planned { bytes, plan, key })
+}
+
+/// The store tier, then the computation: where every miss ends, whatever brought the bytes.
+pub async fn produce_planned(
+    app: &Arc<App>,
+    planned: Planned,
+    t: Timings,
+    cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
+) -> FlightValue {
+    if let Some(found) = lookup_store(app, &planned.key).await {
         return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t }));
     }
-    compute(app, source.bytes, plan, result_key, t, cancel, progress).await
+    compute(app, planned.bytes, planned.plan, planned.key, t, cancel, progress).await
 }
 
 /// Decode → infer → finish → store, for a planned result that no tier holds.
@@ -371,55 +483,7 @@ async fn readyz(app: &App) -> Response<Body> {
     respond::json(status, &serde_json::json!({ "ready": ready, "models": models, "store": store }))
 }
 
-fn api_health(app: &App) -> Response<Body> {
-    respond::json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "status": if app.is_ready() { "ok" } else { "starting" },
-            "ready": app.is_ready(),
-            "queue_depth": app.batcher.depth(),
-            "queue_capacity": app.cfg.engine.queue_capacity,
-            "version": env!("CARGO_PKG_VERSION"),
-        }),
-    )
-}
-
-fn model_info(app: &App) -> Response<Body> {
-    let models: Vec<serde_json::Value> = app
-        .registry
-        .entries()
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "name": e.name,
-                "aliases": e.aliases,
-                "id": e.engine.id().to_string(),
-                "weights": e.engine.id().weights,
-                "scale": e.engine.scale(),
-                "prompt_guided": e.engine.prompt_guided(),
-                "tile": e.engine.tiling().map(|t| t.tile),
-                "description": e.description,
-            })
-        })
-        .collect();
-    let l = &app.cfg.limits;
-    respond::json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "models": models,
-            "device": "cpu",
-            "limits": {
-                "max_source_bytes": l.max_source_bytes,
-                "max_source_pixels": l.max_source_pixels,
-                "max_output_pixels": l.max_output_pixels,
-                "max_prompt_bytes": l.max_prompt_bytes,
-                "sd_max_input_side": app.cfg.sd.max_input_side,
-            },
-        }),
-    )
-}
-
-fn stage(app: &App, t: &mut Timings, name: &'static str, since: Instant) {
+pub(crate) fn stage(app: &App, t: &mut Timings, name: &'static str, since: Instant) {
     let d = since.elapsed();
     app.metrics.stage_seconds.with_label_values(&[name]).observe(d.as_secs_f64());
     t.push(name, d);

@@ -133,7 +133,7 @@ pub fn error(e: &ProxyError, request_id: &str, cfg: &OutputConfig) -> Response<B
         b = b.header(header::RETRY_AFTER, after.as_secs().max(1));
     }
     if e.class == ErrorClass::MethodNotAllowed {
-        b = b.header(header::ALLOW, "GET, HEAD");
+        b = b.header(header::ALLOW, e.allow.unwrap_or("GET, HEAD"));
     }
     b.body(full(body.to_string())).expect("valid response")
 }

@@ -103,7 +103,7 @@ function tryForm(path, method, op) {
       if (p.in === 'body' && input.type === 'file') { if (input.files[0]) form_.append(p.name, input.files[0]); continue; }
       const v = input.value;
       if (v === '') continue;
-      if (p.in === 'path') url = url.replace(`{${p.name}}`, encodeURIComponent(v));
+      if (p.in === 'path') url = url.replace(`{${p.name}}`, encodeURIComponent(v).replace(/%2F/gi, '/'));
       else if (p.in === 'query') query.append(p.name, v);
       else if (p.in === 'header') headers[p.name] = v;
       else if (multipart) form_.append(p.name, v);

@@ -175,6 +175,11 @@ pub trait Engine: Send + Sync + 'static {
         0
     }
 
+    /// Where the forward passes run (`cpu`, `cuda:0`), for `/api/v1/model-info`.
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+
     /// True for engines that read `GenParams` (sd-x4); the others ignore them, so they are left
     /// out of result keys.
     fn prompt_guided(&self) -> bool {

@@ -29,6 +29,15 @@ pub fn select(spec: &str) -> Result<Device, MlError> {
     }
 }
 
+/// The device as `ml.device` would name it.
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,15 +40,6 @@ const ASSETS: [(&str, &str, &[u8]); 5] = [
 const CSP: &str = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; \
                    connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
-/// True for the paths this module answers.
-pub fn is_route(path: &str) -> bool {
-    ASSETS.iter().any(|(p, ..)| *p == path)
-        || path == "/api/v1/samples"
-        || path.starts_with("/api/v1/samples/")
-        || path == "/api/v1/sign"
-        || path.starts_with("/api/v1/progress/")
-}
-
 /// Whether this request may use the playground.
 pub fn allowed(app: &App, head: &Parts) -> bool {
     match app.cfg.playground.enabled {
@@ -71,7 +62,7 @@ fn from_loopback(head: &Parts) -> bool {
     })
 }
 
-/// Answers a playground path (see `is_route`).
+/// Answers a playground path (`pipeline::handle` routes them here).
 pub async fn serve(app: &Arc<App>, head: &Parts) -> Result<Response<Body>, ProxyError> {
     let path = head.uri.path();
     if !allowed(app, head) {

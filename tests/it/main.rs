@@ -8,3 +8,5 @@ mod origins; // an HTTP origin: fetch, 404, deadline, byte cap
 mod tls; // rustls, ALPN h2 and http/1.1
 mod playground; // pages, samples, signing, progress streams, cancel with a progress id
 mod browser; // the playground in headless Chromium (playwright-core)
+mod api; // REST API: uploads, batch, limits, OpenAPI
+mod examples; // examples/ (curl, Python, Node) run against a live server

@@ -231,6 +231,10 @@ impl Engine for RealEsrgan {
         self.tiling
     }
 
+    fn device(&self) -> String {
+        crate::ml::device::name(&self.device)
+    }
+
     fn upscale(&self, tiles: &[Tile], params: &[GenParams], ctx: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
         let Some(first) = tiles.first() else { return Ok(Vec::new()) };
         let (w, h) = first.shape();

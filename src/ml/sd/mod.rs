@@ -148,6 +148,9 @@ impl Engine for SdEngine {
     fn prompt_guided(&self) -> bool {
         true
     }
+    fn device(&self) -> String {
+        crate::ml::device::name(&self.pipe.device)
+    }
 
     fn upscale(&self, tiles: &[Tile], params: &[GenParams], ctx: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
         if tiles.len() != params.len() {
