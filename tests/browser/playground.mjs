@@ -97,7 +97,29 @@ try {
   check(lowContrast.length === 0, `text contrast >= 4.5:1 (${lowContrast.join(', ') || 'all pass'})`);
   await page.screenshot({ path: join(outDir, 'playground.png'), fullPage: true });
 
-  // 4. Cancelling a slow run from the page (the server side checks that the work stopped).
+  // 4. An upload (the file input; a drop fills the same input) goes through POST /api/v1/upscale.
+  const original = await page.evaluate(async () => {
+    const r = await fetch('/api/v1/samples/' + document.getElementById('sample').value);
+    return Array.from(new Uint8Array(await r.arrayBuffer()));
+  });
+  await page.check('#src-upload');
+  await page.setInputFiles('#file', { name: 'upload.png', mimeType: 'image/png', buffer: Buffer.from(original) });
+  await page.selectOption('#model', 'lanczos');
+  await page.selectOption('#scale', '2');
+  await page.evaluate(() => { document.getElementById('out').dataset.ready = 'false'; });
+  await page.click('#go');
+  await page.waitForSelector('#out[data-ready=true]');
+  const upload = await page.evaluate(() => ({
+    w: document.getElementById('out').naturalWidth,
+    h: document.getElementById('out').naturalHeight,
+    url: document.getElementById('url').value,
+    model: document.getElementById('f-model').textContent,
+  }));
+  check(upload.w === wantW / 2 && upload.h === wantH / 2 && upload.model.startsWith('lanczos-x2@'), `an upload upscales ×2 (${upload.w}x${upload.h}, ${upload.model})`);
+  check(/\/r\/[0-9a-f]{64}\.png$/.test(upload.url), `the upload's URL is its stored result (${upload.url})`);
+  await page.check('#src-sample');
+
+  // 5. Cancelling a slow run from the page (the server side checks that the work stopped).
   if (slowModel) {
     await page.selectOption('#model', slowModel);
     await page.selectOption('#scale', '2');
@@ -108,7 +130,7 @@ try {
     check(true, 'a slow run shows progress and cancels from the page');
   }
 
-  // 5. /docs renders the served OpenAPI file, and an endpoint can be tried.
+  // 6. /docs renders the served OpenAPI file, and an endpoint can be tried.
   const spec = (await fetch(base + '/api/v1/openapi.json')).status;
   if (spec === 200) {
     await page.goto(base + '/docs');
