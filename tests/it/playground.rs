@@ -180,3 +180,32 @@ async fn cancelling_a_watched_request_stops_the_work_and_ends_its_stream_failed(
     assert_eq!(engine.passes.load(Ordering::SeqCst), 1);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_with_a_progress_id_reports_to_its_stream() {
+    use reqwest::multipart::{Form, Part};
+    let engine = Arc::new(Stepper { id: EngineId::new("stepper", "test"), passes: AtomicU32::new(0) });
+    let s = Setup::new()
+        .models(vec![entry("stepper", engine.clone())])
+        .config(|c| {
+            c.ml.warm_up = false;
+            c.engine.max_batch = 1;
+        })
+        .start()
+        .await;
+    let id = "test-upload-00001";
+    let stream = client().get(s.url(&format!("/api/v1/progress/{id}"))).send().await.unwrap();
+    let watching = tokio::spawn(events(stream));
+    let form = Form::new()
+        .part("image", Part::bytes(png(16, 8)).file_name("a.png"))
+        .text("model", "stepper")
+        .text("scale", "2")
+        .text("format", "png");
+    let r = client().post(s.url("/api/v1/upscale")).header("x-upres-progress", id).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = watching.await.unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!((last["state"].as_str(), last["tiles_done"].as_u64(), last["tiles_total"].as_u64()), (Some("done"), Some(2), Some(2)), "{seen:?}");
+    assert_eq!(engine.passes.load(Ordering::SeqCst), 2);
+    s.stop().await;
+}
