@@ -103,7 +103,14 @@ try {
     return Array.from(new Uint8Array(await r.arrayBuffer()));
   });
   await page.check('#src-upload');
-  await page.setInputFiles('#file', { name: 'upload.png', mimeType: 'image/png', buffer: Buffer.from(original) });
+  // Drag and drop: a synthetic drop of a file on the drop zone fills the file input.
+  const dropped = await page.evaluate((bytes) => {
+    const data = new DataTransfer();
+    data.items.add(new File([new Uint8Array(bytes)], 'dropped.png', { type: 'image/png' }));
+    document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+    return [document.getElementById('file').files[0]?.name, document.getElementById('orig-smooth').src.startsWith('blob:')];
+  }, original);
+  check(dropped[0] === 'dropped.png' && dropped[1], `a dropped file becomes the upload and the original shown (${dropped})`);
   await page.selectOption('#model', 'lanczos');
   await page.selectOption('#scale', '2');
   await page.evaluate(() => { document.getElementById('out').dataset.ready = 'false'; });
