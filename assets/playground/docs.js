@@ -12,6 +12,13 @@ const el = (tag, attrs = {}, ...children) => {
   return node;
 };
 
+// Text with `code` spans (the document's descriptions use Markdown backticks) as nodes.
+function rich(text) {
+  const span = document.createElement('span');
+  String(text || '').split('`').forEach((part, i) => span.append(i % 2 ? el('code', { text: part }) : document.createTextNode(part)));
+  return span;
+}
+
 let spec = null;
 let uid = 0;
 
@@ -39,7 +46,7 @@ function paramTable(rows) {
   const table = el('table', {}, el('thead', {}, el('tr', {}, el('th', { text: 'name' }), el('th', { text: 'in' }), el('th', { text: 'type' }), el('th', { text: 'description' }))));
   const body = el('tbody');
   for (const r of rows) {
-    body.append(el('tr', {}, el('td', {}, el('code', { text: r.name + (r.required ? ' *' : '') })), el('td', { text: r.in }), el('td', { text: typeOf(r.schema) }), el('td', { text: r.description || resolve(r.schema).description || '' })));
+    body.append(el('tr', {}, el('td', {}, el('code', { text: r.name + (r.required ? ' *' : '') })), el('td', { text: r.in }), el('td', { text: typeOf(r.schema) }), el('td', {}, rich(r.description || resolve(r.schema).description || ''))));
   }
   table.append(body);
   return table;
@@ -139,7 +146,7 @@ function tryForm(path, method, op) {
 
 function render() {
   document.getElementById('title').textContent = `${spec.info?.title || 'API'} ${spec.info?.version || ''}`;
-  document.getElementById('description').textContent = spec.info?.description || '';
+  document.getElementById('description').replaceChildren(rich(spec.info?.description));
   const root = document.getElementById('endpoints');
   for (const [path, item] of Object.entries(spec.paths || {})) {
     for (const method of ['get', 'post', 'put', 'patch', 'delete', 'head']) {
@@ -149,8 +156,8 @@ function render() {
       op.parameters = params;
       const body = bodyFields(op);
       const section = el('details', { class: 'endpoint panel' },
-        el('summary', {}, el('span', { class: `method ${method}`, text: method.toUpperCase() }), el('code', { text: path }), document.createTextNode(op.summary ? ` – ${op.summary}` : '')));
-      if (op.description) section.append(el('p', { text: op.description }));
+        el('summary', {}, el('span', { class: `method ${method}`, text: method.toUpperCase() }), el('code', { text: path }), op.summary ? rich(` – ${op.summary}`) : null));
+      if (op.description) section.append(el('p', {}, rich(op.description)));
       if (params.length) section.append(el('h3', { text: 'Parameters' }), paramTable(params));
       if (body) section.append(el('h3', { text: `Request body (${body.mediaType})` }), body.fields.length ? paramTable(body.fields) : el('p', { text: typeOf(body.schema) }));
       const responses = Object.entries(op.responses || {});
@@ -158,7 +165,7 @@ function render() {
         const list = el('ul');
         for (const [code, resp] of responses) {
           const r = resolve(resp);
-          list.append(el('li', {}, el('code', { text: code }), document.createTextNode(` ${r.description || ''} ${Object.keys(r.content || {}).join(', ')}`)));
+          list.append(el('li', {}, el('code', { text: code }), rich(` ${r.description || ''} ${Object.keys(r.content || {}).join(', ')}`)));
         }
         section.append(el('h3', { text: 'Responses' }), list);
       }
