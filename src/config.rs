@@ -71,7 +71,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Open connections at most; further accepts wait.
     pub max_connections: usize,
-    /// Whole-request deadline for transform requests; past it the answer is 504.
+    /// Whole-request deadline for transform requests; past it the answer is 504. Uploads get it
+    /// twice: once to receive the body (408 past it), once for the result.
     #[serde(with = "humantime_serde")]
     pub request_deadline: Duration,
     /// Longest accepted request path in bytes (414 above).

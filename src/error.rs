@@ -29,6 +29,8 @@ pub enum ErrorClass {
     Unsupported,
     /// An image that claims a supported format but cannot be decoded (truncated, corrupt).
     Unprocessable,
+    /// The client did not send its request body in time.
+    RequestTimeout,
     /// Too many requests from this client.
     RateLimited,
     /// The origin failed.
@@ -54,6 +56,7 @@ impl ErrorClass {
             ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorClass::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorClass::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorClass::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorClass::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorClass::Upstream => StatusCode::BAD_GATEWAY,
             ErrorClass::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -74,6 +77,7 @@ impl ErrorClass {
             ErrorClass::TooLarge => "too_large",
             ErrorClass::Unsupported => "unsupported_media_type",
             ErrorClass::Unprocessable => "unprocessable_image",
+            ErrorClass::RequestTimeout => "request_timeout",
             ErrorClass::RateLimited => "rate_limited",
             ErrorClass::Upstream => "upstream_error",
             ErrorClass::Timeout => "timeout",

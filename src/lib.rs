@@ -28,6 +28,9 @@
 //!  publish    store put, memory insert, then release the flight
 //!  respond    200/304, ETag, Cache-Control, Server-Timing, X-Upres-*     respond.rs
 //! ```
+//! An upload (`POST /api/v1/upscale`, `api/`) reads the multipart body within limits, then
+//! joins the same path at `probe`: its flight is keyed by the `ResultKey`, its memory entry by
+//! `RequestKey::for_upload` (`pipeline::uploaded`).
 //!
 //! # Layout
 //! - `main.rs`/`cli.rs`: commands (`serve`, `upscale`, `sign`); the only users of clap/anyhow.

@@ -67,12 +67,9 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response
     let (head, body) = req.into_parts();
     let path = head.uri.path();
     let (route, result) = match path {
-        "/healthz" => ("healthz", Ok((respond::text(StatusCode::OK, "text/plain", "ok\n"), CacheOutcome::None))),
-        "/readyz" => ("readyz", Ok((readyz(app).await, CacheOutcome::None))),
-        "/metrics" => (
-            "metrics",
-            Ok((respond::text(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render()), CacheOutcome::None)),
-        ),
+        "/healthz" => ("healthz", healthz(&head)),
+        "/readyz" => ("readyz", readyz(app, &head).await),
+        "/metrics" => ("metrics", metrics(app, &head)),
         "/api/v1/health" => ("api_health", api::info::health(app, &head)),
         "/api/v1/model-info" => ("api_model_info", api::info::model_info(app, &head)),
         "/api/v1/openapi.json" => ("api_openapi", api::openapi::serve(&head)),
@@ -124,9 +121,7 @@ async fn playground(app: &Arc<App>, head: &Parts) -> Answer {
 
 /// The image path: one call per stage, in order.
 async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
-    if head.method != Method::GET && head.method != Method::HEAD {
-        return Err(ProxyError::new(ErrorClass::MethodNotAllowed, "use GET or HEAD"));
-    }
+    get_or_head(head)?;
     let raw_path = head.uri.path();
     if raw_path.len() > app.param_limits.max_path_bytes {
         return Err(params::ParamError::TooLong(app.param_limits.max_path_bytes).into());
@@ -441,9 +436,7 @@ async fn lookup_store(app: &App, key: &ResultKey) -> Option<CachedResult> {
 
 /// `GET /r/<result key hex>.<ext>`: a stored result by its key.
 async fn stored(app: &Arc<App>, head: &Parts) -> Answer {
-    if head.method != Method::GET && head.method != Method::HEAD {
-        return Err(ProxyError::new(ErrorClass::MethodNotAllowed, "use GET or HEAD"));
-    }
+    get_or_head(head)?;
     let not_found = || ProxyError::new(ErrorClass::NotFound, "no stored result with that key");
     let name = head.uri.path().trim_start_matches("/r/");
     let (hex, ext) = name.rsplit_once('.').ok_or_else(not_found)?;
@@ -469,7 +462,27 @@ fn reply(app: &App, head: &Parts, result: &CachedResult, outcome: CacheOutcome, 
     })
 }
 
-async fn readyz(app: &App) -> Response<Body> {
+/// Every route but the uploads answers GET and HEAD only (405 with `Allow: GET, HEAD`).
+pub fn get_or_head(head: &Parts) -> Result<(), ProxyError> {
+    if head.method == Method::GET || head.method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(ProxyError::method_not_allowed("GET, HEAD"))
+    }
+}
+
+fn healthz(head: &Parts) -> Answer {
+    get_or_head(head)?;
+    Ok((respond::text(StatusCode::OK, "text/plain", "ok\n"), CacheOutcome::None))
+}
+
+fn metrics(app: &App, head: &Parts) -> Answer {
+    get_or_head(head)?;
+    Ok((respond::text(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render()), CacheOutcome::None))
+}
+
+async fn readyz(app: &App, head: &Parts) -> Answer {
+    get_or_head(head)?;
     let models: Vec<String> = app.registry.entries().iter().map(|e| e.engine.id().to_string()).collect();
     let store = match &app.store {
         None => "disabled".to_string(),
@@ -480,7 +493,7 @@ async fn readyz(app: &App) -> Response<Body> {
     };
     let ready = app.is_ready() && !store.starts_with("error");
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    respond::json(status, &serde_json::json!({ "ready": ready, "models": models, "store": store }))
+    Ok((respond::json(status, &serde_json::json!({ "ready": ready, "models": models, "store": store })), CacheOutcome::None))
 }
 
 pub(crate) fn stage(app: &App, t: &mut Timings, name: &'static str, since: Instant) {

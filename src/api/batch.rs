@@ -32,7 +32,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
         return Err(ProxyError::method_not_allowed("POST"));
     }
     let api = &app.cfg.api;
-    let limits = FormLimits { body_bytes: api.max_batch_bytes, image_bytes: api.max_upload_bytes, max_images: api.max_batch_images };
+    let limits = FormLimits { body_bytes: api.max_batch_bytes, image_bytes: api.max_upload_bytes, max_images: api.max_batch_images, read_timeout: app.cfg.server.request_deadline };
     let form = form::read(head, body, limits).await?;
     if form.images.is_empty() {
         return Err(bad("the request has no `image` part"));

@@ -5,6 +5,8 @@
 //! refused before reading anything). Image parts stay bytes; every other part must be UTF-8 text.
 //! After a refusal the rest of the body is read and discarded for a bounded time and amount
 //! ("lingering"), so the client, still sending, gets to read the error instead of a reset.
+//! Receiving the whole body is bounded in time (`server.request_deadline`): a stalled sender
+//! gets 408.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -38,6 +40,8 @@ pub struct FormLimits {
     pub image_bytes: u64,
     /// Image parts at most.
     pub max_images: usize,
+    /// Time allowed for receiving the whole body (a slow sender must not hold a slot forever).
+    pub read_timeout: Duration,
 }
 
 /// A read form: image parts in order, other parts as `(name, text)` in order.
@@ -63,6 +67,8 @@ pub enum FormError {
     NotText(String),
     #[error("malformed multipart body: {0}")]
     Malformed(String),
+    #[error("the request body did not arrive within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl Classify for FormError {
@@ -72,6 +78,7 @@ impl Classify for FormError {
             FormError::BodyTooLarge(_) | FormError::ImageTooLarge(_) | FormError::TooManyImages(_) => ErrorClass::TooLarge,
             FormError::TextTooLarge(_) => ErrorClass::TooLarge,
             FormError::NotText(_) | FormError::Malformed(_) => ErrorClass::BadRequest,
+            FormError::TimedOut(_) => ErrorClass::RequestTimeout,
         }
     }
 }
@@ -82,8 +89,13 @@ pub async fn read<B: RequestBody>(head: &Parts, body: B, limits: FormLimits) -> 
     let result = match boundary(head) {
         None => Err(FormError::NotMultipart),
         Some(_) if content_length(head).is_some_and(|n| n > limits.body_bytes) => Err(FormError::BodyTooLarge(limits.body_bytes)),
-        Some(boundary) => parse(&mut body, boundary, limits).await,
+        Some(boundary) => tokio::time::timeout(limits.read_timeout, parse(&mut body, boundary, limits))
+            .await
+            .unwrap_or(Err(FormError::TimedOut(limits.read_timeout))),
     };
+    if matches!(result, Err(FormError::TimedOut(_))) {
+        return result; // a stalled sender gets no more of our time
+    }
     if result.is_err() {
         linger(&mut body, limits.body_bytes.saturating_mul(LINGER_FACTOR)).await;
     }
@@ -180,7 +192,7 @@ mod tests {
         req.into_parts()
     }
 
-    const LIMITS: FormLimits = FormLimits { body_bytes: 1000, image_bytes: 100, max_images: 2 };
+    const LIMITS: FormLimits = FormLimits { body_bytes: 1000, image_bytes: 100, max_images: 2, read_timeout: Duration::from_secs(5) };
 
     const BODY: &str = "--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nPNGDATA\r\n\
 --XyZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na white cat\r\n--XyZ--\r\n";

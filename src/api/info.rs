@@ -1,24 +1,14 @@
 //! `GET /api/v1/health` and `GET /api/v1/model-info`: what runs and within which limits.
 
 use http::request::Parts;
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use crate::app::App;
-use crate::error::ProxyError;
-use crate::pipeline::Answer;
+use crate::pipeline::{get_or_head, Answer};
 use crate::respond::{self, CacheOutcome};
 
-/// The info routes answer GET and HEAD only.
-pub fn only_get(head: &Parts) -> Result<(), ProxyError> {
-    if head.method == Method::GET || head.method == Method::HEAD {
-        Ok(())
-    } else {
-        Err(ProxyError::method_not_allowed("GET, HEAD"))
-    }
-}
-
 pub fn health(app: &App, head: &Parts) -> Answer {
-    only_get(head)?;
+    get_or_head(head)?;
     let body = serde_json::json!({
         "status": if app.is_ready() { "ok" } else { "starting" },
         "ready": app.is_ready(),
@@ -30,7 +20,7 @@ pub fn health(app: &App, head: &Parts) -> Answer {
 }
 
 pub fn model_info(app: &App, head: &Parts) -> Answer {
-    only_get(head)?;
+    get_or_head(head)?;
     let models: Vec<serde_json::Value> = app
         .registry
         .entries()

@@ -14,7 +14,7 @@ use crate::respond::{self, CacheOutcome};
 pub const DOCUMENT: &str = include_str!("openapi.json");
 
 pub fn serve(head: &Parts) -> Answer {
-    super::info::only_get(head)?;
+    crate::pipeline::get_or_head(head)?;
     Ok((respond::text(StatusCode::OK, "application/json", Bytes::from_static(DOCUMENT.as_bytes())), CacheOutcome::None))
 }
 

@@ -23,7 +23,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
     }
     // The playground's progress id, if any: its stream ends however this request ends.
     let mut watcher = pipeline::Watcher::for_request(app, head);
-    let limits = FormLimits { body_bytes: app.cfg.api.max_upload_bytes, image_bytes: app.cfg.api.max_upload_bytes, max_images: 1 };
+    let limits = FormLimits { body_bytes: app.cfg.api.max_upload_bytes, image_bytes: app.cfg.api.max_upload_bytes, max_images: 1, read_timeout: app.cfg.server.request_deadline };
     let form = form::read(head, body, limits).await.map_err(|e| match e {
         FormError::TooManyImages(_) => {
             ProxyError::new(ErrorClass::BadRequest, "send one `image` part; /api/v1/batch-upscale takes several")

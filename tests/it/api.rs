@@ -205,7 +205,7 @@ async fn wrong_methods_are_405_with_allow() {
         assert_eq!(r.headers()["allow"], "POST", "{path}");
         error_of(r, 405, "method_not_allowed").await;
     }
-    for path in ["/api/v1/model-info", "/api/v1/health", "/api/v1/openapi.json"] {
+    for path in ["/api/v1/model-info", "/api/v1/health", "/api/v1/openapi.json", "/healthz", "/readyz", "/metrics", "/r/x.png"] {
         let r = client().post(s.url(path)).send().await.unwrap();
         assert_eq!(r.headers()["allow"], "GET, HEAD", "{path}");
         error_of(r, 405, "method_not_allowed").await;
@@ -321,5 +321,23 @@ async fn an_uploader_that_disconnects_cancels_its_work() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(engine.saw_cancel.load(Ordering::SeqCst), "the engine was told to stop");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_408_within_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Setup::new().config(|c| c.server.request_deadline = Duration::from_millis(500)).start().await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = "POST /api/v1/upscale HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n\
+Content-Length: 5000\r\n\r\n--B\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nPNG";
+    c.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut out)).await.expect("answered in time").unwrap();
+    let answer = String::from_utf8_lossy(&out[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
     s.stop().await;
 }
