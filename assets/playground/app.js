@@ -166,7 +166,9 @@ async function run(event) {
       copyUrl = new URL(body.path, location.href).href;
       response = await fetch(body.path, { headers: { 'X-Upres-Progress': id, Accept: IMG_ACCEPT }, signal: state.controller.signal });
     } else {
-      response = await fetch('/api/v1/upscale', { method: 'POST', body: uploadForm(), headers: { 'X-Upres-Progress': id, Accept: IMG_ACCEPT }, signal: state.controller.signal });
+      const headers = { 'X-Upres-Progress': id, Accept: IMG_ACCEPT };
+      if ($('apikey').value) headers.Authorization = `Bearer ${$('apikey').value}`;
+      response = await fetch('/api/v1/upscale', { method: 'POST', body: uploadForm(), headers, signal: state.controller.signal });
       const location_ = response.headers.get('location');
       copyUrl = location_ ? new URL(location_, location.href).href : '';
     }
@@ -306,6 +308,11 @@ document.addEventListener('DOMContentLoaded', () => {
   $('copy').addEventListener('click', async () => {
     try { await navigator.clipboard.writeText($('url').value); setStatus('URL copied.'); }
     catch (_) { $('url').select(); setStatus('Press Ctrl+C to copy the selected URL.'); }
+  });
+  // The generation options apply only to prompt-guided models (and to auto, which may pick one).
+  $('model').addEventListener('change', () => {
+    const m = selectedModel();
+    $('sd-options').disabled = Boolean(m && !m.prompt);
   });
   loadModels();
   loadSamples();

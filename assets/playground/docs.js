@@ -120,6 +120,8 @@ function tryForm(path, method, op) {
     else if (body && body.fields.length) { payload = JSON.stringify(json); headers['Content-Type'] = body.mediaType; }
     else if (raw && raw.value) { payload = raw.value; headers['Content-Type'] = body.mediaType; }
     if ([...query].length) url += `?${query}`;
+    const key = document.getElementById('apikey').value;
+    if (key && !headers.Authorization) headers.Authorization = `Bearer ${key}`;
     try {
       const started = performance.now();
       const r = await fetch(url, { method: method.toUpperCase(), headers, body: payload });
