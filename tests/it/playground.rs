@@ -209,3 +209,35 @@ async fn an_upload_with_a_progress_id_reports_to_its_stream() {
     assert_eq!(engine.passes.load(Ordering::SeqCst), 2);
     s.stop().await;
 }
+
+/// Calls the handler as a request from `peer` would arrive (no socket: `handle` takes a request).
+async fn from_peer(s: &TestServer, peer: &str, path: &str) -> u16 {
+    let mut req = http::Request::get(path).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    req.extensions_mut().insert(upres::server::ClientAddr(peer.parse().unwrap()));
+    upres::pipeline::handle(&s.app, req).await.status().as_u16()
+}
+
+#[tokio::test]
+async fn local_mode_serves_loopback_peers_only_and_signing_stays_loopback_only() {
+    let local = TestServer::start().await;
+    assert_eq!(from_peer(&local, "127.0.0.1:5000", "/").await, 200);
+    assert_eq!(from_peer(&local, "[::1]:5000", "/").await, 200);
+    assert_eq!(from_peer(&local, "[::ffff:127.0.0.1]:5000", "/").await, 200);
+    for path in ["/", "/docs", "/api/v1/samples", "/api/v1/sign?path=%2Fx2%2Fa.png", "/api/v1/progress/abcdefgh12"] {
+        assert_eq!(from_peer(&local, "10.1.2.3:5000", path).await, 404, "{path}");
+    }
+    local.stop().await;
+
+    let everyone = Setup::new()
+        .config(|c| {
+            c.playground.enabled = PlaygroundAccess::On;
+            c.signing.key = Some("943b421c9eb07c830af81030552c86009268de4e532ba2ee2eab8247c6da0881".into());
+            c.signing.salt = Some("520f986b998545b4785e0defbc4f3c1203f22de2374a3d53cb7a7fe9fea309c5".into());
+        })
+        .start()
+        .await;
+    assert_eq!(from_peer(&everyone, "10.1.2.3:5000", "/").await, 200);
+    assert_eq!(from_peer(&everyone, "10.1.2.3:5000", "/api/v1/sign?path=%2Fx2%2Fa.png").await, 403, "no signing oracle for remote peers");
+    assert_eq!(from_peer(&everyone, "127.0.0.1:5000", "/api/v1/sign?path=%2Fx2%2Fa.png").await, 200);
+    everyone.stop().await;
+}
