@@ -64,9 +64,14 @@ function bodyFields(op) {
   return { mediaType, schema, fields, required: body.required };
 }
 
+// A file field: OpenAPI 3.0 says `format: binary`, 3.1 says `contentMediaType`; arrays of them
+// take several files.
+function isFile(s) { return s.format === 'binary' || s.contentMediaType !== undefined; }
+
 function inputFor(field, id) {
   const s = resolve(field.schema);
-  if (s.format === 'binary') return el('input', { type: 'file', id, name: field.name, required: field.required });
+  if (isFile(s)) return el('input', { type: 'file', id, name: field.name, required: field.required });
+  if (s.type === 'array' && isFile(resolve(s.items || {}))) return el('input', { type: 'file', id, name: field.name, required: field.required, multiple: true });
   if (s.enum) {
     const select = el('select', { id, name: field.name });
     if (!field.required) select.append(el('option', { value: '', text: '(not set)' }));
@@ -107,7 +112,7 @@ function tryForm(path, method, op) {
     const json = {};
     for (const { p, id } of fields) {
       const input = document.getElementById(id);
-      if (p.in === 'body' && input.type === 'file') { if (input.files[0]) form_.append(p.name, input.files[0]); continue; }
+      if (p.in === 'body' && input.type === 'file') { for (const f of input.files) form_.append(p.name, f); continue; }
       const v = input.value;
       if (v === '') continue;
       if (p.in === 'path') url = url.replace(`{${p.name}}`, encodeURIComponent(v).replace(/%2F/gi, '/'));

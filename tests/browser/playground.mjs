@@ -149,6 +149,16 @@ try {
     await health.locator('button[type=submit]').click();
     await health.locator('pre', { hasText: 'queue_depth' }).waitFor();
     check(true, '/docs: trying GET /api/v1/health shows its answer');
+    const upscale = page.locator('details.endpoint', { hasText: 'Upscale one uploaded image' }).first();
+    await upscale.locator('summary').click();
+    await upscale.locator('input[type=file]').setInputFiles({ name: 'a.png', mimeType: 'image/png', buffer: Buffer.from(original) });
+    await upscale.locator('input[name=model]').fill('lanczos');
+    await upscale.locator('input[name=scale], select[name=scale]').first().evaluate((e) => { e.value = '2'; });
+    await upscale.locator('button[type=submit]').click();
+    const shown = upscale.locator('.try img');
+    await shown.waitFor();
+    const natural = await shown.evaluate(async (img) => { await img.decode(); return [img.naturalWidth, img.naturalHeight]; });
+    check(natural[0] === wantW / 2 && natural[1] === wantH / 2, `/docs: trying POST /api/v1/upscale with a file shows the image (${natural})`);
     await page.screenshot({ path: join(outDir, 'docs.png'), fullPage: true });
   } else {
     console.log(`skip /docs: /api/v1/openapi.json answered ${spec}`);
