@@ -153,6 +153,12 @@ async fn a_progress_stream_follows_tiles_and_steps_and_ends_done() {
     assert!(seen.iter().any(|e| e["steps_total"] == 4 && e["steps_done"].as_u64() > Some(0)), "{seen:?}");
     assert!(seen.iter().all(|e| e.as_object().unwrap().len() == 5), "only counts and a state travel: {seen:?}");
     assert_eq!(s.app.progress.watched(), 0, "the id is forgotten once answered");
+    // A request that fails before any work ends its stream at once, `failed`.
+    let stream = client().get(s.url("/api/v1/progress/test-bad-request-1")).send().await.unwrap();
+    let watching = tokio::spawn(events(stream));
+    let r = client().get(s.url("/x9/a.png")).header("x-upres-progress", "test-bad-request-1").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(watching.await.unwrap().last().unwrap()["state"], "failed");
     // Bad ids are refused.
     assert_eq!(client().get(s.url("/api/v1/progress/bad")).send().await.unwrap().status(), 400);
     s.stop().await;
