@@ -20,7 +20,9 @@ const context = await chromium.launchPersistentContext(profile, {
   headless: true,
   viewport: { width: 1400, height: 1000 },
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    // Containers often have a small /dev/shm.
+    '--disable-dev-shm-usage'],
 });
 try {
   const page = await context.newPage();
