@@ -17,6 +17,7 @@ use crate::engine::registry::{ModelEntry, Registry};
 use crate::objects::Bucket;
 use crate::params::ParamLimits;
 use crate::pipeline::FlightValue;
+use crate::playground::progress::ProgressBoard;
 use crate::source::Origins;
 use crate::telemetry::Metrics;
 use crate::verify::Signer;
@@ -34,6 +35,8 @@ pub struct App {
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
     pub signer: Option<Signer>,
+    /// Progress of running flights for the playground's event streams.
+    pub progress: Arc<ProgressBoard>,
     ready: AtomicBool,
     next_id: AtomicU64,
     id_prefix: u32,
@@ -98,6 +101,7 @@ impl App {
             batcher,
             metrics,
             signer,
+            progress: Arc::new(ProgressBoard::new()),
             ready: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix,

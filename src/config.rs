@@ -32,6 +32,7 @@ pub struct Config {
     pub output: OutputConfig,
     pub signing: SigningConfig,
     pub telemetry: TelemetryConfig,
+    pub playground: PlaygroundConfig,
     pub api: ApiConfig,
 }
 
@@ -51,6 +52,7 @@ impl Default for Config {
             output: OutputConfig::default(),
             signing: SigningConfig::default(),
             telemetry: TelemetryConfig::default(),
+            playground: PlaygroundConfig::default(),
             api: ApiConfig::default(),
         }
     }
@@ -332,6 +334,23 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self { log_format: "text".into(), log_filter: "info".into() }
     }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaygroundConfig {
+    /// Who gets the playground page (`/`), `/docs` and their helper endpoints.
+    pub enabled: PlaygroundAccess,
+}
+
+/// `local`: only clients connecting from a loopback address; `on`: everyone; `off`: nobody.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaygroundAccess {
+    #[default]
+    Local,
+    On,
+    Off,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

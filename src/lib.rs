@@ -9,7 +9,7 @@
 //! ```text
 //! GET /x4/w=800/format=auto/shop/cat.jpg
 //!  server     accept → TLS → HTTP/1.1 or HTTP/2 → pipeline::handle
-//!  route      /healthz /readyz /metrics /api/v1/* /r/<hash>.<ext> or a transform path
+//!  route      /healthz /readyz /metrics /api/v1/* /r/<hash>.<ext> / /docs or a transform path
 //!  verify     signature segment when signing is on (403)                 verify.rs
 //!  parse      path → TransformSpec + source key (400/414)                params/
 //!  negotiate  format=auto + Accept → Variant (Vary: Accept)              plan.rs
@@ -44,6 +44,8 @@
 //! - `params/`, `plan.rs`, `key.rs`, `verify.rs`, `source.rs`, `objects.rs`, `cache/`,
 //!   `coalesce.rs`, `imaging/`, `engine/` (interface, batcher, tiling, registry, Lanczos),
 //!   `ml/` (candle models), `respond.rs`, `error.rs`, `telemetry.rs`.
+//! - `playground/`: the page at `/`, the API docs at `/docs`, their helper endpoints and the
+//!   progress streams (`assets/playground/` holds the compiled-in HTML, CSS and JavaScript).
 #![deny(unsafe_code)]
 
 pub mod api;
@@ -60,6 +62,7 @@ pub mod ml;
 pub mod objects;
 pub mod params;
 pub mod pipeline;
+pub mod playground;
 pub mod plan;
 pub mod respond;
 pub mod server;

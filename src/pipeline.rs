@@ -6,6 +6,7 @@
 //! handle ─ route ─┬─ /healthz /readyz /metrics /api/v1/{health,model-info,openapi.json}
 //!                 ├─ /api/v1/upscale /api/v1/batch-upscale   multipart → api/ → uploaded
 //!                 ├─ /r/<hash>.<ext>            stored result by key
+//!                 ├─ / /docs /playground/* /api/v1/{samples,sign,progress}   playground/
 //!                 └─ transform:
 //!                      verify (signature) → parse → negotiate → request key → memory tier
 //!                      → fly(request key) ─ leader: spawn(produce) ─┐
@@ -17,6 +18,8 @@
 //!                  holding it) → decode → tile → batcher → stitch → resize/alpha → encode
 //!                  → store put → release claim                          (shared by both paths)
 //! ```
+//! A request with a playground progress id (`X-Upres-Progress`) has it attached to the flight it
+//! joins; the flight's leader reports tiles and steps done to `app.progress` (`fly`).
 //! Stages own their details; decisions are enums matched here.
 
 use std::future::Future;
@@ -35,6 +38,7 @@ use crate::cache::claim::{self, Turn};
 use crate::cache::store::Lookup;
 use crate::cache::CachedResult;
 use crate::coalesce::{Join, Outcome};
+use crate::engine::batcher::{JobProgress, ProgressFn};
 use crate::engine::tiling::Grid;
 use crate::engine::Tile;
 use crate::error::{ErrorClass, ProxyError};
@@ -43,6 +47,7 @@ use crate::imaging::{decode, encode, resize};
 use crate::key::{RequestKey, ResultKey, SourceHash};
 use crate::params::{self, TransformPath, TransformSpec};
 use crate::plan::{Caller, Plan, Variant};
+use crate::playground;
 use crate::respond::{self, Body, CacheOutcome, ImageReply, Timings};
 
 /// What a flight delivers to every waiter.
@@ -73,6 +78,14 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response
         "/api/v1/upscale" => ("api_upscale", api::upscale::handle(app, &head, body).await),
         "/api/v1/batch-upscale" => ("api_batch", api::batch::handle(app, &head, body).await),
         p if p.starts_with("/r/") => ("stored", stored(app, &head).await),
+        // One arm per playground route: api::openapi's test reads these arms.
+        "/" => ("playground", playground(app, &head).await),
+        "/docs" => ("playground", playground(app, &head).await),
+        "/api/v1/samples" => ("playground", playground(app, &head).await),
+        "/api/v1/sign" => ("playground", playground(app, &head).await),
+        p if p.starts_with("/api/v1/samples/") => ("playground", playground(app, &head).await),
+        p if p.starts_with("/api/v1/progress/") => ("playground", playground(app, &head).await),
+        p if p.starts_with("/playground/") => ("playground", playground(app, &head).await),
         _ => ("transform", transform(app, &head).await),
     };
     let (response, outcome) = match result {
@@ -105,8 +118,14 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response
 
 pub type Answer = Result<(Response<Body>, CacheOutcome), ProxyError>;
 
+async fn playground(app: &Arc<App>, head: &Parts) -> Answer {
+    playground::serve(app, head).await.map(|r| (r, CacheOutcome::None))
+}
+
 /// The image path: one call per stage, in order.
 async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
+    // First, so the progress stream of a request that fails early ends at once too.
+    let mut watcher = Watcher::for_request(app, head);
     get_or_head(head)?;
     let raw_path = head.uri.path();
     if raw_path.len() > app.param_limits.max_path_bytes {
@@ -128,24 +147,28 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
 
     if let Some(hit) = app.memory.get(&key).await {
         app.metrics.cache_event("memory", "hit");
+        watcher.answered();
         return Ok((reply(app, head, &hit, CacheOutcome::HitMemory, &Timings::default(), variant), CacheOutcome::HitMemory));
     }
     app.metrics.cache_event("memory", "miss");
 
-    let (c, cache) = fly(app, key.as_bytes(), key, move |app, cancel| async move {
-        produce(&app, &request, variant, Caller::Url, &cancel).await
+    let (c, cache) = fly(app, key.as_bytes(), key, &watcher, move |app, cancel, progress| async move {
+        produce(&app, &request, variant, Caller::Url, &cancel, Some(progress)).await
     })
     .await?;
+    watcher.answered();
     Ok((reply(app, head, &c.result, cache, &c.timings, variant), cache))
 }
 
 /// An uploaded image through the shared miss path: plan it, then the memory tier, then one flight
 /// per result key, so concurrent identical uploads compute once. Returns the plan for headers.
+/// `watcher` is the request's progress id, if any (`Watcher::for_request`).
 pub async fn uploaded(
     app: &Arc<App>,
     bytes: Bytes,
     spec: &TransformSpec,
     variant: Variant,
+    watcher: &Watcher,
 ) -> Result<(Arc<Computed>, CacheOutcome, Plan), ProxyError> {
     let planned = plan_bytes(app, bytes, spec, variant, Caller::Api)?;
     let plan = planned.plan.clone();
@@ -157,8 +180,8 @@ pub async fn uploaded(
     }
     app.metrics.cache_event("memory", "miss");
     let key = planned.key;
-    let (c, cache) = fly(app, key.as_bytes(), memo, move |app, cancel| async move {
-        produce_planned(&app, planned, Timings::default(), &cancel).await
+    let (c, cache) = fly(app, key.as_bytes(), memo, watcher, move |app, cancel, progress| async move {
+        produce_planned(&app, planned, Timings::default(), &cancel, Some(progress)).await
     })
     .await?;
     Ok((c, cache, plan))
@@ -167,22 +190,26 @@ pub async fn uploaded(
 /// Single flight around `work`: the leader runs it in its own task (so it survives the leader's
 /// client leaving), publishes to the memory tier under `memo`, then releases the flight; every
 /// waiter waits with the request deadline. Returns the value and this request's cache outcome.
+/// The flight's progress goes to the playground's board, where `watcher`'s id (if any) follows it.
 async fn fly<F, Fut>(
     app: &Arc<App>,
     key: &[u8; 32],
     memo: RequestKey,
+    watcher: &Watcher,
     work: F,
 ) -> Result<(Arc<Computed>, CacheOutcome), ProxyError>
 where
-    F: FnOnce(Arc<App>, CancellationToken) -> Fut,
+    F: FnOnce(Arc<App>, CancellationToken, ProgressFn) -> Fut,
     Fut: Future<Output = FlightValue> + Send + 'static,
 {
     let (waiter, led) = match app.flights.join(key) {
         Join::Leader(permit, waiter) => {
             let cancel = permit.cancellation();
-            let task = work(app.clone(), cancel.clone());
+            let tracking = app.progress.track(*key);
+            let task = work(app.clone(), cancel.clone(), tracking.sink());
             let app = app.clone();
             tokio::spawn(async move {
+                let _tracking = tracking;
                 let value = tokio::select! {
                     v = task => v,
                     _ = cancel.cancelled() => Err(ProxyError::new(ErrorClass::Timeout, "abandoned: no client is waiting")),
@@ -197,6 +224,9 @@ where
         }
         Join::Follower(waiter) => (waiter, false),
     };
+    if let Some(id) = &watcher.id {
+        app.progress.attach(id, key);
+    }
 
     let deadline = app.cfg.server.request_deadline;
     let outcome = tokio::time::timeout(deadline, waiter.wait())
@@ -212,13 +242,47 @@ where
     }
 }
 
-/// The URL miss path: fetch the source, then the shared path.
+/// A request's playground progress id; dropping it ends the id's stream with `done` (after
+/// `answered`) or `failed` (errors, cancel, client gone). Without an id it does nothing.
+pub struct Watcher {
+    app: Arc<App>,
+    id: Option<String>,
+    ok: bool,
+}
+
+impl Watcher {
+    /// The progress id the request asks for, when the playground serves this client.
+    pub fn for_request(app: &Arc<App>, head: &Parts) -> Watcher {
+        Watcher { app: app.clone(), id: playground::progress_id(app, head), ok: false }
+    }
+
+    /// No progress id (batch items report nowhere).
+    pub fn none(app: &Arc<App>) -> Watcher {
+        Watcher { app: app.clone(), id: None, ok: false }
+    }
+
+    pub fn answered(&mut self) {
+        self.ok = true;
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id {
+            self.app.progress.finish(id, self.ok);
+        }
+    }
+}
+
+/// The URL miss path: fetch the source, then the shared path. `progress` hears tiles and steps
+/// done.
 pub async fn produce(
     app: &Arc<App>,
     request: &TransformPath,
     variant: Variant,
     caller: Caller,
     cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
 ) -> FlightValue {
     let mut t = Timings::default();
     let clock = Instant::now();
@@ -226,7 +290,7 @@ pub async fn produce(
     let source = app.origins.fetch(request.spec.origin.as_deref(), &request.source, limits.max_source_bytes).await?;
     stage(app, &mut t, "fetch", clock);
     let planned = plan_bytes(app, source.bytes, &request.spec, variant, caller)?;
-    produce_planned(app, planned, t, cancel).await
+    produce_planned(app, planned, t, cancel, progress).await
 }
 
 /// Source bytes with everything decided before any pixel is decoded.
@@ -246,7 +310,13 @@ pub fn plan_bytes(app: &App, bytes: Bytes, spec: &TransformSpec, variant: Varian
 }
 
 /// The store tier, then the computation: where every miss ends, whatever brought the bytes.
-pub async fn produce_planned(app: &Arc<App>, planned: Planned, t: Timings, cancel: &CancellationToken) -> FlightValue {
+pub async fn produce_planned(
+    app: &Arc<App>,
+    planned: Planned,
+    t: Timings,
+    cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
+) -> FlightValue {
     if let Some(found) = lookup_store(app, &planned.key).await {
         return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t }));
     }
@@ -257,7 +327,7 @@ pub async fn produce_planned(app: &Arc<App>, planned: Planned, t: Timings, cance
         Turn::Found(found) => return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t })),
         Turn::Compute(held) => held,
     };
-    let value = compute(app, planned.bytes, planned.plan, planned.key, t, cancel).await;
+    let value = compute(app, planned.bytes, planned.plan, planned.key, t, cancel, progress).await;
     held.release().await;
     value
 }
@@ -270,6 +340,7 @@ pub async fn compute(
     result_key: ResultKey,
     mut t: Timings,
     cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
 ) -> FlightValue {
     let clock = Instant::now();
     let max_pixels = app.cfg.limits.max_source_pixels;
@@ -284,7 +355,7 @@ pub async fn compute(
     stage(app, &mut t, "decode", clock);
 
     let clock = Instant::now();
-    let upscaled = infer(app, &plan, grid, tiles, cancel).await?;
+    let upscaled = infer(app, &plan, grid, tiles, cancel, progress).await?;
     stage(app, &mut t, "infer", clock);
 
     let clock = Instant::now();
@@ -310,10 +381,20 @@ pub async fn compute(
 }
 
 /// Tiles → batcher → stitched engine output.
-async fn infer(app: &Arc<App>, plan: &Plan, grid: Grid, tiles: Vec<Tile>, cancel: &CancellationToken) -> Result<Tile, ProxyError> {
+async fn infer(
+    app: &Arc<App>,
+    plan: &Plan,
+    grid: Grid,
+    tiles: Vec<Tile>,
+    cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
+) -> Result<Tile, ProxyError> {
+    if let Some(report) = &progress {
+        report(JobProgress::Tiles(crate::engine::Progress { done: 0, total: tiles.len() as u32 }));
+    }
     let rx = app
         .batcher
-        .submit(&*plan.engine, tiles, plan.gen.clone(), cancel.clone(), None)
+        .submit(&*plan.engine, tiles, plan.gen.clone(), cancel.clone(), progress)
         .map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
     let tiles = rx
         .await

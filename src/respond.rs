@@ -11,13 +11,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 
 use crate::cache::CachedResult;
 use crate::config::OutputConfig;
 use crate::error::{ErrorClass, ProxyError};
 
-pub type Body = Full<Bytes>;
+/// Response bodies: whole buffers almost everywhere, a stream for server-sent events.
+pub type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A body of one buffer.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
 
 /// Where a result came from, as `X-Upres-Cache` says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +109,7 @@ pub fn image(r: ImageReply<'_>) -> Response<Body> {
             b = b.header("server-timing", timing);
         }
     }
-    b.body(Full::new(body)).expect("valid response")
+    b.body(full(body)).expect("valid response")
 }
 
 /// `If-None-Match: "a", W/"b"` or `*`.
@@ -128,7 +135,7 @@ pub fn error(e: &ProxyError, request_id: &str, cfg: &OutputConfig) -> Response<B
     if e.class == ErrorClass::MethodNotAllowed {
         b = b.header(header::ALLOW, e.allow.unwrap_or("GET, HEAD"));
     }
-    b.body(Full::new(Bytes::from(body.to_string()))).expect("valid response")
+    b.body(full(body.to_string())).expect("valid response")
 }
 
 pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
@@ -136,7 +143,7 @@ pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Byte
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CACHE_CONTROL, "no-store")
-        .body(Full::new(body.into()))
+        .body(full(body))
         .expect("valid response")
 }
 
@@ -156,12 +163,12 @@ mod tests {
         assert!(!etag_matches("\"b\"", "\"a\""));
     }
 
-    #[test]
-    fn internal_errors_hide_details_and_overload_says_retry_after() {
+    #[tokio::test]
+    async fn internal_errors_hide_details_and_overload_says_retry_after() {
         let cfg = OutputConfig::default();
         let r = error(&ProxyError::new(ErrorClass::Internal, "secret path /x"), "r1", &cfg);
         assert_eq!(r.status(), 500);
-        let body = String::from_utf8(r.into_body().into_inner().expect("full body").to_vec()).unwrap();
+        let body = String::from_utf8(r.into_body().collect().await.expect("full body").to_bytes().to_vec()).unwrap();
         assert!(!body.contains("secret") && body.contains("r1"));
         let e = ProxyError::new(ErrorClass::Overloaded, "full").with_retry_after(Duration::from_secs(2));
         let r = error(&e, "r2", &cfg);

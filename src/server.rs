@@ -25,6 +25,10 @@ use crate::app::App;
 use crate::config::TlsConfig;
 use crate::pipeline;
 
+/// The TCP peer of a request, as a request extension (the playground's `local` mode reads it).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -60,8 +64,9 @@ pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>,
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req: http::Request<Incoming>| {
+        let service = service_fn(move |mut req: http::Request<Incoming>| {
             let app = app.clone();
+            req.extensions_mut().insert(ClientAddr(peer));
             async move { Ok::<_, std::convert::Infallible>(pipeline::handle(&app, req).await) }
         });
         match &tls {

@@ -97,6 +97,48 @@ impl Origins {
     }
 }
 
+/// One object of an origin listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The source key, as a transform URL names it.
+    pub key: String,
+    pub size: u64,
+}
+
+impl Origins {
+    /// Up to `max` keys of origin `name` whose names end in an image extension, sorted; for the
+    /// playground's sample picker. Origins that cannot list (plain HTTP) answer `Upstream`.
+    pub async fn list_images(&self, name: Option<&str>, max: usize) -> Result<Vec<Listed>, SourceError> {
+        const IMAGE_EXTENSIONS: [&str; 5] = [".png", ".jpg", ".jpeg", ".webp", ".gif"];
+        let name = name.unwrap_or("default");
+        let origin = self.origins.get(name).ok_or_else(|| SourceError::UnknownOrigin(name.to_string()))?;
+        let prefix = &origin.bucket.prefix;
+        let list = async {
+            let mut found = Vec::new();
+            let mut stream = origin.bucket.store.list(Some(prefix));
+            // Bounded: an origin with millions of objects is not walked to the end.
+            let mut seen = 0usize;
+            while let Some(meta) = stream.next().await {
+                let meta = meta.map_err(map_store_error)?;
+                seen += 1;
+                let key = meta.location.prefix_match(prefix).map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"));
+                if let Some(key) = key {
+                    let lower = key.to_ascii_lowercase();
+                    if IMAGE_EXTENSIONS.iter().any(|e| lower.ends_with(e)) {
+                        found.push(Listed { key, size: meta.size });
+                    }
+                }
+                if found.len() >= max || seen >= 100 * max {
+                    break;
+                }
+            }
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(found)
+        };
+        tokio::time::timeout(origin.timeout, list).await.map_err(|_| SourceError::Timeout(origin.timeout))?
+    }
+}
+
 fn map_store_error(e: object_store::Error) -> SourceError {
     match e {
         object_store::Error::NotFound { .. } => SourceError::NotFound,
@@ -137,5 +179,18 @@ mod tests {
         assert!(matches!(o.fetch(None, "shop/missing.bin", 10).await, Err(SourceError::NotFound)));
         assert!(matches!(o.fetch(None, "shop", 10).await, Err(SourceError::NotFound)));
         assert!(matches!(o.fetch(Some("other"), "a", 10).await, Err(SourceError::UnknownOrigin(_))));
+    }
+
+    #[tokio::test]
+    async fn lists_image_keys_only_sorted_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("shop")).unwrap();
+        for name in ["shop/b.png", "a.JPG", "notes.txt", "shop/c.webp"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let o = origins(dir.path());
+        let keys: Vec<String> = o.list_images(None, 10).await.unwrap().into_iter().map(|l| l.key).collect();
+        assert_eq!(keys, ["a.JPG", "shop/b.png", "shop/c.webp"]);
+        assert_eq!(o.list_images(None, 1).await.unwrap().len(), 1);
     }
 }

@@ -60,7 +60,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
                         Format::Auto => Variant::AutoWebp,
                         f => Variant::negotiate(f, None),
                     };
-                    pipeline::uploaded(app, bytes, &spec, variant).await
+                    pipeline::uploaded(app, bytes, &spec, variant, &pipeline::Watcher::none(app)).await
                 }
                 Err(e) => Err(e),
             };

@@ -21,6 +21,8 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
     if head.method != Method::POST {
         return Err(ProxyError::method_not_allowed("POST"));
     }
+    // The playground's progress id, if any: its stream ends however this request ends.
+    let mut watcher = pipeline::Watcher::for_request(app, head);
     let limits = FormLimits { body_bytes: app.cfg.api.max_upload_bytes, image_bytes: app.cfg.api.max_upload_bytes, max_images: 1, read_timeout: app.cfg.server.request_deadline };
     let form = form::read(head, body, limits).await.map_err(|e| match e {
         FormError::TooManyImages(_) => {
@@ -34,7 +36,8 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let variant = Variant::negotiate(spec.format, accept);
 
-    let (computed, cache, plan) = pipeline::uploaded(app, image, &spec, variant).await?;
+    let (computed, cache, plan) = pipeline::uploaded(app, image, &spec, variant, &watcher).await?;
+    watcher.answered();
     let mut response = respond::image(ImageReply {
         result: &computed.result,
         outcome: cache,

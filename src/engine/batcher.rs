@@ -28,7 +28,16 @@ use crate::error::{Classify, ErrorClass};
 use crate::telemetry::Metrics;
 
 /// Where a job's progress goes (e.g. a playground progress stream).
-pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+pub type ProgressFn = Arc<dyn Fn(JobProgress) + Send + Sync>;
+
+/// What a job's progress callback hears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobProgress {
+    /// Tiles of this job finished (after each forward pass that carried some of them).
+    Tiles(Progress),
+    /// Steps of the forward pass now running this job's tiles (sd-x4 denoising steps).
+    Steps(Progress),
+}
 
 /// Batching knobs (from `[engine]`).
 #[derive(Clone, Copy, Debug)]
@@ -188,7 +197,7 @@ impl RunContext for BatchContext<'_> {
     fn progress(&self, progress: Progress) {
         for p in &self.jobs {
             if let Some(f) = &p.job.progress {
-                f(progress);
+                f(JobProgress::Steps(progress));
             }
         }
     }
@@ -271,7 +280,7 @@ fn worker(engine: Arc<dyn Engine>, rx: Receiver<Job>, cfg: BatchConfig, metrics:
                 for pi in touched {
                     let p = &pending[pi];
                     if let Some(f) = &p.job.progress {
-                        f(Progress { done: p.done as u32, total: p.job.tiles.len() as u32 });
+                        f(JobProgress::Tiles(Progress { done: p.done as u32, total: p.job.tiles.len() as u32 }));
                     }
                 }
             }
@@ -447,6 +456,31 @@ mod tests {
         let rx = b.submit(&*engine, vec![Tile::new(4, 4, vec![0.0; 48])], GenParams::default(), cancel, None).unwrap();
         assert!(matches!(rx.await.unwrap(), Err(InferError::Cancelled)));
         assert_eq!(rec.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn progress_reports_tiles_done_after_each_pass() {
+        let rec = recorder(None);
+        let engine: Arc<dyn Engine> = rec.clone();
+        let b = Batcher::start(&[engine.clone()], cfg(2, 0, 10), Arc::new(Metrics::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink: ProgressFn = {
+            let seen = seen.clone();
+            Arc::new(move |p| seen.lock().unwrap().push(p))
+        };
+        let tiles = vec![Tile::new(4, 4, vec![0.5; 48]); 5];
+        let rx = b.submit(&*engine, tiles, GenParams::default(), CancellationToken::new(), Some(sink)).unwrap();
+        assert_eq!(rx.await.unwrap().unwrap().len(), 5);
+        let tiles_done: Vec<(u32, u32)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|p| match p {
+                JobProgress::Tiles(p) => Some((p.done, p.total)),
+                JobProgress::Steps(_) => None,
+            })
+            .collect();
+        assert_eq!(tiles_done, vec![(2, 5), (4, 5), (5, 5)], "max_batch 2 → three passes");
     }
 
     #[tokio::test]

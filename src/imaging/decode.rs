@@ -86,6 +86,13 @@ fn corrupt(e: image::ImageError) -> DecodeError {
     DecodeError::Corrupt(e.to_string())
 }
 
+/// The media type of image bytes, sniffed from their content (never from a name); `None` when
+/// they are not an image format upres reads.
+pub fn sniff_media_type(bytes: &[u8]) -> Option<&'static str> {
+    let format = image::guess_format(bytes).ok().filter(|f| SUPPORTED.contains(f))?;
+    Some(format.to_mime_type())
+}
+
 /// Reads only the header: format and oriented dimensions, limit-checked.
 pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<Header, DecodeError> {
     let (r, format) = reader(bytes)?;

@@ -6,6 +6,8 @@ mod coalescing; // concurrent identical misses, cancellation on disconnect
 mod errors; // every error status and server health afterwards
 mod origins; // an HTTP origin: fetch, 404, deadline, byte cap
 mod tls; // rustls, ALPN h2 and http/1.1
+mod playground; // pages, samples, signing, progress streams, cancel with a progress id
+mod browser; // the playground in headless Chromium (playwright-core)
 mod api; // REST API: uploads, batch, limits, OpenAPI
 mod examples; // examples/ (curl, Python, Node) run against a live server
 mod warm; // `upres warm`, the binary against a live server
