@@ -1,6 +1,6 @@
 //! The playground in a real browser: Debian's headless Chromium driven by playwright-core
 //! (`tests/browser/playground.mjs`, installed by `.ci/run`). Without them the test is skipped
-//! with a message, unless `UPRES_REQUIRE_BROWSER` is set (CI sets it), when it fails.
+//! with a message, unless `TEST_REQUIRE_BROWSER` is set (CI sets it), when it fails.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ async fn the_playground_works_in_headless_chromium() {
     let driver = root.join("tests/browser/node_modules/playwright-core");
     if !Path::new(&chromium).exists() || !driver.exists() {
         let why = format!("needs {chromium} and {} (run .ci/run, or `npm ci` in tests/browser)", driver.display());
-        assert!(std::env::var_os("UPRES_REQUIRE_BROWSER").is_none(), "browser test: {why}");
+        assert!(std::env::var_os("TEST_REQUIRE_BROWSER").is_none(), "browser test: {why}");
         eprintln!("SKIPPED the_playground_works_in_headless_chromium: {why}");
         return;
     }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond cargo, each step skipped when already present; sourced by
+# scripts/test.sh (the README's test command), so a fresh machine needs nothing else.
+# tests/it/examples.rs runs examples/ against a live server: curl and openssl (curl.sh),
+# python3 (client.py, standard library only), node >= 18 (client.mjs).
+# tests/it/browser.rs drives the playground in Debian's chromium with playwright-core (npm).
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v python3 >/dev/null || missing+=(python3)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# playwright-core at the version pinned in tests/browser/package-lock.json; reinstalled only
+# when the lock file changes.
+if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json; then
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
+    && cp package-lock.json node_modules/.installed-lock.json)
+fi
+# Without chromium or playwright-core the browser test fails here instead of skipping.
+export TEST_REQUIRE_BROWSER=1
+
+# The fleet tests start a real S3 server (moto) on 127.0.0.1; the deploy test reads YAML with it.
+sh scripts/install-moto.sh
