@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""ncnn side of `realesrgan-bench`: runs the same model files on the CPU in fp32 and prints
-`<stem> <size> <ms per image>` lines (one forward pass per image, untiled, first pass not timed).
+"""ncnn side of `realesrgan-bench`: runs the same model files on the CPU and prints
+`<stem> <size> <mode> <ms per image>` lines (one forward pass per image, untiled, first pass per
+model, size and mode not timed).
 
-    .venv/bin/python scripts/realesrgan_bench_ncnn.py --sizes 64,128,256 --runs 3 --threads 2
+Modes: `fp32` (fp16/bf16 storage and int8 off, the configuration of the parity fixtures) and `bf16`
+(`use_bf16_storage` and `use_bf16_packed` on: weights and activations stored in bf16, arithmetic in
+fp32; ncnn's fastest CPU configuration on this machine).
+
+    .venv/bin/python scripts/realesrgan_bench_ncnn.py --sizes 64,128,256 --runs 3 --threads 2 --modes fp32,bf16
 """
 import argparse
 import os
@@ -14,6 +19,30 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from realesrgan_reference import STEMS, fp32_net, run  # noqa: E402
 
+MODES = ["fp32", "bf16"]
+
+
+def net_for(models, stem, threads, mode):
+    param, bin_ = os.path.join(models, stem + ".param"), os.path.join(models, stem + ".bin")
+    if mode == "fp32":
+        return fp32_net(param, bin_, threads)
+    import ncnn
+
+    net = ncnn.Net()
+    o = net.opt
+    o.use_vulkan_compute = False
+    o.use_fp16_packed = False
+    o.use_fp16_storage = False
+    o.use_fp16_arithmetic = False
+    o.use_bf16_storage = True
+    o.use_bf16_packed = True
+    o.use_int8_inference = False
+    o.use_packing_layout = True
+    o.num_threads = threads
+    if net.load_param(param) != 0 or net.load_model(bin_) != 0:
+        sys.exit(f"ncnn could not load {param}")
+    return net
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -22,19 +51,24 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--only", default=",".join(STEMS))
+    ap.add_argument("--modes", default=",".join(MODES))
     a = ap.parse_args()
+    modes = a.modes.split(",")
+    if any(m not in MODES for m in modes):
+        sys.exit(f"unknown mode in {a.modes} (known: {', '.join(MODES)})")
     for stem in a.only.split(","):
-        net = fp32_net(os.path.join(a.models, stem + ".param"), os.path.join(a.models, stem + ".bin"), a.threads)
+        nets = {m: net_for(a.models, stem, a.threads, m) for m in modes}
         for size in [int(s) for s in a.sizes.split(",")]:
             y, x = np.mgrid[0:size, 0:size].astype(np.float32)
             img = np.stack([0.5 + 0.4 * np.sin(x * 0.37 + c) * np.cos(y * 0.23) for c in range(3)]).astype(np.float32)
-            run(net, img)
-            t = time.perf_counter()
-            for _ in range(max(1, a.runs)):
+            for mode, net in nets.items():
                 run(net, img)
-            ms = (time.perf_counter() - t) * 1000 / max(1, a.runs)
-            print(f"{stem} {size} {ms:.2f}", flush=True)
-            print(f"ncnn {stem} {size}: {ms:.1f} ms", file=sys.stderr, flush=True)
+                t = time.perf_counter()
+                for _ in range(max(1, a.runs)):
+                    run(net, img)
+                ms = (time.perf_counter() - t) * 1000 / max(1, a.runs)
+                print(f"{stem} {size} {mode} {ms:.2f}", flush=True)
+                print(f"ncnn {stem} {size} {mode}: {ms:.1f} ms", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
 //! Benchmark of the Real-ESRGAN engines: ms per image, output megapixels/s and achieved
-//! convolution GFLOP/s per model and input size, optionally next to ncnn running the same model
-//! files on the CPU in fp32 (via `scripts/realesrgan_bench_ncnn.py`).
+//! convolution GFLOP/s per model and input size, in one table with the same model files run by
+//! PyTorch (`--torch`: `scripts/realesrgan_torch.py`, fp32 NCHW, fp32 channels_last, bf16 autocast)
+//! and ncnn (`--ncnn`: `scripts/realesrgan_bench_ncnn.py`, fp32 and bf16) on the CPU, and the ratio
+//! of upres's time to the fastest of those peers.
 //!
 //! ```text
 //! cargo run --release --bin realesrgan-bench -- [--models DIR] [--sizes 64,128,256] [--runs N]
-//!     [--only STEM,…] [--ncnn .venv/bin/python] [--threads N]
+//!     [--only STEM,…] [--torch .venv/bin/python] [--ncnn .venv/bin/python] [--threads N]
 //! ```
-//! Each image is one forward pass over a `size`×`size` input (no tiling). The first pass per
-//! model and size is a warm-up and is not timed. FLOPs count convolutions only (2 per MAC).
+//! Each image is one forward pass over a `size`×`size` input (no tiling, batch 1), the same
+//! synthetic image in every runtime. The first pass per model, size and configuration is a warm-up
+//! and is not timed. FLOPs count convolutions only (2 per MAC). Every runtime gets `--threads`.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use upres::engine::{Engine, GenParams, Tile, Unattended};
@@ -22,6 +25,7 @@ struct Args {
     runs: u32,
     only: Option<Vec<String>>,
     ncnn: Option<String>,
+    torch: Option<String>,
     threads: usize,
 }
 
@@ -32,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
         runs: 3,
         only: None,
         ncnn: None,
+        torch: None,
         threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
     let mut it = std::env::args().skip(1);
@@ -45,9 +50,10 @@ fn parse_args() -> Result<Args, String> {
             "--runs" => a.runs = val()?.parse().map_err(|_| "bad --runs")?,
             "--only" => a.only = Some(val()?.split(',').map(str::to_string).collect()),
             "--ncnn" => a.ncnn = Some(val()?),
+            "--torch" => a.torch = Some(val()?),
             "--threads" => a.threads = val()?.parse().map_err(|_| "bad --threads")?,
             "-h" | "--help" => {
-                println!("realesrgan-bench [--models DIR] [--sizes 64,128,256] [--runs N] [--only STEM,...] [--ncnn PYTHON] [--threads N]");
+                println!("realesrgan-bench [--models DIR] [--sizes 64,128,256] [--runs N] [--only STEM,...] [--torch PYTHON] [--ncnn PYTHON] [--threads N]");
                 std::process::exit(0);
             }
             f => return Err(format!("unknown flag {f}")),
@@ -68,33 +74,114 @@ fn image(size: u32) -> Tile {
     Tile::new(size, size, data)
 }
 
-/// ncnn's ms per image for (stem, size), from the Python helper's `stem size ms` lines.
-fn ncnn_times(python: &str, a: &Args, stems: &[&Known]) -> Vec<(String, u32, f64)> {
+/// A peer runtime's Python helper. Each prints `<stem> <size> <mode> <ms per image>` lines.
+struct Helper {
+    runtime: &'static str,
+    /// Script and subcommand, relative to the repository root.
+    script: &'static [&'static str],
+    modes: &'static str,
+}
+
+const TORCH: Helper = Helper { runtime: "torch", script: &["scripts/realesrgan_torch.py", "bench"], modes: "fp32,fp32-cl,bf16" };
+const NCNN: Helper = Helper { runtime: "ncnn", script: &["scripts/realesrgan_bench_ncnn.py"], modes: "fp32,bf16" };
+
+/// One peer column of the table: a runtime in one configuration.
+struct Peer {
+    runtime: &'static str,
+    mode: &'static str,
+    header: &'static str,
+}
+
+const PEERS: [Peer; 5] = [
+    Peer { runtime: "torch", mode: "fp32", header: "torch fp32" },
+    Peer { runtime: "torch", mode: "fp32-cl", header: "torch NHWC" },
+    Peer { runtime: "torch", mode: "bf16", header: "torch bf16" },
+    Peer { runtime: "ncnn", mode: "fp32", header: "ncnn fp32" },
+    Peer { runtime: "ncnn", mode: "bf16", header: "ncnn bf16" },
+];
+
+/// One peer measurement.
+struct Timing {
+    runtime: &'static str,
+    size: u32,
+    mode: String,
+    ms: f64,
+}
+
+/// One line of the table: upres on a model and input size, and each peer's time (`PEERS` order).
+struct Row {
+    stem: &'static str,
+    size: u32,
+    scale: u32,
+    ms: f64,
+    flops: f64,
+    peers: [Option<f64>; PEERS.len()],
+}
+
+impl Row {
+    /// The fastest peer configuration measured: (its header, its ms).
+    fn fastest_peer(&self) -> Option<(&'static str, f64)> {
+        PEERS.iter().zip(self.peers).filter_map(|(p, ms)| Some((p.header, ms?))).min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+}
+
+/// Runs `helper` with `python` on one model; failures are reported and give no timings.
+fn peer_times(python: &str, helper: &Helper, a: &Args, stem: &str) -> Vec<Timing> {
     let sizes: Vec<String> = a.sizes.iter().map(u32::to_string).collect();
-    let names: Vec<&str> = stems.iter().map(|k| k.stem).collect();
     let out = Command::new(python)
-        .arg("scripts/realesrgan_bench_ncnn.py")
+        .args(helper.script)
         .args(["--models", &a.models.display().to_string()])
         .args(["--sizes", &sizes.join(",")])
         .args(["--runs", &a.runs.to_string()])
         .args(["--threads", &a.threads.to_string()])
-        .args(["--only", &names.join(",")])
+        .args(["--only", stem])
+        .args(["--modes", helper.modes])
+        .stderr(Stdio::inherit())
         .output();
     match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter_map(|l| {
-                let mut t = l.split_whitespace();
-                Some((t.next()?.to_string(), t.next()?.parse().ok()?, t.next()?.parse().ok()?))
+                let t: Vec<&str> = l.split_whitespace().collect();
+                let [s, size, mode, ms] = t[..] else { return None };
+                (s == stem).then_some(())?;
+                Some(Timing { runtime: helper.runtime, size: size.parse().ok()?, mode: mode.to_string(), ms: ms.parse().ok()? })
             })
             .collect(),
         Ok(o) => {
-            eprintln!("ncnn helper failed: {}", String::from_utf8_lossy(&o.stderr));
+            eprintln!("{} helper failed on {stem} ({})", helper.runtime, o.status);
             Vec::new()
         }
         Err(e) => {
-            eprintln!("ncnn helper could not start ({python}): {e}");
+            eprintln!("{} helper could not start ({python}): {e}", helper.runtime);
             Vec::new()
+        }
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    print!("{:<24} {:>5} {:>9} {:>8} {:>7}", "model", "input", "upres ms", "out MP/s", "GFLOP/s");
+    for p in &PEERS {
+        print!(" {:>10}", p.header);
+    }
+    println!(" {:>10} {:>11}", "fastest", "upres/best");
+    let cell = |ms: Option<f64>| ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}"));
+    for r in rows {
+        let out_mp = (r.size * r.scale) as f64 * (r.size * r.scale) as f64 / 1e6;
+        print!(
+            "{:<24} {:>5} {:>9.1} {:>8.3} {:>7.1}",
+            r.stem,
+            format!("{}²", r.size),
+            r.ms,
+            out_mp / (r.ms / 1000.0),
+            r.flops / 1e9 / (r.ms / 1000.0)
+        );
+        for ms in r.peers {
+            print!(" {:>10}", cell(ms));
+        }
+        match r.fastest_peer() {
+            Some((name, ms)) => println!(" {:>10} {:>11.2}", name, r.ms / ms),
+            None => println!(" {:>10} {:>11}", "-", "-"),
         }
     }
 }
@@ -107,12 +194,20 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // upres's convolutions run on rayon's global pool; give it the same thread count as the peers.
+    if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global() {
+        eprintln!("realesrgan-bench: could not size the thread pool: {e}");
+    }
     let device = upres::ml::device::select("cpu").expect("cpu device");
     let stems: Vec<&Known> =
         KNOWN.iter().filter(|k| a.only.as_ref().is_none_or(|o| o.iter().any(|s| s == k.stem))).collect();
     let path = if upres::ml::realesrgan::fastconv_enabled_by_env() { "fastconv" } else { "candle" };
     println!("# realesrgan-bench: {path} CPU (UPRES_FASTCONV=off for candle), {} threads, {} timed runs, untiled, batch 1", a.threads, a.runs);
+    let helpers: Vec<(&str, &Helper)> =
+        [(a.torch.as_deref(), &TORCH), (a.ncnn.as_deref(), &NCNN)].into_iter().filter_map(|(py, h)| Some((py?, h))).collect();
     let mut rows = Vec::new();
+    // Model by model, upres then each peer, so that load from other processes on a shared
+    // machine spreads over all columns rather than hitting one runtime.
     for k in &stems {
         let model = match RealEsrgan::load(&a.models, k, &device, None) {
             Ok(m) => m,
@@ -121,6 +216,7 @@ fn main() {
                 std::process::exit(1);
             }
         };
+        let first = rows.len();
         for &size in &a.sizes {
             let img = image(size);
             let p = [GenParams::default()];
@@ -132,34 +228,19 @@ fn main() {
             }
             let ms = t.elapsed().as_secs_f64() * 1000.0 / a.runs as f64;
             let flops = model.flops(size as usize, size as usize) as f64;
-            rows.push((k.stem.to_string(), size, model.scale(), ms, flops));
-            eprintln!("{path} {} {size}: {ms:.1} ms", k.stem);
+            rows.push(Row { stem: k.stem, size, scale: model.scale(), ms, flops, peers: [None; PEERS.len()] });
+            eprintln!("upres ({path}) {} {size}: {ms:.1} ms", k.stem);
+        }
+        drop(model);
+        for (python, helper) in &helpers {
+            for t in peer_times(python, helper, &a, k.stem) {
+                let col = PEERS.iter().position(|p| p.runtime == t.runtime && p.mode == t.mode);
+                let row = rows[first..].iter_mut().find(|r| r.size == t.size);
+                if let (Some(col), Some(row)) = (col, row) {
+                    row.peers[col] = Some(t.ms);
+                }
+            }
         }
     }
-    let ncnn = a.ncnn.as_deref().map(|py| ncnn_times(py, &a, &stems)).unwrap_or_default();
-    println!(
-        "{:<26} {:>5} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>8}",
-        "model", "input", "ms/img", "out MP/s", "GFLOP/s", "ncnn ms", "ncnn MP/s", "ncnn GF/s", "ncnn/us"
-    );
-    for (stem, size, scale, ms, flops) in rows {
-        let out_mp = (size * scale) as f64 * (size * scale) as f64 / 1e6;
-        let mut line = format!(
-            "{:<26} {:>5} {:>10.1} {:>9.3} {:>9.1}",
-            stem,
-            format!("{size}²"),
-            ms,
-            out_mp / (ms / 1000.0),
-            flops / 1e9 / (ms / 1000.0)
-        );
-        if let Some((_, _, nms)) = ncnn.iter().find(|(s, z, _)| *s == stem && *z == size) {
-            line += &format!(
-                " {:>10.1} {:>9.3} {:>9.1} {:>8.2}",
-                nms,
-                out_mp / (nms / 1000.0),
-                flops / 1e9 / (nms / 1000.0),
-                nms / ms
-            );
-        }
-        println!("{line}");
-    }
+    print_table(&rows);
 }
