@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::engine::batcher::{BatchConfig, Batcher};
 use crate::engine::lanczos::Lanczos;
 use crate::engine::registry::{ModelEntry, Registry};
+use crate::guard::Guards;
 use crate::objects::Bucket;
 use crate::params::ParamLimits;
 use crate::pipeline::FlightValue;
@@ -31,6 +32,7 @@ pub struct App {
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
     pub signer: Option<Signer>,
+    pub guards: Guards,
     ready: AtomicBool,
     next_id: AtomicU64,
     id_prefix: u32,
@@ -70,6 +72,7 @@ impl App {
             metrics.clone(),
         );
         let signer = Signer::from_config(&cfg.signing).map_err(|e| err(&e))?;
+        let guards = Guards::from_config(&cfg).map_err(|e| err(&e))?;
         let param_limits = ParamLimits {
             max_path_bytes: cfg.server.max_path_bytes,
             max_prompt_bytes: cfg.limits.max_prompt_bytes,
@@ -90,6 +93,7 @@ impl App {
             batcher,
             metrics,
             signer,
+            guards,
             ready: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix,

@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(long)]
         models: Option<PathBuf>,
     },
+    /// Read a REST API key from stdin and print its `[api] keys` config line (only the hash).
+    HashKey,
     /// Print a signed URL path for PATH (with UPRES_KEY/UPRES_SALT or the config's keys).
     Sign {
         /// The path to sign, e.g. /x4/w=800/shop/cat.jpg

@@ -2,7 +2,7 @@
 //! the design's stage list; `produce` is the miss path a flight leader runs in its own task.
 //!
 //! ```text
-//! handle ─ route ─┬─ /healthz /readyz /metrics /api/v1/health /api/v1/model-info
+//! handle ─ guards (CORS preflight, body, rate limit, API key) ─ route ─┬─ /healthz /readyz /metrics /api/v1/health /api/v1/model-info
 //!                 ├─ /r/<hash>.<ext>            stored result by key
 //!                 └─ transform:
 //!                      verify (signature) → parse → negotiate → request key → memory tier
@@ -54,7 +54,9 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
     let rid = app.next_request_id();
     let (head, _body) = req.into_parts();
     let path = head.uri.path();
+    let refusal = app.guards.admit(&head);
     let (route, result) = match path {
+        _ if refusal.is_some() => ("guard", refusal.expect("checked").map(|r| (r, CacheOutcome::None))),
         "/healthz" => ("healthz", Ok((respond::text(StatusCode::OK, "text/plain", "ok\n"), CacheOutcome::None))),
         "/readyz" => ("readyz", Ok((readyz(app).await, CacheOutcome::None))),
         "/metrics" => (
@@ -66,7 +68,7 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
         p if p.starts_with("/r/") => ("stored", stored(app, &head).await),
         _ => ("transform", transform(app, &head).await),
     };
-    let (response, outcome) = match result {
+    let (mut response, outcome) = match result {
         Ok(ok) => ok,
         Err(e) => {
             if e.class == ErrorClass::Internal {
@@ -75,6 +77,7 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
             (respond::error(&e, &rid, &app.cfg.output), CacheOutcome::None)
         }
     };
+    app.guards.decorate(&head.headers, &mut response);
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     app.metrics.requests.with_label_values(&[&status.to_string(), outcome.as_str()]).inc();

@@ -128,6 +128,9 @@ pub fn error(e: &ProxyError, request_id: &str, cfg: &OutputConfig) -> Response<B
     if e.class == ErrorClass::MethodNotAllowed {
         b = b.header(header::ALLOW, "GET, HEAD");
     }
+    if e.class == ErrorClass::Unauthorized {
+        b = b.header(header::WWW_AUTHENTICATE, "Bearer");
+    }
     b.body(Full::new(Bytes::from(body.to_string()))).expect("valid response")
 }
 
