@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::engine::batcher::{BatchConfig, Batcher};
 use crate::engine::lanczos::Lanczos;
 use crate::engine::registry::{ModelEntry, Registry};
+use crate::guard::Guards;
 use crate::objects::Bucket;
 use crate::params::ParamLimits;
 use crate::pipeline::FlightValue;
@@ -37,6 +38,7 @@ pub struct App {
     pub signer: Option<Signer>,
     /// Progress of running flights for the playground's event streams.
     pub progress: Arc<ProgressBoard>,
+    pub guards: Guards,
     ready: AtomicBool,
     next_id: AtomicU64,
     id_prefix: u32,
@@ -80,6 +82,7 @@ impl App {
             metrics.clone(),
         );
         let signer = Signer::from_config(&cfg.signing).map_err(|e| err(&e))?;
+        let guards = Guards::from_config(&cfg).map_err(|e| err(&e))?;
         let param_limits = ParamLimits {
             max_path_bytes: cfg.server.max_path_bytes,
             max_prompt_bytes: cfg.limits.max_prompt_bytes,
@@ -102,6 +105,7 @@ impl App {
             metrics,
             signer,
             progress: Arc::new(ProgressBoard::new()),
+            guards,
             ready: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix,

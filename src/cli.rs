@@ -65,6 +65,8 @@ pub enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Read a REST API key from stdin and print its `[api] keys` config line (only the hash).
+    HashKey,
     /// Print a signed URL path for PATH (with UPRES_KEY/UPRES_SALT or the config's keys).
     Sign {
         /// The path to sign, e.g. /x4/w=800/shop/cat.jpg

@@ -31,9 +31,11 @@ pub struct Config {
     pub sd: SdConfig,
     pub output: OutputConfig,
     pub signing: SigningConfig,
+    pub api: ApiConfig,
+    pub cors: CorsConfig,
+    pub rate_limit: RateLimitConfig,
     pub telemetry: TelemetryConfig,
     pub playground: PlaygroundConfig,
-    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -51,9 +53,11 @@ impl Default for Config {
             sd: SdConfig::default(),
             output: OutputConfig::default(),
             signing: SigningConfig::default(),
+            api: ApiConfig::default(),
+            cors: CorsConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             telemetry: TelemetryConfig::default(),
             playground: PlaygroundConfig::default(),
-            api: ApiConfig::default(),
         }
     }
 }
@@ -77,6 +81,12 @@ pub struct ServerConfig {
     pub request_deadline: Duration,
     /// Longest accepted request path in bytes (414 above).
     pub max_path_bytes: usize,
+    /// Largest request head in bytes: HTTP/1's read buffer (at least 8192; over it, 431) and
+    /// HTTP/2's header list.
+    pub max_header_bytes: usize,
+    /// Proxies (CIDRs or addresses) whose `Forwarded`/`X-Forwarded-For` headers name the client;
+    /// other peers are the client themselves.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +98,8 @@ impl Default for ServerConfig {
             max_connections: 4096,
             request_deadline: Duration::from_secs(60),
             max_path_bytes: 8192,
+            max_header_bytes: 64 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -113,11 +125,22 @@ pub struct OriginConfig {
     /// Extra `object_store` options (credentials, region, endpoint…), passed through by key.
     #[serde(deserialize_with = "string_map")]
     pub options: BTreeMap<String, String>,
+    /// `http(s)` origins only: allow connecting to loopback, private, link-local and other
+    /// internal addresses (checked on the resolved address). Off: such origins are refused (502).
+    pub allow_private: bool,
+    /// `http(s)` origins only: hosts a redirect may lead to besides the origin's own host.
+    pub redirect_hosts: Vec<String>,
 }
 
 impl Default for OriginConfig {
     fn default() -> Self {
-        Self { url: "file://samples".into(), timeout: Duration::from_secs(10), options: BTreeMap::new() }
+        Self {
+            url: "file://samples".into(),
+            timeout: Duration::from_secs(10),
+            options: BTreeMap::new(),
+            allow_private: false,
+            redirect_hosts: Vec::new(),
+        }
     }
 }
 
@@ -321,6 +344,70 @@ impl std::fmt::Debug for SigningConfig {
     }
 }
 
+/// Cross-origin requests from browsers. Off (no CORS headers) while `allowed_origins` is empty.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins (`https://shop.example`) allowed to read responses; `*` allows any.
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight may ask for.
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight may ask for (case-insensitive).
+    pub allowed_headers: Vec<String>,
+    /// Response headers scripts may read besides the CORS-safelisted ones.
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_methods: ["GET", "HEAD", "POST"].map(String::from).to_vec(),
+            allowed_headers: ["authorization", "content-type"].map(String::from).to_vec(),
+            expose_headers: ["etag", "location", "retry-after", "server-timing", "x-upres-cache", "x-upres-model"]
+                .map(String::from)
+                .to_vec(),
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Per-client-IP token buckets; over the limit, 429 with `Retry-After`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// How often idle buckets are dropped, so memory follows the active clients only.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// `POST /api/…` (uploads).
+    pub uploads: BucketConfig,
+    /// Image `GET`/`HEAD`s (transform paths and `/r/`).
+    pub transforms: BucketConfig,
+}
+
+/// One token bucket per client IP.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BucketConfig {
+    /// Sustained requests per minute per client; 0 turns the limit off.
+    pub per_minute: u32,
+    /// Requests a client may make at once after being idle; 0 means `per_minute`.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            sweep_interval: Duration::from_secs(60),
+            uploads: BucketConfig { per_minute: 10, burst: 0 },
+            transforms: BucketConfig::default(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
@@ -356,6 +443,9 @@ pub enum PlaygroundAccess {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
+    /// `blake3:<64 hex>` hashes of the accepted keys (`Authorization: Bearer <key>`; `upres
+    /// hash-key` prints one). Empty: the API needs no key.
+    pub keys: Vec<String>,
     /// Largest request body of `POST /api/v1/upscale`, and largest image in a batch (413 above).
     pub max_upload_bytes: u64,
     /// Largest request body of `POST /api/v1/batch-upscale` (413 above).
@@ -366,7 +456,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { max_upload_bytes: 10 * 1024 * 1024, max_batch_bytes: 64 * 1024 * 1024, max_batch_images: 16 }
+        Self { keys: Vec::new(), max_upload_bytes: 10 * 1024 * 1024, max_batch_bytes: 64 * 1024 * 1024, max_batch_images: 16 }
     }
 }
 
@@ -497,6 +587,10 @@ impl Config {
         if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
             return bad("telemetry.log_format must be `text` or `json`");
         }
+        if self.server.max_header_bytes < 8192 {
+            return bad("server.max_header_bytes must be >= 8192 (HTTP/1's smallest read buffer)");
+        }
+        crate::guard::validate(self).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

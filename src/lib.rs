@@ -9,6 +9,7 @@
 //! ```text
 //! GET /x4/w=800/format=auto/shop/cat.jpg
 //!  server     accept → TLS → HTTP/1.1 or HTTP/2 → pipeline::handle
+//!  guards     CORS preflight, body policy, rate limit, API key (413/429/401/403) guard/
 //!  route      /healthz /readyz /metrics /api/v1/* /r/<hash>.<ext> / /docs or a transform path
 //!  verify     signature segment when signing is on (403)                 verify.rs
 //!  parse      path → TransformSpec + source key (400/414)                params/
@@ -35,13 +36,14 @@
 //! `RequestKey::for_upload` (`pipeline::uploaded`).
 //!
 //! # Layout
-//! - `main.rs`/`cli.rs`: commands (`serve`, `upscale`, `sign`, `warm`); the only users of clap/anyhow.
+//! - `main.rs`/`cli.rs`: commands (`serve`, `upscale`, `sign`, `warm`, `hash-key`); the only users of clap/anyhow.
 //! - `warm.rs`: `upres warm`, cache warming against a running server (reqwest, indicatif).
 //! - `config.rs`: the config tree (file + `UPRES_*` env + flags), validated.
 //! - `server.rs`: accept loop, TLS, HTTP/1+2, graceful shutdown (the only hyper server code).
 //! - `app.rs`: shared state and readiness. `pipeline.rs`: the request path, top-down.
 //! - `api/`: the REST API (multipart uploads, batch, model-info, the OpenAPI document).
 //! - `params/`, `plan.rs`, `key.rs`, `verify.rs`, `source.rs`, `objects.rs`, `cache/`,
+//!   `guard/` (API keys, CORS, rate limits, client IP), `ssrf.rs` (HTTP origin address policy),
 //!   `coalesce.rs`, `imaging/`, `engine/` (interface, batcher, tiling, registry, Lanczos),
 //!   `ml/` (candle models), `respond.rs`, `error.rs`, `telemetry.rs`.
 //! - `playground/`: the page at `/`, the API docs at `/docs`, their helper endpoints and the
@@ -56,6 +58,7 @@ pub mod coalesce;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod guard;
 pub mod imaging;
 pub mod key;
 pub mod ml;
@@ -67,6 +70,7 @@ pub mod plan;
 pub mod respond;
 pub mod server;
 pub mod source;
+pub mod ssrf;
 pub mod telemetry;
 pub mod verify;
 pub mod warm;

@@ -82,6 +82,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut key).context("reading the key from stdin")?;
+            if key.trim().is_empty() {
+                bail!("no key on stdin; e.g. `openssl rand -hex 32 | tee key.txt | upres hash-key`");
+            }
+            println!("keys = [\"{}\"]", upres::guard::auth::hash_key(&key));
+            Ok(())
+        }
         Command::Sign { path, config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())?;
             let Some(signer) = Signer::from_config(&cfg.signing).map_err(anyhow::Error::msg)? else {

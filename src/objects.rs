@@ -4,14 +4,20 @@
 //! the working directory and served by `LocalFileSystem` rooted at that folder, which (with the
 //! key validation in `params`) keeps every read inside the root. Other schemes (`s3://`,
 //! `gs://`, `az://`, `http(s)://`) go through `object_store::parse_url_opts` with the configured
-//! options (credentials, region, endpoint…).
+//! options (credentials, region, endpoint…). `http(s)://` *origins* (`open_origin`) get the
+//! client from `ssrf.rs` instead, which enforces the address and redirect policy.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
+use object_store::ClientConfigKey;
 use object_store::path::Path;
 use object_store::ObjectStore;
+
+use crate::config::OriginConfig;
+use crate::ssrf::OriginConnector;
 
 /// A store plus the prefix every key lives under.
 #[derive(Clone, Debug)]
@@ -48,6 +54,25 @@ impl Bucket {
         }
         let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter()).map_err(|e| invalid(e.to_string()))?;
         Ok(Bucket { store: Arc::from(store), prefix, url: url.to_string() })
+    }
+
+    /// Opens an origin: as `open`, except that `http(s)` origins go through the SSRF guard.
+    pub fn open_origin(cfg: &OriginConfig) -> Result<Bucket, OpenError> {
+        let url = cfg.url.as_str();
+        let invalid = |reason: String| OpenError::Invalid { url: url.to_string(), reason };
+        let parsed = match url::Url::parse(url) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") => p,
+            _ => return Bucket::open(url, &cfg.options, false),
+        };
+        let connector = OriginConnector::new(&parsed, &cfg.options, cfg.allow_private, &cfg.redirect_hosts).map_err(invalid)?;
+        let store = HttpBuilder::new()
+            .with_url(&parsed[..url::Position::BeforePath])
+            .with_config(ClientConfigKey::AllowHttp, if parsed.scheme() == "http" { "true" } else { "false" })
+            .with_http_connector(connector)
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        let prefix = Path::parse(parsed.path()).map_err(|e| invalid(e.to_string()))?;
+        Ok(Bucket { store: Arc::new(store), prefix, url: url.to_string() })
     }
 
     /// The full object path for `key` (a `/`-separated relative key).

@@ -3,7 +3,8 @@
 //! REST API in `api/`); `produce` is the URL miss path a flight leader runs in its own task.
 //!
 //! ```text
-//! handle ─ route ─┬─ /healthz /readyz /metrics /api/v1/{health,model-info,openapi.json}
+//! handle ─ guards (CORS preflight, body, rate limit, API key) → route:
+//!                 ┌─ /healthz /readyz /metrics /api/v1/{health,model-info,openapi.json}
 //!                 ├─ /api/v1/upscale /api/v1/batch-upscale   multipart → api/ → uploaded
 //!                 ├─ /r/<hash>.<ext>            stored result by key
 //!                 ├─ / /docs /playground/* /api/v1/{samples,sign,progress}   playground/
@@ -68,7 +69,9 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response
     let rid = app.next_request_id();
     let (head, body) = req.into_parts();
     let path = head.uri.path();
+    let refusal = app.guards.admit(&head);
     let (route, result) = match path {
+        _ if refusal.is_some() => ("guard", refusal.expect("checked").map(|r| (r, CacheOutcome::None))),
         "/healthz" => ("healthz", healthz(&head)),
         "/readyz" => ("readyz", readyz(app, &head).await),
         "/metrics" => ("metrics", metrics(app, &head)),
@@ -88,7 +91,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response
         p if p.starts_with("/playground/") => ("playground", playground(app, &head).await),
         _ => ("transform", transform(app, &head).await),
     };
-    let (response, outcome) = match result {
+    let (mut response, outcome) = match result {
         Ok(ok) => ok,
         Err(e) => {
             if e.class == ErrorClass::Internal {
@@ -97,6 +100,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response
             (respond::error(&e, &rid, &app.cfg.output), CacheOutcome::None)
         }
     };
+    app.guards.decorate(&head.headers, &mut response);
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     app.metrics.requests.with_label_values(&[&status.to_string(), outcome.as_str()]).inc();

@@ -135,6 +135,9 @@ pub fn error(e: &ProxyError, request_id: &str, cfg: &OutputConfig) -> Response<B
     if e.class == ErrorClass::MethodNotAllowed {
         b = b.header(header::ALLOW, e.allow.unwrap_or("GET, HEAD"));
     }
+    if e.class == ErrorClass::Unauthorized {
+        b = b.header(header::WWW_AUTHENTICATE, "Bearer");
+    }
     b.body(full(body.to_string())).expect("valid response")
 }
 

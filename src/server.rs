@@ -4,7 +4,9 @@
 //! Hardening, following hyper-util's graceful example and axum's serve loop:
 //! - accept errors never end the loop (1 s pause unless it is a per-connection error);
 //! - TLS handshakes run inside the connection task, bounded by the header-read timeout;
-//! - `header_read_timeout` is set on HTTP/1 (with a timer, which hyper requires for it);
+//! - `header_read_timeout` is set on HTTP/1 (with a timer, which hyper requires for it), and the
+//!   request head is capped by `server.max_header_bytes` (HTTP/1 read buffer, HTTP/2 header list);
+//! - the peer address travels to `pipeline::handle` as a `guard::Peer` request extension;
 //! - on shutdown the listener closes at once and in-flight requests get `drain_timeout`.
 
 use std::future::Future;
@@ -23,11 +25,8 @@ use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::config::TlsConfig;
+use crate::guard::Peer;
 use crate::pipeline;
-
-/// The TCP peer of a request, as a request extension (the playground's `local` mode reads it).
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>, shutdown: impl Future<Output = ()>) {
@@ -36,8 +35,9 @@ pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>,
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(app.cfg.server.header_read_timeout)
-        .max_buf_size(64 * 1024);
-    builder.http2().max_header_list_size(64 * 1024).timer(TokioTimer::new());
+        .max_buf_size(app.cfg.server.max_header_bytes);
+    let max_header_list = u32::try_from(app.cfg.server.max_header_bytes).unwrap_or(u32::MAX);
+    builder.http2().max_header_list_size(max_header_list).timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(app.cfg.server.max_connections));
@@ -65,8 +65,8 @@ pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>,
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = service_fn(move |mut req: http::Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
             let app = app.clone();
-            req.extensions_mut().insert(ClientAddr(peer));
             async move { Ok::<_, std::convert::Infallible>(pipeline::handle(&app, req).await) }
         });
         match &tls {

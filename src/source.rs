@@ -47,6 +47,9 @@ pub enum SourceError {
     Timeout(Duration),
     #[error("origin error: {0}")]
     Upstream(String),
+    /// The SSRF guard refused the address or redirect (see `ssrf.rs`).
+    #[error("origin {0}")]
+    Refused(crate::ssrf::Refused),
 }
 
 impl Classify for SourceError {
@@ -56,7 +59,7 @@ impl Classify for SourceError {
             SourceError::NotFound => ErrorClass::NotFound,
             SourceError::TooLarge(_) => ErrorClass::TooLarge,
             SourceError::Timeout(_) => ErrorClass::Timeout,
-            SourceError::Upstream(_) => ErrorClass::Upstream,
+            SourceError::Upstream(_) | SourceError::Refused(_) => ErrorClass::Upstream,
         }
     }
 }
@@ -65,7 +68,7 @@ impl Origins {
     pub fn open(configs: &BTreeMap<String, OriginConfig>) -> Result<Origins, OpenError> {
         let mut origins = HashMap::new();
         for (name, cfg) in configs {
-            let bucket = Bucket::open(&cfg.url, &cfg.options, false)?;
+            let bucket = Bucket::open_origin(cfg)?;
             origins.insert(name.clone(), Origin { bucket, timeout: cfg.timeout });
         }
         Ok(Origins { origins })
@@ -143,6 +146,9 @@ fn map_store_error(e: object_store::Error) -> SourceError {
     match e {
         object_store::Error::NotFound { .. } => SourceError::NotFound,
         object_store::Error::InvalidPath { source } => SourceError::BadKey(source.to_string()),
+        other if crate::ssrf::refusal_in(&other).is_some() => {
+            SourceError::Refused(crate::ssrf::refusal_in(&other).cloned().expect("checked"))
+        }
         // A local "not found" can surface as a generic IO error on a directory path.
         other => {
             let msg = other.to_string();

@@ -22,7 +22,7 @@ use crate::error::{ErrorClass, ProxyError};
 use crate::imaging::decode;
 use crate::params;
 use crate::respond::{self, Body};
-use crate::server::ClientAddr;
+use crate::guard::Peer;
 
 /// Samples listed at most.
 const MAX_SAMPLES: usize = 200;
@@ -56,7 +56,7 @@ pub fn progress_id(app: &App, head: &Parts) -> Option<String> {
 }
 
 fn from_loopback(head: &Parts) -> bool {
-    head.extensions.get::<ClientAddr>().is_some_and(|ClientAddr(peer)| match peer.ip() {
+    head.extensions.get::<Peer>().is_some_and(|Peer(peer)| match peer.ip() {
         IpAddr::V4(ip) => ip.is_loopback(),
         IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
     })

@@ -4,7 +4,9 @@ mod support; // server harness, test engines, image makers
 mod serving; // dimensions, formats, headers, cache tiers, 304, HEAD, /r/
 mod coalescing; // concurrent identical misses, cancellation on disconnect
 mod errors; // every error status and server health afterwards
-mod origins; // an HTTP origin: fetch, 404, deadline, byte cap
+mod origins; // an HTTP origin: fetch, 404, deadline, byte cap, SSRF guard
+mod guards; // API keys, CORS, rate limits, header/body size limits
+mod hostile; // the hostile-file corpus through the URL path
 mod tls; // rustls, ALPN h2 and http/1.1
 mod playground; // pages, samples, signing, progress streams, cancel with a progress id
 mod browser; // the playground in headless Chromium (playwright-core)

@@ -219,7 +219,7 @@ async fn an_upload_with_a_progress_id_reports_to_its_stream() {
 /// Calls the handler as a request from `peer` would arrive (no socket: `handle` takes a request).
 async fn from_peer(s: &TestServer, peer: &str, path: &str) -> u16 {
     let mut req = http::Request::get(path).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-    req.extensions_mut().insert(upres::server::ClientAddr(peer.parse().unwrap()));
+    req.extensions_mut().insert(upres::guard::Peer(peer.parse().unwrap()));
     upres::pipeline::handle(&s.app, req).await.status().as_u16()
 }
 

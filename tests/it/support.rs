@@ -63,6 +63,9 @@ impl Setup {
         cfg.origins.get_mut("default").unwrap().url = format!("file://{}", self.origin.path().display());
         cfg.cache.store.url = format!("file://{}", self.store.path().display());
         cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+        // Every test client is 127.0.0.1: the default upload limit (10/min per IP) would turn the
+        // API tests into 429s. tests/it/guards.rs sets the limits it tests in its tweak.
+        cfg.rate_limit.uploads.per_minute = 0;
         (self.tweak)(&mut cfg);
         let app = App::build_with_models(cfg, self.models).expect("app builds");
         app.warm_up().await.expect("warm-up");
