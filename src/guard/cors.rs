@@ -78,7 +78,7 @@ impl Cors {
         }
         let origin = req.get(header::ORIGIN)?;
         let asked_method = req.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
-        let mut resp = Response::builder().status(StatusCode::NO_CONTENT).body(Body::new(Bytes::new())).expect("valid response");
+        let mut resp = Response::builder().status(StatusCode::NO_CONTENT).body(crate::respond::full(Bytes::new())).expect("valid response");
         let h = resp.headers_mut();
         self.vary(h);
         let asked_headers = req

@@ -92,8 +92,10 @@ async fn cors_preflight_and_response_headers() {
 
 #[tokio::test]
 async fn uploads_are_limited_per_client_with_retry_after() {
-    // Default: 10 uploads per minute per IP.
-    let s = TestServer::start().await;
+    // The default: 10 uploads per minute per IP (support.rs turns it off for the other tests).
+    let defaults = upres::config::Config::default().rate_limit.uploads;
+    assert_eq!((defaults.per_minute, defaults.burst), (10, 0));
+    let s = Setup::new().config(move |c| c.rate_limit.uploads = defaults).start().await;
     for i in 0..10 {
         let r = client().post(s.url("/api/v1/upscale")).send().await.unwrap();
         assert_ne!(r.status(), 429, "request {i}");
