@@ -12,6 +12,7 @@ use crate::cache::store::StoreTier;
 use crate::coalesce::Coalescer;
 use crate::config::Config;
 use crate::engine::batcher::{BatchConfig, Batcher};
+use crate::engine::{GenParams, InferError, Tile, Unattended};
 use crate::engine::lanczos::Lanczos;
 use crate::engine::registry::{ModelEntry, Registry};
 use crate::guard::Guards;
@@ -115,15 +116,27 @@ impl App {
     /// Warms every engine up (on the blocking pool) and probes the store; then reports ready.
     pub async fn warm_up(self: &Arc<Self>) -> Result<(), StartupError> {
         if self.cfg.ml.warm_up {
-            for entry in self.registry.entries() {
+            for (index, entry) in self.registry.entries().iter().enumerate() {
                 let engine = entry.engine.clone();
                 let id = engine.id().to_string();
                 let started = std::time::Instant::now();
-                tokio::task::spawn_blocking(move || engine.warm_up())
-                    .await
-                    .map_err(|e| StartupError(format!("warm-up of {id} panicked: {e}")))?
-                    .map_err(|e| StartupError(format!("warm-up of {id}: {e}")))?;
-                tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "engine warmed up");
+                let probe = tokio::task::spawn_blocking(move || {
+                    engine.warm_up()?;
+                    // One timed pass over a probe tile: the speed `model=auto` plans with.
+                    let Some(side) = engine.speed_probe_side() else { return Ok(None) };
+                    let tile = Tile::new(side, side, vec![0.5; 3 * (side * side) as usize]);
+                    let clock = std::time::Instant::now();
+                    engine.upscale(&[tile], &[GenParams::default()], &Unattended)?;
+                    Ok::<_, InferError>(Some((clock.elapsed(), u64::from(side * side))))
+                })
+                .await
+                .map_err(|e| StartupError(format!("warm-up of {id} panicked: {e}")))?
+                .map_err(|e| StartupError(format!("warm-up of {id}: {e}")))?;
+                let ms_per_input_mpx = probe.map(|(elapsed, px)| {
+                    self.registry.record_speed(index, elapsed, px);
+                    elapsed.as_secs_f64() * 1e9 / px as f64
+                });
+                tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, ms_per_input_mpx, "engine warmed up");
             }
         }
         if let Some(store) = &self.store {

@@ -144,8 +144,10 @@ impl Plan {
     ) -> Result<Plan, PlanError> {
         let scale = spec.scale.unwrap_or(4);
         let has_prompt = spec.prompt.as_deref().is_some_and(|p| !p.trim().is_empty());
-        let engine = registry.resolve(&spec.model, scale, has_prompt)?;
         let (src_w, src_h) = (header.width, header.height);
+        // `auto` must finish in time: half the deadline leaves room for queueing and encoding.
+        let budget = cfg.server.request_deadline / 2;
+        let engine = registry.resolve_within(&spec.model, scale, has_prompt, src_w as u64 * src_h as u64, budget)?;
         if engine.prompt_guided() && src_w.max(src_h) > cfg.sd.max_input_side {
             return Err(PlanError::InputTooLarge {
                 model: engine.id().name.clone(),

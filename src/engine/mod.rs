@@ -201,6 +201,13 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Vec<Tile>, InferError>;
 
     /// One small inference so `/readyz` reports ready only once kernels and weights are hot.
+    /// Side of a square tile the server times once at warm-up to learn this engine's speed, so
+    /// `model=auto` can skip it for inputs it could not finish in time (`Registry::resolve_within`).
+    /// `None`: never timed, assumed fast enough.
+    fn speed_probe_side(&self) -> Option<u32> {
+        None
+    }
+
     fn warm_up(&self) -> Result<(), InferError> {
         let tile = Tile::new(8, 8, vec![0.5; 3 * 64]);
         let out = self.upscale(&[tile], &[GenParams::default()], &Unattended)?;

@@ -36,7 +36,7 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "model",
         aliases: &["m"],
         syntax: "`auto` \\| `sd-x4` \\| `realesrgan` \\| `anime` \\| `animevideo` \\| `lanczos` \\| a model file stem",
-        doc: "Which upscaler. `auto` picks the best loaded model (sd-x4 only when a prompt is given).",
+        doc: "Which upscaler. `auto` picks the best loaded model that finishes in time (sd-x4 only when a prompt is given).",
         apply: |s, v, _| {
             if v == "auto" {
                 s.model = ModelChoice::Auto;

@@ -227,6 +227,10 @@ impl Engine for RealEsrgan {
         self.arch.scale()
     }
 
+    fn speed_probe_side(&self) -> Option<u32> {
+        Some(self.tiling.map_or(64, |t| t.tile.min(64)))
+    }
+
     fn tiling(&self) -> Option<Tiling> {
         self.tiling
     }
