@@ -24,24 +24,7 @@ MODES = ["fp32", "bf16"]
 
 def net_for(models, stem, threads, mode):
     param, bin_ = os.path.join(models, stem + ".param"), os.path.join(models, stem + ".bin")
-    if mode == "fp32":
-        return fp32_net(param, bin_, threads)
-    import ncnn
-
-    net = ncnn.Net()
-    o = net.opt
-    o.use_vulkan_compute = False
-    o.use_fp16_packed = False
-    o.use_fp16_storage = False
-    o.use_fp16_arithmetic = False
-    o.use_bf16_storage = True
-    o.use_bf16_packed = True
-    o.use_int8_inference = False
-    o.use_packing_layout = True
-    o.num_threads = threads
-    if net.load_param(param) != 0 or net.load_model(bin_) != 0:
-        sys.exit(f"ncnn could not load {param}")
-    return net
+    return fp32_net(param, bin_, threads, bf16=(mode == "bf16"))
 
 
 def main():

@@ -39,15 +39,16 @@ def synthetic(w, h, seed):
     return np.round(np.clip(img, 0, 1) * 255).astype(np.float32) / 255.0
 
 
-def fp32_net(param, bin_, threads):
+def fp32_net(param, bin_, threads, bf16=False):
+    """The net on the CPU in fp32 (fp16 and int8 off); `bf16=True` stores and packs in bf16."""
     net = ncnn.Net()
     o = net.opt
     o.use_vulkan_compute = False
     o.use_fp16_packed = False
     o.use_fp16_storage = False
     o.use_fp16_arithmetic = False
-    o.use_bf16_storage = False
-    o.use_bf16_packed = False
+    o.use_bf16_storage = bf16
+    o.use_bf16_packed = bf16
     o.use_int8_inference = False
     o.use_packing_layout = True
     o.num_threads = threads

@@ -1,6 +1,6 @@
 //! The playground in a real browser: Debian's headless Chromium driven by playwright-core
-//! (`tests/browser/playground.mjs`, installed by `.ci/run`). Without them the test is skipped
-//! with a message, unless `TEST_REQUIRE_BROWSER` is set (CI sets it), when it fails.
+//! (`tests/browser/playground.mjs`; `scripts/test.sh` installs both). Without them the test
+//! fails, unless `TEST_SKIP_BROWSER` is set, when it says it skipped.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -14,8 +14,8 @@ async fn the_playground_works_in_headless_chromium() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let driver = root.join("tests/browser/node_modules/playwright-core");
     if !Path::new(&chromium).exists() || !driver.exists() {
-        let why = format!("needs {chromium} and {} (run .ci/run, or `npm ci` in tests/browser)", driver.display());
-        assert!(std::env::var_os("TEST_REQUIRE_BROWSER").is_none(), "browser test: {why}");
+        let why = format!("needs {chromium} and {} (run scripts/test.sh, or `npm ci` in tests/browser)", driver.display());
+        assert!(std::env::var_os("TEST_SKIP_BROWSER").is_some(), "browser test: {why}; TEST_SKIP_BROWSER=1 skips it");
         eprintln!("SKIPPED the_playground_works_in_headless_chromium: {why}");
         return;
     }
