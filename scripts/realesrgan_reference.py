@@ -16,7 +16,11 @@ import os
 import sys
 
 import numpy as np
-import ncnn
+
+try:  # the torch peer (realesrgan_torch.py) imports STEMS without needing ncnn
+    import ncnn
+except ImportError:
+    ncnn = None
 
 STEMS = [
     "realesrgan-x4plus",

@@ -25,13 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-STEMS = [
-    "realesrgan-x4plus",
-    "realesrgan-x4plus-anime",
-    "realesr-animevideov3-x2",
-    "realesr-animevideov3-x3",
-    "realesr-animevideov3-x4",
-]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from realesrgan_reference import STEMS  # noqa: E402
 MODES = ["fp32", "fp32-cl", "bf16"]
 TAG_FP16 = 0x01306B47
 WEIGHTLESS = {"Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "ReLU", "Sigmoid", "Noop"}
