@@ -15,9 +15,10 @@ use std::arch::x86_64::*;
 
 use super::kernels::{RawBlock, RawJob};
 
-/// Epilogue for one accumulator vector `a` of channels `v*16..` at position `qq`.
+/// Epilogue for one accumulator vector `a` of channels `v*16..` at position `qq`; returns
+/// the stored values.
 #[inline(always)]
-unsafe fn store_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize, nv: usize, a: __m512) {
+pub(super) unsafe fn store_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize, nv: usize, a: __m512) -> __m512 {
     // SAFETY: bias/slope hold nv*16 entries; residual/out pointers address interior pixel qq
     // of buffers whose channel slices hold the block's channels (validated in mod.rs).
     unsafe {
@@ -34,6 +35,7 @@ unsafe fn store_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize, nv: usize, a:
             y = _mm512_fmadd_ps(rv, _mm512_set1_ps(r.weight), y);
         }
         _mm512_mask_storeu_ps(j.out.add(qq * j.cs_out + oc), mask, y);
+        y
     }
 }
 

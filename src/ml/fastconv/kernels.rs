@@ -32,6 +32,8 @@ pub(super) struct RawJob {
     pub tap_off: [isize; 9],
     pub out: *mut f32,
     pub cs_out: usize,
+    /// bf16 shadow of the output (same pixel stride `cs_out`, offset like `out`), or null.
+    pub out_bf: *mut u16,
     pub res: [RawRes; 2],
     pub nres: usize,
     pub scale: f32,
@@ -95,9 +97,19 @@ pub(super) fn run_range(backend: Backend, job: &RawJob, blk: &RawBlock, q0: usiz
     }
 }
 
+/// Runs output positions `q0..q1` of every output tile on the AMX kernel.
+///
+/// Contract (module-private): as [`run_range`], with `job` describing the bf16 input copy
+/// built by `Conv3x3::run_amx` and AMX available (the backend was checked).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn run_amx(job: &RawJob, wts: &super::amx::AmxWeights, q0: usize, q1: usize) {
+    // SAFETY: contract above.
+    unsafe { super::amx::run_range(job, wts, q0, q1) }
+}
+
 /// A read-only f32 pointer that may cross threads (the caller holds the borrow).
 #[derive(Clone, Copy)]
-struct SendPtr(*const f32);
+pub(super) struct SendPtr(pub *const f32);
 // SAFETY: only read, while the owning buffer is borrowed by the caller.
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.

@@ -27,6 +27,8 @@
 //! Tolerances (see the tests): fp32 backends within `1e-5·Σ|w·x| + 1e-6` of an f64
 //! reference per output; bf16 within `1.6e-2·Σ|w·x| + 1e-6`.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod avx512;
 mod kernels;
 mod portable;
@@ -69,6 +71,11 @@ pub enum Backend {
     Avx512,
     /// AVX-512 BF16 dot products (`vdpbf16ps`), bf16 inputs and weights, f32 accumulation.
     Avx512Bf16,
+    /// Intel AMX tiles (`tdpbf16ps`), bf16 inputs and weights, f32 accumulation.
+    AmxBf16,
+    /// AMX with each input and weight split into two bf16 halves (`hi·hi + lo·hi + hi·lo`):
+    /// about 16 mantissa bits, three times the tile work of [`Backend::AmxBf16`].
+    AmxBf16x3,
 }
 
 impl Backend {
@@ -82,6 +89,8 @@ impl Backend {
             Backend::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512Bf16 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"),
+            #[cfg(target_arch = "x86_64")]
+            Backend::AmxBf16 | Backend::AmxBf16x3 => amx::available(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -100,6 +109,8 @@ impl Backend {
             Some("avx2") => Some(Backend::Avx2),
             Some("avx512") => Some(Backend::Avx512),
             Some("bf16") => Some(Backend::Avx512Bf16),
+            Some("amx") => Some(Backend::AmxBf16),
+            Some("amx3") => Some(Backend::AmxBf16x3),
             _ => None,
         };
         match want {
@@ -123,6 +134,12 @@ pub struct Nhwc {
     buf: Vec<f32>,
     /// Start of the data inside `buf` (aligned to 64 bytes).
     base: usize,
+    /// bf16 shadow of the same pixels and channel stride, written by the AMX bf16 kernel next
+    /// to its f32 output so the next convolution reads bf16 without a conversion pass (empty
+    /// until an AMX convolution writes this buffer). Plus slack for the tile overrun.
+    bf16: Vec<u16>,
+    /// Per channel: whether `bf16` holds the rounded f32 values. Any other write clears it.
+    bf16_valid: Vec<bool>,
 }
 
 impl Nhwc {
@@ -131,7 +148,7 @@ impl Nhwc {
         let len = (n * (h + 2) * (w + 2) + SLACK_PX) * c;
         let buf = vec![0f32; len + 16];
         let base = buf.as_ptr().align_offset(64).min(15);
-        Nhwc { n, h, w, c, buf, base }
+        Nhwc { n, h, w, c, buf, base, bf16: Vec::new(), bf16_valid: Vec::new() }
     }
 
     /// `(n, h, w, c)`.
@@ -155,8 +172,48 @@ impl Nhwc {
         &self.buf[self.base..]
     }
 
+    /// Mutable data; the bf16 shadow no longer matches it.
     fn data_mut(&mut self) -> &mut [f32] {
+        if !self.bf16_valid.is_empty() {
+            self.bf16_valid.clear();
+        }
         &mut self.buf[self.base..]
+    }
+
+    /// Mutable data pointer for a kernel that writes channels `off..off+len` only; the shadow
+    /// of those channels is marked stale (a kernel that also writes the shadow revalidates it).
+    fn data_mut_ptr_for(&mut self, off: usize, len: usize) -> *mut f32 {
+        if let Some(v) = self.bf16_valid.get_mut(off..off + len) {
+            v.fill(false);
+        }
+        self.buf[self.base..].as_mut_ptr()
+    }
+
+    /// The bf16 shadow, if it holds channels `off..off+len`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn bf16_if_valid(&self, off: usize, len: usize) -> Option<*const u16> {
+        let valid = self.bf16_valid.get(off..off + len)?;
+        valid.iter().all(|&v| v).then(|| self.bf16.as_ptr())
+    }
+
+    /// The bf16 shadow (allocated zeroed on first use; its slack covers a 32-position tile
+    /// overrun plus a 32-channel block read past the last channel).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn bf16_mut_ptr(&mut self) -> *mut u16 {
+        if self.bf16.is_empty() {
+            self.bf16 = vec![0u16; (self.n * self.img_px() + 64) * self.c + 64];
+        }
+        if self.bf16_valid.is_empty() {
+            self.bf16_valid = vec![false; self.c];
+        }
+        self.bf16.as_mut_ptr()
+    }
+
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn mark_bf16_valid(&mut self, off: usize, len: usize) {
+        if let Some(v) = self.bf16_valid.get_mut(off..off + len) {
+            v.fill(true);
+        }
     }
 
     /// Channels `k..k+len` of pixel `(n, y, x)`.
@@ -321,6 +378,9 @@ pub struct Conv3x3 {
     in_c: usize,
     out_c: usize,
     blocks: Vec<Block>,
+    /// Packed for the AMX backends (then `blocks` is empty).
+    #[cfg(target_arch = "x86_64")]
+    amx: Option<amx::AmxWeights>,
     backend: Backend,
 }
 
@@ -328,7 +388,7 @@ pub struct Conv3x3 {
 /// bf16 convolutions).
 static BF16_POOL: Mutex<Vec<Vec<u16>>> = Mutex::new(Vec::new());
 
-fn f32_to_bf16(x: f32) -> u16 {
+pub(super) fn f32_to_bf16(x: f32) -> u16 {
     let b = x.to_bits();
     ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
@@ -363,6 +423,13 @@ impl Conv3x3 {
             Activation::PRelu(v) if v.len() == out_c => Ok(v[o]),
             Activation::PRelu(v) => shape_err(format!("PReLU: {} slopes for {out_c} channels", v.len())),
         };
+        #[cfg(target_arch = "x86_64")]
+        if matches!(backend, Backend::AmxBf16 | Backend::AmxBf16x3) {
+            let bias_v: Vec<f32> = (0..out_c).map(|o| bias.map_or(0.0, |b| b[o])).collect();
+            let slope: Vec<f32> = (0..out_c).map(slope_of).collect::<Result<_, _>>()?;
+            let wts = amx::AmxWeights::pack(weight, &bias_v, &slope, in_c, out_c, backend == Backend::AmxBf16x3);
+            return Ok(Conv3x3 { in_c, out_c, blocks: Vec::new(), amx: Some(wts), backend });
+        }
         // Split the 16-channel vectors into blocks of at most MAX_NV, as evenly as possible.
         let max_nv = std::env::var("UPRES_FASTCONV_MAXNV").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_NV).clamp(1, 4);
         let nvt = out_c.div_ceil(16);
@@ -403,7 +470,14 @@ impl Conv3x3 {
             blocks.push(Block { w, wbf, bias: bias_v, slope, oc0, nv, lanes });
             v0 += nv;
         }
-        Ok(Conv3x3 { in_c, out_c, blocks, backend })
+        Ok(Conv3x3 {
+            in_c,
+            out_c,
+            blocks,
+            #[cfg(target_arch = "x86_64")]
+            amx: None,
+            backend,
+        })
     }
 
     /// From candle tensors: weight `(out_c, in_c, 3, 3)`, bias `(out_c)`.
@@ -458,8 +532,13 @@ impl Conv3x3 {
         let geom = (input.n, input.h, input.w);
         let inp = input.data()[in_off..].as_ptr();
         let cs_out = out.c;
-        let out_ptr = out.data_mut()[out_off..].as_mut_ptr();
-        self.run(geom, inp, input.c, out_ptr, cs_out, &res, ep.scale);
+        let shadow_in = self.shadow_in(input, in_off);
+        let shadow_out = self.shadow_out(out, out_off);
+        let out_ptr = out.data_mut_ptr_for(out_off, self.out_c).wrapping_add(out_off);
+        self.run(geom, inp, input.c, out_ptr, cs_out, &res, ep.scale, shadow_in, shadow_out);
+        if shadow_out.is_some() {
+            out.mark_bf16_valid(out_off, self.out_c);
+        }
         Ok(())
     }
 
@@ -475,11 +554,38 @@ impl Conv3x3 {
         let res = self.check_res(ep, buf)?;
         let geom = (buf.n, buf.h, buf.w);
         let cs = buf.c;
+        let shadow_in = self.shadow_in(buf, in_off);
+        let shadow_out = self.shadow_out(buf, out_off);
         // Both pointers derive from one mutable borrow; reads and writes touch disjoint
         // channels.
-        let base = buf.data_mut().as_mut_ptr();
-        self.run(geom, base.wrapping_add(in_off), cs, base.wrapping_add(out_off), cs, &res, ep.scale);
+        let base = buf.data_mut_ptr_for(out_off, self.out_c);
+        self.run(geom, base.wrapping_add(in_off), cs, base.wrapping_add(out_off), cs, &res, ep.scale, shadow_in, shadow_out);
+        if shadow_out.is_some() {
+            buf.mark_bf16_valid(out_off, self.out_c);
+        }
         Ok(())
+    }
+
+    /// The input's bf16 shadow (offset to `in_off`) when this is a plain-bf16 AMX conv and the
+    /// shadow holds the channels it reads.
+    fn shadow_in(&self, input: &Nhwc, in_off: usize) -> Option<*const u16> {
+        #[cfg(target_arch = "x86_64")]
+        if self.amx.as_ref().is_some_and(|w| !w.split()) {
+            return input.bf16_if_valid(in_off, self.in_c).map(|p| p.wrapping_add(in_off));
+        }
+        let _ = (input, in_off);
+        None
+    }
+
+    /// For a plain-bf16 AMX conv, the output's bf16 shadow (offset to `out_off`), which the
+    /// kernel writes next to the f32 values.
+    fn shadow_out(&self, out: &mut Nhwc, out_off: usize) -> Option<*mut u16> {
+        #[cfg(target_arch = "x86_64")]
+        if self.amx.as_ref().is_some_and(|w| !w.split()) {
+            return Some(out.bf16_mut_ptr().wrapping_add(out_off));
+        }
+        let _ = (out, out_off);
+        None
     }
 
     fn check_in(&self, input: &Nhwc, in_off: usize) -> Result<(), FastConvError> {
@@ -516,7 +622,18 @@ impl Conv3x3 {
     /// Runs a validated convolution. `inp`/`out_ptr` point at pixel 0 (padded) of their
     /// buffers, already offset to the channel slice.
     #[allow(clippy::too_many_arguments)]
-    fn run(&self, geom: (usize, usize, usize), inp: *const f32, cs_in: usize, out_ptr: *mut f32, cs_out: usize, res: &[RawRes], scale: f32) {
+    fn run(
+        &self,
+        geom: (usize, usize, usize),
+        inp: *const f32,
+        cs_in: usize,
+        out_ptr: *mut f32,
+        cs_out: usize,
+        res: &[RawRes],
+        scale: f32,
+        shadow_in: Option<*const u16>,
+        shadow_out: Option<*mut u16>,
+    ) {
         let (n, h, w) = geom;
         if n == 0 || h == 0 || w == 0 {
             return;
@@ -524,6 +641,10 @@ impl Conv3x3 {
         let row_px = w + 2;
         let mut rr = [RawRes { ptr: std::ptr::null(), cs: 0, weight: 0.0 }; 2];
         rr[..res.len()].copy_from_slice(res);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(wts) = &self.amx {
+            return self.run_amx(wts, geom, (inp, cs_in, shadow_in), out_ptr, cs_out, rr, res.len(), scale, shadow_out);
+        }
         let bf16 = self.backend == Backend::Avx512Bf16;
         // The bf16 backend reads a bf16 copy of the input slice (same geometry, even stride),
         // taken from a pool so the buffer is reused across calls.
@@ -547,7 +668,21 @@ impl Conv3x3 {
                 tap_off[ky * 3 + kx] = (ky as isize - 1) * rs + (kx as isize - 1) * c;
             }
         }
-        let job = RawJob { inp, cs_in: cs, c_in, tap_off, out: out_ptr, cs_out, res: rr, nres: res.len(), scale, row_px, w };
+        let _ = (shadow_in, shadow_out);
+        let job = RawJob {
+            inp,
+            cs_in: cs,
+            c_in,
+            tap_off,
+            out: out_ptr,
+            cs_out,
+            out_bf: std::ptr::null_mut(),
+            res: rr,
+            nres: res.len(),
+            scale,
+            row_px,
+            w,
+        };
         let blocks: Vec<RawBlock> = self
             .blocks
             .iter()
@@ -582,6 +717,82 @@ impl Conv3x3 {
             (0..items).into_par_iter().for_each(work);
         }
         if bf16 {
+            if let Ok(mut p) = BF16_POOL.lock() {
+                p.push(scratch);
+            }
+        }
+    }
+}
+
+impl Conv3x3 {
+    /// The AMX path of [`Conv3x3::run`]: a pooled bf16 copy of the input (`[hi | lo]` for
+    /// bf16x3), then 128-position chunks × images on rayon's pool.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn run_amx(
+        &self,
+        wts: &amx::AmxWeights,
+        geom: (usize, usize, usize),
+        (inp, cs_in, shadow_in): (*const f32, usize, Option<*const u16>),
+        out_ptr: *mut f32,
+        cs_out: usize,
+        res: [RawRes; 2],
+        nres: usize,
+        scale: f32,
+        shadow_out: Option<*mut u16>,
+    ) {
+        let (n, h, w) = geom;
+        let row_px = w + 2;
+        let pixels = n * (h + 2) * row_px;
+        let mut scratch = Vec::new();
+        // Read the input's bf16 shadow in place when it is current (channels past `in_c` in a
+        // k-block meet zero weights); otherwise convert into a pooled copy.
+        let (src, csb) = match shadow_in {
+            Some(p) => (p, cs_in),
+            None => {
+                let csb = wts.copy_channels();
+                scratch = BF16_POOL.lock().map(|mut p| p.pop()).ok().flatten().unwrap_or_default();
+                // Every value up to `pixels·csb` is rewritten below; only the slack is zeroed.
+                let need = (pixels + amx::SLACK_PX) * csb;
+                scratch.truncate(need);
+                scratch.resize(need, 0);
+                scratch[pixels * csb..].fill(0);
+                amx::to_bf16_split(inp, cs_in, self.in_c, pixels, &mut scratch, wts);
+                (scratch.as_ptr(), csb)
+            }
+        };
+        let rs = (row_px * csb) as isize;
+        let mut tap_off = [0isize; 9];
+        for ky in 0..3 {
+            for kx in 0..3 {
+                tap_off[ky * 3 + kx] = (ky as isize - 1) * rs + (kx as isize - 1) * csb as isize;
+            }
+        }
+        let job = RawJob {
+            inp: src as *const f32,
+            cs_in: csb,
+            c_in: csb,
+            tap_off,
+            out: out_ptr,
+            cs_out,
+            out_bf: shadow_out.unwrap_or(std::ptr::null_mut()),
+            res,
+            nres,
+            scale,
+            row_px,
+            w,
+        };
+        let first = row_px + 1;
+        let end = (h + 1) * row_px - 1;
+        let per_img = (end - first).div_ceil(amx::CHUNK);
+        let work = |item: usize| {
+            let base = (item / per_img) * (h + 2) * row_px;
+            let q0 = base + first + (item % per_img) * amx::CHUNK;
+            let q1 = (q0 + amx::CHUNK).min(base + end);
+            kernels::run_amx(&job, wts, q0, q1);
+        };
+        (0..n * per_img).into_par_iter().for_each(work);
+        if !scratch.is_empty() {
             if let Ok(mut p) = BF16_POOL.lock() {
                 p.push(scratch);
             }

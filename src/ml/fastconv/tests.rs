@@ -16,14 +16,16 @@ impl Rng {
     }
 }
 
-const BACKENDS: [Backend; 4] = [Backend::Portable, Backend::Avx2, Backend::Avx512, Backend::Avx512Bf16];
+const BACKENDS: [Backend; 6] =
+    [Backend::Portable, Backend::Avx2, Backend::Avx512, Backend::Avx512Bf16, Backend::AmxBf16, Backend::AmxBf16x3];
 
-/// Per-output tolerance factor on Σ|w·x|+|b|.
+/// Per-output tolerance factor on Σ|w·x|+|b|: bf16 rounds inputs and weights (2⁻⁹ relative
+/// each); bf16x3 drops only the lo·lo term (~2⁻¹⁸) plus f32 accumulation.
 fn tol(b: Backend) -> f64 {
-    if b == Backend::Avx512Bf16 {
-        1.6e-2
-    } else {
-        1e-5
+    match b {
+        Backend::Avx512Bf16 | Backend::AmxBf16 => 1.6e-2,
+        Backend::AmxBf16x3 => 2e-5,
+        _ => 1e-5,
     }
 }
 
@@ -214,6 +216,53 @@ fn in_place_dense_block_concat() {
         check(&buf, 32, 12, &want2, tol(b), &format!("{b:?} conv2"));
         assert!(c2.forward_in_place(&mut buf, 0, 20, &Epilogue::default()).is_err(), "overlap must be refused");
     }
+}
+
+/// The AMX bf16 kernel writes a bf16 shadow next to its f32 output, and the next AMX conv
+/// reads it instead of converting: same result as converting, any other write invalidates
+/// exactly the channels it touched.
+#[test]
+fn amx_bf16_shadow_matches_conversion() {
+    let amx = Backend::AmxBf16;
+    if !amx.supported() {
+        eprintln!("AMX not available: shadow path not exercised");
+        return;
+    }
+    let mut rng = Rng(9);
+    let (n, h, w) = (2, 13, 21);
+    let mut x = Nhwc::zeros(n, h, w, 20);
+    for v in x.data_mut().iter_mut().take(n * (h + 2) * (w + 2) * 20) {
+        *v = rng.next();
+    }
+    // Re-zero the border the loop above filled.
+    let x = Nhwc::from_nchw(&x.to_nchw(0, 20), n, 20, h, w, 0).unwrap();
+    let (w1, b1) = (rng.vec(36 * 20 * 9), rng.vec(36));
+    let (w2, b2) = (rng.vec(24 * 36 * 9), rng.vec(24));
+    let slopes: Vec<f32> = (0..24).map(|i| 0.05 * i as f32).collect();
+    let c1 = Conv3x3::with_backend(&w1, Some(&b1), 20, 36, Activation::LeakyRelu(0.2), amx).unwrap();
+    let c2 = Conv3x3::with_backend(&w2, Some(&b2), 36, 24, Activation::PRelu(slopes.clone()), amx).unwrap();
+    // y: channels 4..40 of a 44-channel buffer, so the 64-channel k-blocks read past the slice.
+    let mut y = Nhwc::zeros(n, h, w, 44);
+    c1.forward(&x, 0, &mut y, 4, &Epilogue::default()).unwrap();
+    assert!(y.bf16_if_valid(4, 36).is_some(), "the AMX conv must leave a current shadow");
+    let mut z1 = Nhwc::zeros(n, h, w, 24);
+    c2.forward(&y, 4, &mut z1, 0, &Epilogue::default()).unwrap();
+    let mut y2 = y.clone();
+    y2.pixel_mut(0, 0, 0);
+    assert!(y2.bf16_if_valid(4, 36).is_none(), "a write must invalidate the shadow");
+    let mut z2 = Nhwc::zeros(n, h, w, 24);
+    c2.forward(&y2, 4, &mut z2, 0, &Epilogue::default()).unwrap();
+    assert_eq!(z1.to_nchw(0, 24), z2.to_nchw(0, 24), "shadow and conversion paths differ");
+    let want = reference(&y, 4, &w2, &b2, 36, 24, &slopes, 1.0, &[]);
+    check(&z1, 0, 24, &want, tol(amx), "AmxBf16 via shadow");
+    // A fp32 conv overwriting channels 10..18 stales exactly those.
+    let c3 = Conv3x3::with_backend(&rng.vec(8 * 20 * 9), None, 20, 8, Activation::None, Backend::best_fp32()).unwrap();
+    c3.forward(&x, 0, &mut y, 10, &Epilogue::default()).unwrap();
+    assert!(y.bf16_if_valid(4, 36).is_none());
+    assert!(y.bf16_if_valid(4, 6).is_some() && y.bf16_if_valid(18, 22).is_some());
+    c2.forward(&y, 4, &mut z1, 0, &Epilogue::default()).unwrap();
+    let want = reference(&y, 4, &w2, &b2, 36, 24, &slopes, 1.0, &[]);
+    check(&z1, 0, 24, &want, tol(amx), "AmxBf16 after a partial fp32 write");
 }
 
 #[test]

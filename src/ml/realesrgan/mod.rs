@@ -28,6 +28,7 @@ pub mod rrdb;
 pub mod srvgg;
 
 use fast::FastNet;
+use crate::ml::fastconv::Backend;
 use graph::{Builder, Graph};
 use rrdb::{Rrdb, RrdbConfig};
 use srvgg::{Srvgg, SrvggConfig};
@@ -123,6 +124,8 @@ pub struct RealEsrgan {
     /// The fastconv (NHWC) network, on the CPU unless `UPRES_FASTCONV=off`: [`Self::forward`]
     /// and [`Engine::upscale`] use it when present.
     fast: Option<FastNet>,
+    /// The kernel backend `fast` was packed for.
+    fast_backend: Backend,
     device: Device,
     tiling: Option<Tiling>,
 }
@@ -157,7 +160,7 @@ impl RealEsrgan {
         .map_err(mismatch)?;
         b.finish(out).map_err(mismatch)?;
         let id = EngineId::new(stem, EngineId::digest(&[param, bin].concat()));
-        let mut model = Self { id, arch, net, fast: None, device: device.clone(), tiling };
+        let mut model = Self { id, arch, net, fast: None, fast_backend: Backend::detect(), device: device.clone(), tiling };
         model.set_fastconv(device.is_cpu() && fastconv_enabled_by_env())?;
         Ok(model)
     }
@@ -191,9 +194,22 @@ impl RealEsrgan {
         } else if !self.device.is_cpu() {
             return Err("fastconv runs on the CPU only".into());
         } else if self.fast.is_none() {
-            self.fast = Some(FastNet::new(&self.net).map_err(|e| format!("fastconv: {e}"))?);
+            self.fast = Some(FastNet::new(&self.net, self.fast_backend).map_err(|e| format!("fastconv: {e}"))?);
         }
         Ok(())
+    }
+
+    /// Repacks the fastconv path for `backend` (an unsupported one falls back to the best fp32
+    /// kernel) and turns it on.
+    pub fn set_fastconv_backend(&mut self, backend: Backend) -> Result<(), String> {
+        self.fast_backend = if backend.supported() { backend } else { Backend::best_fp32() };
+        self.fast = None;
+        self.set_fastconv(true)
+    }
+
+    /// The kernel backend of the fastconv path.
+    pub fn fastconv_backend(&self) -> Backend {
+        self.fast_backend
     }
 
     /// Whether [`Self::forward`] runs on fastconv.

@@ -355,3 +355,37 @@ fn seam_survey() {
         tiled_vs_untiled(stem, size, Tiling { tile: t, overlap: o });
     }
 }
+
+/// Each reduced-precision backend against the fp32 AVX-512 kernel on the real weights, 8-bit
+/// output of a 48×40 test image: the parity bound of issue #3 (≥ 45 dB) decides which backends
+/// may run a model.
+fn backends_vs_fp32(stem: &str) -> Vec<(Backend, f64)> {
+    let mut model = load(stem, None);
+    let tiles = vec![test_image(48, 40)];
+    model.set_fastconv_backend(Backend::Avx512).unwrap();
+    let want = run(&model, &tiles);
+    let mut out = Vec::new();
+    for b in [Backend::Avx512Bf16, Backend::AmxBf16, Backend::AmxBf16x3] {
+        if !b.supported() {
+            continue;
+        }
+        model.set_fastconv_backend(b).unwrap();
+        assert_eq!(model.fastconv_backend(), b);
+        let got = run(&model, &tiles);
+        let (max, psnr) = compare(&got[0].data, &want[0].data);
+        println!("backend {b:?} vs fp32 {stem}: max abs err {max:.2e}, PSNR {psnr:.1} dB (8-bit)");
+        out.push((b, psnr));
+    }
+    out
+}
+
+#[test]
+fn reduced_precision_backends_vs_fp32() {
+    for stem in ["realesr-animevideov3-x4", "realesrgan-x4plus-anime", "realesrgan-x4plus"] {
+        for (b, psnr) in backends_vs_fp32(stem) {
+            // Measured (2026-11-22): bf16 52.9–55.1 dB, bf16x3 81.5–83.0 dB.
+            let bound = if b == Backend::AmxBf16x3 { 70.0 } else { 45.0 };
+            assert!(psnr >= bound, "{stem}: {b:?} PSNR {psnr:.1} dB vs fp32 < {bound} dB");
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Intel AMX (Advanced Matrix Extensions) bf16 tile kernel: the convolution as an implicit
+//! GEMM on the tile unit, `tdpbf16ps` (16×16 f32 += 16×32 bf16 · 32×16 bf16 per instruction,
+//! ~16× the FMA throughput of AVX-512 on this machine).
+//!
+//! No im2col: in the padded NHWC layout 16 consecutive output positions read 16 consecutive
+//! input pixels per tap, so an A tile (16 rows × 32 channels) is one `tileloadd` from the bf16
+//! input copy with the pixel stride as row stride. Weights are packed once per 16-channel
+//! output tile in the VNNI pair layout `[tap][k-block][16 channel pairs][16 out][2]`.
+//! Register blocking: 2 position tiles × 2 output tiles in tmm0–3 (C), A in tmm4–5, B in
+//! tmm6–7. The accumulators go through a 4 KB stack scratch into the same fused epilogue as
+//! the AVX-512 kernel.
+//!
+//! Precision. `passes == 1`: plain bf16 inputs and weights, f32 accumulation. `passes == 3`
+//! ("bf16x3"): each value is split `x = hi + lo` (both bf16) and the product is
+//! `hi·hi + lo·hi + hi·lo` (the dropped `lo·lo` term is ~2⁻¹⁶ relative), about 16 bits of
+//! mantissa: close to fp32 at a third of the plain speed. The three passes are just three
+//! times as many k-blocks: the input copy holds `[hi | lo]` channels, the weights `[hi, hi, lo]`.
+//!
+//! Linux only hands out the tile register state after `arch_prctl(ARCH_REQ_XCOMP_PERM,
+//! XFEATURE_XTILEDATA)`; [`available`] asks once and reports AMX unavailable if refused.
+// Unsafe is needed for inline assembly (the AMX intrinsics are not stable in Rust), the raw
+// pointer job (see kernels.rs) and `#[target_feature]` calls; the crate root denies it elsewhere.
+#![allow(unsafe_code)]
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::asm;
+use std::sync::OnceLock;
+
+use super::avx512::store_vec;
+use super::kernels::{RawBlock, RawJob};
+use super::f32_to_bf16;
+
+/// Output positions per parallel work item (a multiple of the 32-position register block).
+pub(super) const CHUNK: usize = 128;
+/// Positions the kernel may read past the last interior position (one 32-position block, plus
+/// the largest tap offset, which the padded border already covers).
+pub(super) const SLACK_PX: usize = 32;
+
+/// Whether this CPU and OS run AMX bf16 (CPUID AMX-TILE + AMX-BF16 + AVX-512F, and the kernel
+/// granted the tile state to this process). Asked once.
+pub(super) fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        // The epilogue and the bf16 conversions use these next to the tile instructions.
+        if !(is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bf16")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl"))
+        {
+            return false;
+        }
+        // CPUID.(EAX=7,ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 7 exists on every x86_64 CPU with AVX-512F (checked above).
+        let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
+        if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+            return false;
+        }
+        request_tile_permission()
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn request_tile_permission() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) only changes this process's permission to use
+    // the AMX register state; the syscall clobbers rcx and r11, declared below.
+    unsafe {
+        asm!("syscall", inlateout("rax") SYS_ARCH_PRCTL => ret, in("rdi") ARCH_REQ_XCOMP_PERM,
+             in("rsi") XFEATURE_XTILEDATA, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    false
+}
+
+/// Weights packed for the tile kernel.
+pub(super) struct AmxWeights {
+    /// 16-channel output tiles, rounded up to an even count (the kernel runs them in pairs).
+    tiles: usize,
+    /// 32-channel input blocks per pass.
+    kb: usize,
+    /// 1 (bf16) or 3 (bf16x3).
+    passes: usize,
+    /// `[tile][tap][passes·kb][16][32]` bf16.
+    w: Vec<u16>,
+    /// Padded to `tiles·16`.
+    bias: Vec<f32>,
+    slope: Vec<f32>,
+    out_c: usize,
+}
+
+impl AmxWeights {
+    /// Packs OIHW f32 weights; `bias` and `slope` are per output channel (`out_c` long).
+    pub(super) fn pack(weight: &[f32], bias: &[f32], slope: &[f32], in_c: usize, out_c: usize, split: bool) -> Self {
+        let tiles = out_c.div_ceil(32) * 2;
+        let kb = in_c.div_ceil(32);
+        let passes = if split { 3 } else { 1 };
+        let kk = passes * kb;
+        let mut w = vec![0u16; tiles * 9 * kk * 512];
+        for o in 0..out_c {
+            let (tile, oo) = (o / 16, o % 16);
+            for i in 0..in_c {
+                for t in 0..9 {
+                    let v = weight[(o * in_c + i) * 9 + t];
+                    let hi = f32_to_bf16(v);
+                    let lo = f32_to_bf16(v - bf16_to_f32(hi));
+                    for pass in 0..passes {
+                        let k = pass * kb + i / 32;
+                        let ii = i % 32;
+                        let val = if pass == 2 { lo } else { hi };
+                        w[(((tile * 9 + t) * kk + k) * 16 + ii / 2) * 32 + oo * 2 + ii % 2] = val;
+                    }
+                }
+            }
+        }
+        let pad = |v: &[f32], fill: f32| {
+            let mut p = vec![fill; tiles * 16];
+            p[..out_c].copy_from_slice(v);
+            p
+        };
+        AmxWeights { tiles, kb, passes, w, bias: pad(bias, 0.0), slope: pad(slope, 1.0), out_c }
+    }
+
+    /// Channels per pixel of the bf16 input copy: `[hi | lo]` blocks of 32.
+    pub(super) fn copy_channels(&self) -> usize {
+        self.kb * 32 * if self.passes == 3 { 2 } else { 1 }
+    }
+
+    pub(super) fn split(&self) -> bool {
+        self.passes == 3
+    }
+}
+
+pub(super) fn bf16_to_f32(x: u16) -> f32 {
+    f32::from_bits(u32::from(x) << 16)
+}
+
+/// Tile configuration: palette 1, all eight tiles 16 rows × 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn full() -> Self {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+        }
+        TileConfig(c)
+    }
+}
+
+/// Runs output positions `q0..q1` (one image, interior rows) for every output tile.
+///
+/// # Safety
+/// The contract of [`super::kernels::run_range`], with `j.inp` pointing at a bf16 copy laid
+/// out as [`AmxWeights::copy_channels`] channels per pixel (`j.cs_in` equal to that), readable
+/// for [`SLACK_PX`] positions past the last interior one, and [`available`] true.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usize) {
+    let stride = j.cs_in * 2;
+    let kk = wts.passes * wts.kb;
+    // Byte offset of k-block k in the input copy: pass 1 reads the `lo` half.
+    let a_off = |k: usize| {
+        let (pass, kb) = (k / wts.kb, k % wts.kb);
+        (kb + if pass == 1 { wts.kb } else { 0 }) * 64
+    };
+    let inp = j.inp as *const u8;
+    let mut scratch = [0f32; 4 * 256];
+    let cfg = TileConfig::full();
+    // SAFETY: loads a valid palette-1 configuration (permission granted in `available`).
+    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+    for pair in 0..wts.tiles / 2 {
+        let mut q = q0;
+        while q < q1 {
+            // SAFETY: tile instructions on the configured tiles; every address is inside the
+            // input copy (positions q..q+32 of interior rows plus tap offsets stay in the padded
+            // buffer and its slack) or the packed weights (k < kk, tile < tiles).
+            unsafe {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                for t in 0..9 {
+                    let a0 = inp.offset((q * stride) as isize + j.tap_off[t] * 2);
+                    let a1 = a0.add(16 * stride);
+                    let b0 = wts.w.as_ptr().add(((2 * pair) * 9 + t) * kk * 512) as *const u8;
+                    let b1 = wts.w.as_ptr().add(((2 * pair + 1) * 9 + t) * kk * 512) as *const u8;
+                    for k in 0..kk {
+                        let off = a_off(k);
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {s}]",
+                            "tileloadd tmm5, [{a1} + {s}]",
+                            "tileloadd tmm6, [{b0} + {s64}]",
+                            "tileloadd tmm7, [{b1} + {s64}]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(off),
+                            a1 = in(reg) a1.add(off),
+                            b0 = in(reg) b0.add(k * 1024),
+                            b1 = in(reg) b1.add(k * 1024),
+                            s = in(reg) stride,
+                            s64 = in(reg) 64usize,
+                            options(nostack, readonly),
+                        );
+                    }
+                }
+                let sp = scratch.as_mut_ptr();
+                asm!(
+                    "tilestored [{p0} + {s}], tmm0",
+                    "tilestored [{p1} + {s}], tmm1",
+                    "tilestored [{p2} + {s}], tmm2",
+                    "tilestored [{p3} + {s}], tmm3",
+                    p0 = in(reg) sp,
+                    p1 = in(reg) sp.add(256),
+                    p2 = in(reg) sp.add(512),
+                    p3 = in(reg) sp.add(768),
+                    s = in(reg) 64usize,
+                    options(nostack),
+                );
+                epilogue(j, wts, &scratch, pair, q, q1);
+            }
+            q += 32;
+        }
+    }
+    // SAFETY: releases the tile state configured above.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// Fused output pass for the four 16×16 accumulator tiles of one register block; also writes
+/// the output's bf16 shadow when the job has one.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+unsafe fn epilogue(j: &RawJob, wts: &AmxWeights, scratch: &[f32; 1024], pair: usize, q: usize, q1: usize) {
+    use std::arch::x86_64::*;
+    for ct in 0..4 {
+        let (pt, ot) = (ct / 2, ct % 2);
+        let oc = (2 * pair + ot) * 16;
+        if oc >= wts.out_c {
+            continue;
+        }
+        let blk = RawBlock {
+            w: std::ptr::null(),
+            wbf: std::ptr::null(),
+            // SAFETY: bias/slope hold tiles·16 entries and oc < tiles·16.
+            bias: unsafe { wts.bias.as_ptr().add(oc) },
+            slope: unsafe { wts.slope.as_ptr().add(oc) },
+            oc0: oc,
+            nv: 1,
+            lanes: (wts.out_c - oc).min(16),
+        };
+        for r in 0..16 {
+            let qq = q + pt * 16 + r;
+            if qq >= q1 {
+                break;
+            }
+            let col = qq % j.row_px;
+            if col == 0 || col > j.w {
+                continue;
+            }
+            // SAFETY: row r of tile ct lies in the scratch; qq is an interior position of the
+            // validated output (store_vec's contract).
+            unsafe {
+                let y = store_vec(j, &blk, qq, 0, 1, _mm512_loadu_ps(scratch.as_ptr().add(ct * 256 + r * 16)));
+                if !j.out_bf.is_null() {
+                    let bf = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y));
+                    let mask = ((1u32 << blk.lanes) - 1) as u16;
+                    _mm256_mask_storeu_epi16(j.out_bf.add(qq * j.cs_out + oc) as *mut i16, mask, bf);
+                }
+            }
+        }
+    }
+}
+
+/// Fills `dst[..pixels·copy_channels]` from `pixels` f32 pixels at `src` (pixel stride
+/// `cs_in`, `c_in` channels): bf16 `hi` in the first half and, for bf16x3, `lo = x − hi` in
+/// the second; padding channels are written as zeros, so `dst` need not be cleared.
+///
+/// Contract (module-private): as [`super::kernels::to_bf16`].
+pub(super) fn to_bf16_split(src: *const f32, cs_in: usize, c_in: usize, pixels: usize, dst: &mut [u16], wts: &AmxWeights) {
+    use rayon::prelude::*;
+    let csb = wts.copy_channels();
+    assert!(dst.len() >= pixels * csb && c_in <= wts.kb * 32);
+    let src = super::kernels::SendPtr(src);
+    let (kb, split) = (wts.kb, wts.split());
+    dst[..pixels * csb].par_chunks_mut(256 * csb).enumerate().for_each(|(ci, chunk)| {
+        let s = src;
+        // SAFETY: the chunk's pixels are < `pixels`, whose c_in channels are readable
+        // (contract); AVX-512 BF16 is part of `available`.
+        unsafe { convert_pixels(s.0.add(ci * 256 * cs_in), cs_in, c_in, chunk, csb, kb, split) };
+    });
+}
+
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+unsafe fn convert_pixels(src: *const f32, cs_in: usize, c_in: usize, dst: &mut [u16], csb: usize, kb: usize, split: bool) {
+    use std::arch::x86_64::*;
+    let groups = kb * 2;
+    for (p, px) in dst.chunks_exact_mut(csb).enumerate() {
+        let d = px.as_mut_ptr();
+        for g in 0..groups {
+            let c0 = g * 16;
+            let live = c_in.saturating_sub(c0).min(16);
+            let mask = ((1u32 << live) - 1) as u16;
+            // SAFETY: masked load of the pixel's live channels; stores stay inside `px`
+            // (c0 + 16 <= kb·32, and the lo half starts at kb·32).
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(mask, src.add(p * cs_in + c0));
+                let hi = _mm512_cvtneps_pbh(x);
+                _mm256_storeu_si256(d.add(c0) as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(hi));
+                if split {
+                    let hi32 = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(hi)));
+                    let lo = _mm512_cvtneps_pbh(_mm512_sub_ps(x, _mm512_castsi512_ps(hi32)));
+                    _mm256_storeu_si256(d.add(kb * 32 + c0) as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(lo));
+                }
+            }
+        }
+    }
+}
