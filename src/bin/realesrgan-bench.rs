@@ -11,6 +11,10 @@
 //! Each image is one forward pass over a `size`×`size` input (no tiling, batch 1), the same
 //! synthetic image in every runtime. The first pass per model, size and configuration is a warm-up
 //! and is not timed. FLOPs count convolutions only (2 per MAC). Every runtime gets `--threads`.
+//!
+//! upres runs twice: with the engine's default kernel backend (AMX bf16 where the CPU has it;
+//! `UPRES_FASTCONV` overrides) and with the fp32 kernel (`upres fp32` column), and `dB` is the
+//! default's 8-bit output against the fp32 output on the bench image.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -114,6 +118,10 @@ struct Row {
     size: u32,
     scale: u32,
     ms: f64,
+    /// upres with the fp32 kernel, when the default backend is another.
+    ms_fp32: Option<f64>,
+    /// PSNR (8-bit) of the default backend's output against the fp32 kernel's.
+    psnr: Option<f64>,
     flops: f64,
     peers: [Option<f64>; PEERS.len()],
 }
@@ -159,8 +167,32 @@ fn peer_times(python: &str, helper: &Helper, a: &Args, stem: &str) -> Vec<Timing
     }
 }
 
+/// Warm-up pass, then the mean ms of `runs` passes, and the last output.
+fn time(model: &RealEsrgan, img: &Tile, runs: u32) -> (f64, Tile) {
+    let p = [GenParams::default()];
+    let run = || model.upscale(std::slice::from_ref(img), &p, &Unattended).expect("forward").remove(0);
+    run();
+    let t = Instant::now();
+    for _ in 1..runs {
+        run();
+    }
+    let out = run();
+    (t.elapsed().as_secs_f64() * 1000.0 / runs as f64, out)
+}
+
+/// PSNR of two [0, 1] images after 8-bit quantisation.
+fn psnr8(a: &[f32], b: &[f32]) -> f64 {
+    let q = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as f64;
+    let mse = a.iter().zip(b).map(|(x, y)| (q(*x) - q(*y)).powi(2)).sum::<f64>() / a.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
 fn print_table(rows: &[Row]) {
-    print!("{:<24} {:>5} {:>9} {:>8} {:>7}", "model", "input", "upres ms", "out MP/s", "GFLOP/s");
+    print!("{:<24} {:>5} {:>9} {:>8} {:>7} {:>10} {:>6}", "model", "input", "upres ms", "out MP/s", "GFLOP/s", "upres fp32", "dB");
     for p in &PEERS {
         print!(" {:>10}", p.header);
     }
@@ -169,12 +201,14 @@ fn print_table(rows: &[Row]) {
     for r in rows {
         let out_mp = (r.size * r.scale) as f64 * (r.size * r.scale) as f64 / 1e6;
         print!(
-            "{:<24} {:>5} {:>9.1} {:>8.3} {:>7.1}",
+            "{:<24} {:>5} {:>9.1} {:>8.3} {:>7.1} {:>10} {:>6}",
             r.stem,
             format!("{}²", r.size),
             r.ms,
             out_mp / (r.ms / 1000.0),
-            r.flops / 1e9 / (r.ms / 1000.0)
+            r.flops / 1e9 / (r.ms / 1000.0),
+            cell(r.ms_fp32),
+            r.psnr.map_or_else(|| "-".to_string(), |p| format!("{p:.1}"))
         );
         for ms in r.peers {
             print!(" {:>10}", cell(ms));
@@ -201,7 +235,9 @@ fn main() {
     let device = upres::ml::device::select("cpu").expect("cpu device");
     let stems: Vec<&Known> =
         KNOWN.iter().filter(|k| a.only.as_ref().is_none_or(|o| o.iter().any(|s| s == k.stem))).collect();
-    let path = if upres::ml::realesrgan::fastconv_enabled_by_env() { "fastconv" } else { "candle" };
+    let fast = upres::ml::realesrgan::fastconv_enabled_by_env();
+    let backend = upres::ml::fastconv::Backend::detect_fastest();
+    let path = if fast { format!("fastconv {backend:?}") } else { "candle".to_string() };
     println!("# realesrgan-bench: {path} CPU (UPRES_FASTCONV=off for candle), {} threads, {} timed runs, untiled, batch 1", a.threads, a.runs);
     let helpers: Vec<(&str, &Helper)> =
         [(a.torch.as_deref(), &TORCH), (a.ncnn.as_deref(), &NCNN)].into_iter().filter_map(|(py, h)| Some((py?, h))).collect();
@@ -209,7 +245,7 @@ fn main() {
     // Model by model, upres then each peer, so that load from other processes on a shared
     // machine spreads over all columns rather than hitting one runtime.
     for k in &stems {
-        let model = match RealEsrgan::load(&a.models, k, &device, None) {
+        let mut model = match RealEsrgan::load(&a.models, k, &device, None) {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("{}: {e} (run scripts/fetch-models.sh)", k.stem);
@@ -217,18 +253,22 @@ fn main() {
             }
         };
         let first = rows.len();
+        let fp32 = upres::ml::fastconv::Backend::best_fp32();
+        let default = model.fastconv_backend();
         for &size in &a.sizes {
             let img = image(size);
-            let p = [GenParams::default()];
-            let run = || model.upscale(std::slice::from_ref(&img), &p, &Unattended).expect("forward");
-            run();
-            let t = Instant::now();
-            for _ in 0..a.runs {
-                run();
-            }
-            let ms = t.elapsed().as_secs_f64() * 1000.0 / a.runs as f64;
+            let (ms, out) = time(&model, &img, a.runs);
+            let (ms_fp32, psnr) = if fast && default != fp32 {
+                model.set_fastconv_backend(fp32).expect("fp32 backend");
+                let (ms32, out32) = time(&model, &img, a.runs);
+                model.set_fastconv_backend(default).expect("default backend");
+                eprintln!("upres (fastconv {fp32:?}) {} {size}: {ms32:.1} ms", k.stem);
+                (Some(ms32), Some(psnr8(&out.data, &out32.data)))
+            } else {
+                (None, None)
+            };
             let flops = model.flops(size as usize, size as usize) as f64;
-            rows.push(Row { stem: k.stem, size, scale: model.scale(), ms, flops, peers: [None; PEERS.len()] });
+            rows.push(Row { stem: k.stem, size, scale: model.scale(), ms, ms_fp32, psnr, flops, peers: [None; PEERS.len()] });
             eprintln!("upres ({path}) {} {size}: {ms:.1} ms", k.stem);
         }
         drop(model);

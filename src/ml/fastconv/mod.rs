@@ -101,22 +101,37 @@ impl Backend {
         [Backend::Avx512, Backend::Avx2].into_iter().find(|b| b.supported()).unwrap_or(Backend::Portable)
     }
 
-    /// The backend new convolutions use: `UPRES_FASTCONV` if set and supported, else
-    /// [`Backend::best_fp32`].
-    pub fn detect() -> Backend {
+    /// `UPRES_FASTCONV`'s backend, when set to one this CPU supports.
+    pub fn from_env() -> Option<Backend> {
         let want = match std::env::var("UPRES_FASTCONV").ok().as_deref() {
-            Some("portable") => Some(Backend::Portable),
-            Some("avx2") => Some(Backend::Avx2),
-            Some("avx512") => Some(Backend::Avx512),
-            Some("bf16") => Some(Backend::Avx512Bf16),
-            Some("amx") => Some(Backend::AmxBf16),
-            Some("amx3") => Some(Backend::AmxBf16x3),
-            _ => None,
+            Some("portable") => Backend::Portable,
+            Some("avx2") => Backend::Avx2,
+            Some("avx512") => Backend::Avx512,
+            Some("bf16") => Backend::Avx512Bf16,
+            Some("amx") => Backend::AmxBf16,
+            Some("amx3") => Backend::AmxBf16x3,
+            _ => return None,
         };
-        match want {
-            Some(b) if b.supported() => b,
-            _ => Backend::best_fp32(),
-        }
+        want.supported().then_some(want)
+    }
+
+    /// The backend [`Conv3x3::new`] uses: `UPRES_FASTCONV` if set and supported, else
+    /// [`Backend::best_fp32`] (the SD x4 UNet/VAE convolutions, whose parity tests are fp32).
+    pub fn detect() -> Backend {
+        Backend::from_env().unwrap_or_else(Backend::best_fp32)
+    }
+
+    /// The fastest backend that keeps the Real-ESRGAN parity bound (≥ 45 dB vs fp32 on every
+    /// model; AMX bf16 measures 52.9–55.1 dB): `UPRES_FASTCONV` if set and supported, else
+    /// AMX bf16 where the CPU has it, else [`Backend::best_fp32`].
+    pub fn detect_fastest() -> Backend {
+        Backend::from_env().unwrap_or_else(|| {
+            if Backend::AmxBf16.supported() {
+                Backend::AmxBf16
+            } else {
+                Backend::best_fp32()
+            }
+        })
     }
 }
 
@@ -726,7 +741,7 @@ impl Conv3x3 {
 
 impl Conv3x3 {
     /// The AMX path of [`Conv3x3::run`]: a pooled bf16 copy of the input (`[hi | lo]` for
-    /// bf16x3), then 128-position chunks × images on rayon's pool.
+    /// bf16x3), then 256-position chunks × images on rayon's pool.
     #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
     fn run_amx(

@@ -160,7 +160,7 @@ impl RealEsrgan {
         .map_err(mismatch)?;
         b.finish(out).map_err(mismatch)?;
         let id = EngineId::new(stem, EngineId::digest(&[param, bin].concat()));
-        let mut model = Self { id, arch, net, fast: None, fast_backend: Backend::detect(), device: device.clone(), tiling };
+        let mut model = Self { id, arch, net, fast: None, fast_backend: Backend::detect_fastest(), device: device.clone(), tiling };
         model.set_fastconv(device.is_cpu() && fastconv_enabled_by_env())?;
         Ok(model)
     }

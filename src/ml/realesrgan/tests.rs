@@ -69,11 +69,23 @@ fn compare(a: &[f32], b: &[f32]) -> (f32, f64) {
 
 const SIZES: [(usize, usize); 2] = [(16, 16), (24, 20)];
 
-/// Both paths against ncnn: the engine's default (fastconv on the CPU) through `forward`, and
-/// the candle reference through `forward_candle`.
+/// Against ncnn: the fp32 fastconv kernel through `forward` and the candle reference through
+/// `forward_candle` (≥ 45 dB and max abs err < 1e-4), then the engine's default backend
+/// (AMX bf16 where the CPU has it: ≥ 45 dB).
 fn parity(stem: &str) {
-    let model = load(stem, None);
+    let mut model = load(stem, None);
     assert!(model.uses_fastconv(), "{stem}: the CPU default must be fastconv (is UPRES_FASTCONV=off set?)");
+    let default = model.fastconv_backend();
+    for (w, h) in SIZES {
+        let (_, input) = fixture(&format!("in-{w}x{h}.npy"));
+        let (_, want) = fixture(&format!("{stem}-{w}x{h}.npy"));
+        let x = Tensor::from_vec(input, (1, 3, h, w), &Device::Cpu).unwrap();
+        let got: Vec<f32> = model.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let (max, psnr) = compare(&got, &want);
+        println!("parity {stem} {w}x{h} default backend {default:?}: max abs err {max:.2e}, PSNR {psnr:.1} dB (8-bit)");
+        assert!(psnr >= 45.0, "{stem} {w}x{h} {default:?}: PSNR {psnr:.1} dB < 45 dB vs ncnn (max abs err {max:.2e})");
+    }
+    model.set_fastconv_backend(Backend::best_fp32()).unwrap();
     for (w, h) in SIZES {
         let (ishape, input) = fixture(&format!("in-{w}x{h}.npy"));
         assert_eq!(ishape, vec![3, h, w]);
@@ -142,6 +154,7 @@ fn run(model: &RealEsrgan, tiles: &[Tile]) -> Vec<Tile> {
 fn fast_vs_candle(stem: &str) {
     let mut model = load(stem, None);
     assert!(model.uses_fastconv(), "{stem}: the CPU default must be fastconv (is UPRES_FASTCONV=off set?)");
+    model.set_fastconv_backend(Backend::best_fp32()).unwrap();
     let cases: Vec<Vec<Tile>> = vec![
         vec![test_image(16, 16)],
         vec![test_image(23, 17), {
@@ -381,7 +394,7 @@ fn backends_vs_fp32(stem: &str) -> Vec<(Backend, f64)> {
 
 #[test]
 fn reduced_precision_backends_vs_fp32() {
-    for stem in ["realesr-animevideov3-x4", "realesrgan-x4plus-anime", "realesrgan-x4plus"] {
+    for stem in ["realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4", "realesrgan-x4plus-anime", "realesrgan-x4plus"] {
         for (b, psnr) in backends_vs_fp32(stem) {
             // Measured (2026-11-22): bf16 52.9–55.1 dB, bf16x3 81.5–83.0 dB.
             let bound = if b == Backend::AmxBf16x3 { 70.0 } else { 45.0 };
