@@ -161,9 +161,10 @@ fn main() {
     let (pk, pk_core) = fma_peak(min);
     println!("AVX-512 FMA-only loop now: {pk:.1} GFLOP/s wall, {pk_core:.1} GFLOP per CPU-second");
     println!("GFLOP/s (best wall time); f32/core-s = GFLOP per CPU-second of ours f32 (per-core rate)");
+    println!("ours amx = AMX bf16 tiles reading the bf16 shadow an AMX conv left on its input (as inside a network)");
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
-        "shape n hxw cin->cout", "ours f32", "ours bf16", "candle", "torch", "f32/tch", "f32/cndl", "f32/core-s"
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "shape n hxw cin->cout", "ours f32", "ours bf16", "ours amx", "candle", "torch", "f32/tch", "amx/tch", "f32/cndl", "f32/core-s"
     );
     let mut rng = Rng(1);
     for &(n, h, w, cin, cout) in SHAPES {
@@ -183,6 +184,17 @@ fn main() {
         } else {
             f64::NAN
         };
+        let ours_amx = if Backend::AmxBf16.supported() {
+            let feed_w = rng.vec(cin * cin * 9, 0.05);
+            let feed = Conv3x3::with_backend(&feed_w, None, cin, cin, Activation::None, Backend::AmxBf16).unwrap();
+            let mut xa = Nhwc::zeros(n, h, w, cin);
+            feed.forward(&x, 0, &mut xa, 0, &Epilogue::default()).unwrap();
+            let c = Conv3x3::with_backend(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::AmxBf16).unwrap();
+            let t = best_time(min, || c.forward(&xa, 0, &mut out, 0, &Epilogue::default()).unwrap());
+            flops / t / 1e9
+        } else {
+            f64::NAN
+        };
         let cand = if skip_candle {
             f64::NAN
         } else {
@@ -195,13 +207,15 @@ fn main() {
         };
         let tch = torch.iter().find(|(k, _)| *k == (n, h, w, cin, cout)).map_or(f64::NAN, |(_, g)| *g);
         println!(
-            "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8.1} {:>10.1}",
+            "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8.2} {:>8.1} {:>10.1}",
             format!("{n} {h}x{w} {cin}->{cout}"),
             ours,
             ours_bf,
+            ours_amx,
             cand,
             tch,
             ours / tch,
+            ours_amx / tch,
             ours / cand,
             per_core
         );
@@ -325,12 +339,15 @@ fn srvgg(dev: &Device, min: Duration, skip_candle: bool) {
     let t_ours = best_time(min, || ours_out = Srvgg::fast_forward(&layers, &x, &mut bufs, &mut last).to_nchw(0, 3));
     println!("\nSRVGGNetCompact-shaped forward (64 feats, 16 body convs, x4), input 1x3x{h}x{w}, {:.2} GFLOP:", flops / 1e9);
     println!("  ours f32   {:8.1} ms  {:6.1} GFLOP/s", t_ours * 1e3, flops / t_ours / 1e9);
-    if Backend::Avx512Bf16.supported() {
-        let layers = net.fast_layers(Backend::Avx512Bf16);
+    for (name, b) in [("ours bf16 ", Backend::Avx512Bf16), ("ours amx  ", Backend::AmxBf16), ("ours amx3 ", Backend::AmxBf16x3)] {
+        if !b.supported() {
+            continue;
+        }
+        let layers = net.fast_layers(b);
         let mut bf_out = Vec::new();
         let t = best_time(min, || bf_out = Srvgg::fast_forward(&layers, &x, &mut bufs, &mut last).to_nchw(0, 3));
         println!(
-            "  ours bf16  {:8.1} ms  {:6.1} GFLOP/s  PSNR vs ours f32 on 8-bit output: {:.1} dB",
+            "  {name} {:8.1} ms  {:6.1} GFLOP/s  PSNR vs ours f32 on 8-bit output: {:.1} dB",
             t * 1e3,
             flops / t / 1e9,
             psnr(&to_u8(&bf_out), &to_u8(&ours_out))

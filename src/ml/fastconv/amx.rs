@@ -87,8 +87,12 @@ pub(super) struct AmxWeights {
     tiles: usize,
     /// 32-channel input blocks per pass.
     kb: usize,
-    /// 1 (bf16) or 3 (bf16x3).
+    /// Number of passes over the k-blocks (1 bf16, 2 or 3 split).
     passes: usize,
+    /// Whether any pass reads the input's `lo` half.
+    a_lo: bool,
+    /// Per pass: (reads the input's lo half, uses the weights' lo half).
+    plan: Vec<(bool, bool)>,
     /// `[tile][tap][passes·kb][16][32]` bf16.
     w: Vec<u16>,
     /// Padded to `tiles·16`.
@@ -99,10 +103,10 @@ pub(super) struct AmxWeights {
 
 impl AmxWeights {
     /// Packs OIHW f32 weights; `bias` and `slope` are per output channel (`out_c` long).
-    pub(super) fn pack(weight: &[f32], bias: &[f32], slope: &[f32], in_c: usize, out_c: usize, split: bool) -> Self {
+    pub(super) fn pack(weight: &[f32], bias: &[f32], slope: &[f32], in_c: usize, out_c: usize, plan: &[(bool, bool)]) -> Self {
         let tiles = out_c.div_ceil(32) * 2;
         let kb = in_c.div_ceil(32);
-        let passes = if split { 3 } else { 1 };
+        let passes = plan.len();
         let kk = passes * kb;
         let mut w = vec![0u16; tiles * 9 * kk * 512];
         for o in 0..out_c {
@@ -115,7 +119,7 @@ impl AmxWeights {
                     for pass in 0..passes {
                         let k = pass * kb + i / 32;
                         let ii = i % 32;
-                        let val = if pass == 2 { lo } else { hi };
+                        let val = if plan[pass].1 { lo } else { hi };
                         w[(((tile * 9 + t) * kk + k) * 16 + ii / 2) * 32 + oo * 2 + ii % 2] = val;
                     }
                 }
@@ -126,16 +130,22 @@ impl AmxWeights {
             p[..out_c].copy_from_slice(v);
             p
         };
-        AmxWeights { tiles, kb, passes, w, bias: pad(bias, 0.0), slope: pad(slope, 1.0), out_c }
+        let a_lo = plan.iter().any(|p| p.0);
+        AmxWeights { tiles, kb, passes, a_lo, plan: plan.to_vec(), w, bias: pad(bias, 0.0), slope: pad(slope, 1.0), out_c }
     }
 
     /// Channels per pixel of the bf16 input copy: `[hi | lo]` blocks of 32.
     pub(super) fn copy_channels(&self) -> usize {
-        self.kb * 32 * if self.passes == 3 { 2 } else { 1 }
+        self.kb * 32 * if self.a_lo { 2 } else { 1 }
+    }
+
+    /// Offset in elements of the `lo` half in the conversion copy.
+    pub(super) fn lo_offset(&self) -> usize {
+        self.kb * 32
     }
 
     pub(super) fn split(&self) -> bool {
-        self.passes == 3
+        self.a_lo
     }
 }
 
@@ -172,7 +182,7 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
     // Byte offset of k-block k in the input copy: pass 1 reads the `lo` half.
     let a_off = |k: usize| {
         let (pass, kb) = (k / wts.kb, k % wts.kb);
-        (kb + if pass == 1 { wts.kb } else { 0 }) * 64
+        kb * 64 + if wts.plan[pass].0 { j.in_lo * 2 } else { 0 }
     };
     let inp = j.inp as *const u8;
     let mut scratch = [0f32; 4 * 256];
@@ -272,9 +282,13 @@ unsafe fn epilogue(j: &RawJob, wts: &AmxWeights, scratch: &[f32; 1024], pair: us
             unsafe {
                 let y = store_vec(j, &blk, qq, 0, 1, _mm512_loadu_ps(scratch.as_ptr().add(ct * 256 + r * 16)));
                 if !j.out_bf.is_null() {
-                    let bf = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y));
+                    let hi = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y));
+                    let hi32 = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)));
+                    let lo = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(y, hi32)));
                     let mask = ((1u32 << blk.lanes) - 1) as u16;
-                    _mm256_mask_storeu_epi16(j.out_bf.add(qq * j.cs_out + oc) as *mut i16, mask, bf);
+                    let p = j.out_bf.add(qq * 2 * j.cs_out + oc);
+                    _mm256_mask_storeu_epi16(p as *mut i16, mask, hi);
+                    _mm256_mask_storeu_epi16(p.add(j.cs_out) as *mut i16, mask, lo);
                 }
             }
         }

@@ -32,8 +32,11 @@ pub(super) struct RawJob {
     pub tap_off: [isize; 9],
     pub out: *mut f32,
     pub cs_out: usize,
-    /// bf16 shadow of the output (same pixel stride `cs_out`, offset like `out`), or null.
+    /// bf16 shadow of the output, or null: per pixel `[hi | lo]`, pixel stride `2·cs_out`,
+    /// offset like `out` (lo values `cs_out` after their hi values).
     pub out_bf: *mut u16,
+    /// AMX inputs: offset in elements from a pixel's bf16 `hi` channels to its `lo` channels.
+    pub in_lo: usize,
     pub res: [RawRes; 2],
     pub nres: usize,
     pub scale: f32,
