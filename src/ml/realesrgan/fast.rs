@@ -22,7 +22,7 @@ use candle_core::{Device, Result, Tensor};
 use super::layers::bicubic;
 use super::rrdb::Rrdb;
 use super::srvgg::{Srvgg, SrvggConfig};
-use crate::ml::fastconv::{Conv3x3, Epilogue, FastConvError, Nhwc, Residual};
+use crate::ml::fastconv::{Conv3x3, Epilogue, FastConvError, Nhwc, Residual, Winograd};
 
 /// Dense-block and RRDB residual scale (as in [`super::rrdb`]).
 const RES_SCALE: f32 = 0.2;
@@ -46,12 +46,12 @@ pub struct FastRrdb {
 }
 
 impl FastRrdb {
-    pub fn new(net: &Rrdb) -> std::result::Result<Self, String> {
+    pub fn new(net: &Rrdb, wino: Winograd) -> std::result::Result<Self, String> {
         let mut blocks = Vec::with_capacity(net.blocks.len());
         for rrdb in &net.blocks {
             let mut dbs = Vec::with_capacity(3);
             for db in rrdb {
-                let convs: Vec<Conv3x3> = db.convs.iter().map(|c| c.to_fast()).collect::<std::result::Result<_, _>>()?;
+                let convs: Vec<Conv3x3> = db.convs.iter().map(|c| c.to_fast(wino)).collect::<std::result::Result<_, _>>()?;
                 dbs.push(<[Conv3x3; 5]>::try_from(convs).map_err(|_| "five convs")?);
             }
             blocks.push(<[[Conv3x3; 5]; 3]>::try_from(dbs).map_err(|_| "three dense blocks")?);
@@ -61,13 +61,13 @@ impl FastRrdb {
         Ok(Self {
             feat,
             grow,
-            first: net.conv_first.to_fast()?,
+            first: net.conv_first.to_fast(wino)?,
             blocks,
-            body: net.conv_body.to_fast()?,
-            up1: net.conv_up1.to_fast()?,
-            up2: net.conv_up2.to_fast()?,
-            hr: net.conv_hr.to_fast()?,
-            last: net.conv_last.to_fast()?,
+            body: net.conv_body.to_fast(wino)?,
+            up1: net.conv_up1.to_fast(wino)?,
+            up2: net.conv_up2.to_fast(wino)?,
+            hr: net.conv_hr.to_fast(wino)?,
+            last: net.conv_last.to_fast(wino)?,
         })
     }
 
@@ -130,8 +130,8 @@ pub struct FastSrvgg {
 }
 
 impl FastSrvgg {
-    pub fn new(net: &Srvgg) -> std::result::Result<Self, String> {
-        let convs = net.convs.iter().map(|c| c.to_fast()).collect::<std::result::Result<Vec<_>, _>>()?;
+    pub fn new(net: &Srvgg, wino: Winograd) -> std::result::Result<Self, String> {
+        let convs = net.convs.iter().map(|c| c.to_fast(wino)).collect::<std::result::Result<Vec<_>, _>>()?;
         if convs.len() < 2 {
             return Err("SRVGGNetCompact needs at least two convs".into());
         }
@@ -170,11 +170,11 @@ pub enum FastNet {
 }
 
 impl FastNet {
-    /// Packs the weights of a loaded candle network.
-    pub(super) fn new(net: &super::Net) -> std::result::Result<Self, String> {
+    /// Packs the weights of a loaded candle network (Winograd F(4×4, 3×3) per `wino`).
+    pub(super) fn new(net: &super::Net, wino: Winograd) -> std::result::Result<Self, String> {
         Ok(match net {
-            super::Net::Rrdb(n) => FastNet::Rrdb(FastRrdb::new(n)?),
-            super::Net::Srvgg(n) => FastNet::Srvgg(FastSrvgg::new(n)?),
+            super::Net::Rrdb(n) => FastNet::Rrdb(FastRrdb::new(n, wino)?),
+            super::Net::Srvgg(n) => FastNet::Srvgg(FastSrvgg::new(n, wino)?),
         })
     }
 

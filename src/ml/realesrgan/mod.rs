@@ -20,6 +20,7 @@ use candle_core::{Device, Tensor};
 
 use crate::engine::{Engine, EngineId, GenParams, InferError, RunContext, Tile, Tiling};
 use crate::ml::ncnn::{self, Param};
+use crate::ml::fastconv::Winograd;
 
 pub mod fast;
 pub mod graph;
@@ -123,6 +124,8 @@ pub struct RealEsrgan {
     /// The fastconv (NHWC) network, on the CPU unless `UPRES_FASTCONV=off`: [`Self::forward`]
     /// and [`Engine::upscale`] use it when present.
     fast: Option<FastNet>,
+    /// Winograd mode the fastconv layers are packed with (`UPRES_FASTCONV_WINOGRAD` at load).
+    winograd: Winograd,
     device: Device,
     tiling: Option<Tiling>,
 }
@@ -157,7 +160,7 @@ impl RealEsrgan {
         .map_err(mismatch)?;
         b.finish(out).map_err(mismatch)?;
         let id = EngineId::new(stem, EngineId::digest(&[param, bin].concat()));
-        let mut model = Self { id, arch, net, fast: None, device: device.clone(), tiling };
+        let mut model = Self { id, arch, net, fast: None, winograd: Winograd::from_env(), device: device.clone(), tiling };
         model.set_fastconv(device.is_cpu() && fastconv_enabled_by_env())?;
         Ok(model)
     }
@@ -191,9 +194,25 @@ impl RealEsrgan {
         } else if !self.device.is_cpu() {
             return Err("fastconv runs on the CPU only".into());
         } else if self.fast.is_none() {
-            self.fast = Some(FastNet::new(&self.net).map_err(|e| format!("fastconv: {e}"))?);
+            self.fast = Some(FastNet::new(&self.net, self.winograd).map_err(|e| format!("fastconv: {e}"))?);
         }
         Ok(())
+    }
+
+    /// Sets the Winograd F(4×4, 3×3) mode of the fastconv layers (re-packing them if fastconv
+    /// is on). The default comes from `UPRES_FASTCONV_WINOGRAD` at load (off when unset).
+    pub fn set_fastconv_winograd(&mut self, mode: Winograd) -> Result<(), String> {
+        self.winograd = mode;
+        if self.fast.is_some() {
+            self.fast = None;
+            self.set_fastconv(true)?;
+        }
+        Ok(())
+    }
+
+    /// The Winograd mode of the fastconv layers.
+    pub fn fastconv_winograd(&self) -> Winograd {
+        self.winograd
     }
 
     /// Whether [`Self::forward`] runs on fastconv.
