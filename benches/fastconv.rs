@@ -5,13 +5,16 @@
 //! .venv/bin/python scripts/bench_torch_conv.py target/torch_conv.json   # optional, torch column
 //! cargo bench --bench fastconv
 //! ```
+//! The `wino` columns are the Winograd F(4×4, 3×3) path (`Winograd::Always`, AVX-512 only) in
+//! *effective* GFLOP/s: the direct convolution's FLOPs over its time, so the columns compare.
+//!
 //! Env: `FASTCONV_TORCH_JSON` (default target/torch_conv.json), `FASTCONV_BENCH_SECS`
 //! (min seconds per measurement, default 0.5), `FASTCONV_SKIP_CANDLE=1`.
 
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use upres::ml::fastconv::{Activation, Backend, Conv3x3, Epilogue, Nhwc};
+use upres::ml::fastconv::{Activation, Backend, Conv3x3, Epilogue, Nhwc, Winograd};
 
 /// (n, h, w, cin, cout) — keep in sync with scripts/bench_torch_conv.py.
 const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
@@ -161,9 +164,21 @@ fn main() {
     let (pk, pk_core) = fma_peak(min);
     println!("AVX-512 FMA-only loop now: {pk:.1} GFLOP/s wall, {pk_core:.1} GFLOP per CPU-second");
     println!("GFLOP/s (best wall time); f32/core-s = GFLOP per CPU-second of ours f32 (per-core rate)");
+    let wino = Backend::Avx512.supported();
+    println!("wino = Winograd F(4x4,3x3), effective GFLOP/s (direct FLOPs / time)");
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
-        "shape n hxw cin->cout", "ours f32", "ours bf16", "candle", "torch", "f32/tch", "f32/cndl", "f32/core-s"
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "shape n hxw cin->cout",
+        "ours f32",
+        "wino",
+        "ours bf16",
+        "candle",
+        "torch",
+        "f32/tch",
+        "wino/tch",
+        "wino/f32",
+        "f32/core-s",
+        "wino/cor-s"
     );
     let mut rng = Rng(1);
     for &(n, h, w, cin, cout) in SHAPES {
@@ -176,6 +191,14 @@ fn main() {
         let (t, cpu) = best_time_cpu(min, || conv.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap());
         let ours = flops / t / 1e9;
         let per_core = flops / cpu / 1e9;
+        let (ours_w, wino_core) = if wino {
+            let c = Conv3x3::with_options(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::Avx512, Winograd::Always)
+                .unwrap();
+            let (t, cpu) = best_time_cpu(min, || c.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap());
+            (flops / t / 1e9, flops / cpu / 1e9)
+        } else {
+            (f64::NAN, f64::NAN)
+        };
         let ours_bf = if bf16 {
             let c = Conv3x3::with_backend(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::Avx512Bf16).unwrap();
             let t = best_time(min, || c.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap());
@@ -195,15 +218,18 @@ fn main() {
         };
         let tch = torch.iter().find(|(k, _)| *k == (n, h, w, cin, cout)).map_or(f64::NAN, |(_, g)| *g);
         println!(
-            "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8.1} {:>10.1}",
+            "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>10.1} {:>10.1}",
             format!("{n} {h}x{w} {cin}->{cout}"),
             ours,
+            ours_w,
             ours_bf,
             cand,
             tch,
             ours / tch,
-            ours / cand,
-            per_core
+            ours_w / tch,
+            ours_w / ours,
+            per_core,
+            wino_core
         );
     }
     srvgg(&dev, min, skip_candle);
@@ -234,14 +260,14 @@ impl Srvgg {
         Srvgg { convs }
     }
 
-    fn fast_layers(&self, backend: Backend) -> Vec<Conv3x3> {
+    fn fast_layers(&self, backend: Backend, wino: Winograd) -> Vec<Conv3x3> {
         let last = self.convs.len() - 1;
         self.convs
             .iter()
             .enumerate()
             .map(|(i, (w, b, s, cin, cout))| {
                 let act = if i == last { Activation::None } else { Activation::PRelu(s.clone()) };
-                Conv3x3::with_backend(w, Some(b), *cin, *cout, act, backend).unwrap()
+                Conv3x3::with_options(w, Some(b), *cin, *cout, act, backend, wino).unwrap()
             })
             .collect()
     }
@@ -320,13 +346,28 @@ fn srvgg(dev: &Device, min: Duration, skip_candle: bool) {
     let flops: f64 = net.convs.iter().map(|(_, _, _, ci, co)| 2.0 * 9.0 * (ci * co * n * h * w) as f64).sum();
     let mut bufs = [Nhwc::zeros(n, h, w, FEAT), Nhwc::zeros(n, h, w, FEAT)];
     let mut last = Nhwc::zeros(n, h, w, 3 * SCALE * SCALE);
-    let layers = net.fast_layers(Backend::best_fp32());
+    let layers = net.fast_layers(Backend::best_fp32(), Winograd::Off);
     let mut ours_out = Vec::new();
     let t_ours = best_time(min, || ours_out = Srvgg::fast_forward(&layers, &x, &mut bufs, &mut last).to_nchw(0, 3));
     println!("\nSRVGGNetCompact-shaped forward (64 feats, 16 body convs, x4), input 1x3x{h}x{w}, {:.2} GFLOP:", flops / 1e9);
     println!("  ours f32   {:8.1} ms  {:6.1} GFLOP/s", t_ours * 1e3, flops / t_ours / 1e9);
+    if Backend::Avx512.supported() {
+        for mode in [Winograd::Auto, Winograd::Always] {
+            let layers = net.fast_layers(Backend::Avx512, mode);
+            let mut w_out = Vec::new();
+            let t = best_time(min, || w_out = Srvgg::fast_forward(&layers, &x, &mut bufs, &mut last).to_nchw(0, 3));
+            println!(
+                "  wino {:<6}{:8.1} ms  {:6.1} GFLOP/s eff  x{:.2} vs ours f32  PSNR vs ours f32 on 8-bit output: {:.1} dB",
+                format!("{mode:?}"),
+                t * 1e3,
+                flops / t / 1e9,
+                t_ours / t,
+                psnr(&to_u8(&w_out), &to_u8(&ours_out))
+            );
+        }
+    }
     if Backend::Avx512Bf16.supported() {
-        let layers = net.fast_layers(Backend::Avx512Bf16);
+        let layers = net.fast_layers(Backend::Avx512Bf16, Winograd::Off);
         let mut bf_out = Vec::new();
         let t = best_time(min, || bf_out = Srvgg::fast_forward(&layers, &x, &mut bufs, &mut last).to_nchw(0, 3));
         println!(
