@@ -121,7 +121,7 @@ pub enum Winograd {
     /// Direct convolution only.
     Off,
     /// Winograd where it pays ([`Winograd::pays`]: at least [`WINOGRAD_MIN_IN_C`] input
-    /// channels), direct elsewhere.
+    /// channels; at run time at least [`WINOGRAD_MIN_TILES`] tiles), direct elsewhere.
     Auto,
     /// Winograd for every shape (tests, measurements).
     Always,
@@ -131,6 +131,11 @@ pub enum Winograd {
 /// 128×128 bench shapes (2 cores, AVX-512): 3→64 runs at 0.6× the direct kernel, 8→64 at 1.3×,
 /// 16→64 at 1.8×, 64→3 at 2.6× (the output channel count does not matter much).
 pub const WINOGRAD_MIN_IN_C: usize = 8;
+
+/// Smallest number of 4×4 output tiles (over all images) for which [`Winograd::Auto`] runs
+/// Winograd: the GEMM computes `P` (6–16) tiles at a time, so a map of one or two tiles wastes
+/// most of it (4×4 maps measured 0.5–0.9× the direct kernel, 8×8 1.1–3×).
+pub const WINOGRAD_MIN_TILES: usize = 4;
 
 impl Winograd {
     /// `UPRES_FASTCONV_WINOGRAD`: `on`/`auto`/`1` → [`Winograd::Auto`], `always` →
@@ -370,7 +375,11 @@ pub struct Conv3x3 {
     out_c: usize,
     blocks: Vec<Block>,
     backend: Backend,
+    /// Winograd weights are packed (`Winograd::pays` at construction).
     winograd: bool,
+    /// The mode asked for: `Auto` also keeps maps of fewer than [`WINOGRAD_MIN_TILES`] tiles
+    /// on the direct kernel.
+    wino_mode: Winograd,
 }
 
 /// Pool of bf16 input copies, reused across calls (bounded by the number of concurrent
@@ -469,7 +478,7 @@ impl Conv3x3 {
             blocks.push(Block { w, wbf, wino, bias: bias_v, slope, oc0, nv, lanes });
             v0 += nv;
         }
-        Ok(Conv3x3 { in_c, out_c, blocks, backend, winograd: use_wino })
+        Ok(Conv3x3 { in_c, out_c, blocks, backend, winograd: use_wino, wino_mode: winograd })
     }
 
     /// From candle tensors: weight `(out_c, in_c, 3, 3)`, bias `(out_c)`.
@@ -510,7 +519,9 @@ impl Conv3x3 {
         self.backend
     }
 
-    /// Whether [`Conv3x3::forward`] runs the Winograd F(4×4, 3×3) kernel.
+    /// Whether [`Conv3x3::forward`] runs the Winograd F(4×4, 3×3) kernel (under
+    /// [`Winograd::Auto`], maps of fewer than [`WINOGRAD_MIN_TILES`] 4×4 tiles still run the
+    /// direct kernel).
     pub fn uses_winograd(&self) -> bool {
         self.winograd
     }
@@ -611,7 +622,8 @@ impl Conv3x3 {
         let row_px = w + 2;
         let mut rr = [RawRes { ptr: std::ptr::null(), cs: 0, weight: 0.0 }; 2];
         rr[..res.len()].copy_from_slice(res);
-        if self.winograd {
+        let tiles = n * h.div_ceil(4) * w.div_ceil(4);
+        if self.winograd && (self.wino_mode == Winograd::Always || tiles >= WINOGRAD_MIN_TILES) {
             let job = winograd::WinoJob {
                 inp,
                 cs_in,

@@ -471,6 +471,24 @@ fn winograd_switch_and_heuristic() {
             assert!(!mk(64, 64, b, Winograd::Always), "{b:?}");
         }
     }
+    // Auto keeps maps of fewer than WINOGRAD_MIN_TILES tiles on the direct kernel (same
+    // result within the direct tolerance there), Always does not.
+    if avx512 {
+        let mut rng = Rng(77);
+        let wt = rng.vec(16 * 16 * 9);
+        let x = random_nhwc(&mut rng, 1, 3, 5, 16); // 1×2 = 2 tiles
+        let want = reference(&x, 0, &wt, &[0.0; 16], 16, 16, &[1.0; 16], 1.0, &[]);
+        let mut outs = Vec::new();
+        for mode in [Winograd::Off, Winograd::Auto, Winograd::Always] {
+            let c = Conv3x3::with_options(&wt, None, 16, 16, Activation::None, Backend::Avx512, mode).unwrap();
+            assert_eq!(c.uses_winograd(), mode != Winograd::Off);
+            let mut out = Nhwc::zeros(1, 3, 5, 16);
+            c.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap();
+            check(&out, 0, 16, &want, WINO_TOL, &format!("{mode:?} small map"));
+            outs.push(out.to_nchw(0, 16));
+        }
+        assert_eq!(outs[0], outs[1], "Auto must run the direct kernel on a 2-tile map");
+    }
     // with_backend is explicit: no Winograd whatever the environment says.
     assert!(!Conv3x3::with_backend(&wt, None, 64, 64, Activation::None, Backend::Avx512).unwrap().uses_winograd());
 }
