@@ -291,6 +291,7 @@ unsafe fn input_tile(j: &WinoJob, geo: &Geo, t: usize, v: *mut f32) {
                 }
                 *er = bt6(d);
             }
+            #[allow(clippy::needless_range_loop)] // gathers column k across the six rows
             for k in 0..6 {
                 let col = bt6([e[0][k], e[1][k], e[2][k], e[3][k], e[4][k], e[5][k]]);
                 for (ri, x) in col.iter().enumerate() {
@@ -373,6 +374,7 @@ unsafe fn output_tile(j: &WinoJob, geo: &Geo, b: &RawBlock, vi: usize, t: usize,
         let scale = _mm512_set1_ps(j.scale);
         let oc = b.oc0 + vi * 16;
         let mask: __mmask16 = if vi + 1 == b.nv { ((1u32 << b.lanes) - 1) as u16 } else { 0xffff };
+        #[allow(clippy::needless_range_loop)] // gathers column jx across the six rows
         for jx in 0..cols {
             let y = at4([f[0][jx], f[1][jx], f[2][jx], f[3][jx], f[4][jx], f[5][jx]]);
             for (iy, &yv) in y.iter().enumerate().take(rows) {
