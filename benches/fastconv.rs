@@ -5,13 +5,16 @@
 //! .venv/bin/python scripts/bench_torch_conv.py target/torch_conv.json   # optional, torch column
 //! cargo bench --bench fastconv
 //! ```
+//! The `wino` columns are the Winograd F(4×4, 3×3) path (`Winograd::Always`, AVX-512 only) in
+//! *effective* GFLOP/s: the direct convolution's FLOPs over its time, so the columns compare.
+//!
 //! Env: `FASTCONV_TORCH_JSON` (default target/torch_conv.json), `FASTCONV_BENCH_SECS`
 //! (min seconds per measurement, default 0.5), `FASTCONV_SKIP_CANDLE=1`.
 
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use upres::ml::fastconv::{Activation, Backend, Conv3x3, Epilogue, Nhwc};
+use upres::ml::fastconv::{Activation, Backend, Conv3x3, Epilogue, Nhwc, Winograd};
 
 /// (n, h, w, cin, cout) — keep in sync with scripts/bench_torch_conv.py.
 const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
@@ -161,10 +164,23 @@ fn main() {
     let (pk, pk_core) = fma_peak(min);
     println!("AVX-512 FMA-only loop now: {pk:.1} GFLOP/s wall, {pk_core:.1} GFLOP per CPU-second");
     println!("GFLOP/s (best wall time); f32/core-s = GFLOP per CPU-second of ours f32 (per-core rate)");
-    println!("ours amx = AMX bf16 tiles reading the bf16 shadow an AMX conv left on its input (as inside a network)");
+    let wino = Backend::Avx512.supported();
+    println!("wino = Winograd F(4x4,3x3), effective GFLOP/s (direct FLOPs / time)");
+    println!("amx2 = AMX bf16x2 tiles (the Real-ESRGAN default) reading the bf16 shadow an AMX conv left on its input (as inside a network)");
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
-        "shape n hxw cin->cout", "ours f32", "ours bf16", "ours amx", "candle", "torch", "f32/tch", "amx/tch", "f32/cndl", "f32/core-s"
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "shape n hxw cin->cout",
+        "ours f32",
+        "wino",
+        "ours bf16",
+        "amx2",
+        "candle",
+        "torch",
+        "f32/tch",
+        "wino/tch",
+        "amx2/tch",
+        "f32/core-s",
+        "wino/cor-s"
     );
     let mut rng = Rng(1);
     for &(n, h, w, cin, cout) in SHAPES {
@@ -177,6 +193,14 @@ fn main() {
         let (t, cpu) = best_time_cpu(min, || conv.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap());
         let ours = flops / t / 1e9;
         let per_core = flops / cpu / 1e9;
+        let (ours_w, wino_core) = if wino {
+            let c = Conv3x3::with_options(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::Avx512, Winograd::Always)
+                .unwrap();
+            let (t, cpu) = best_time_cpu(min, || c.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap());
+            (flops / t / 1e9, flops / cpu / 1e9)
+        } else {
+            (f64::NAN, f64::NAN)
+        };
         let ours_bf = if bf16 {
             let c = Conv3x3::with_backend(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::Avx512Bf16).unwrap();
             let t = best_time(min, || c.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap());
@@ -184,12 +208,12 @@ fn main() {
         } else {
             f64::NAN
         };
-        let ours_amx = if Backend::AmxBf16.supported() {
+        let ours_amx = if Backend::AmxBf16x2.supported() {
             let feed_w = rng.vec(cin * cin * 9, 0.05);
-            let feed = Conv3x3::with_backend(&feed_w, None, cin, cin, Activation::None, Backend::AmxBf16).unwrap();
+            let feed = Conv3x3::with_backend(&feed_w, None, cin, cin, Activation::None, Backend::AmxBf16x2).unwrap();
             let mut xa = Nhwc::zeros(n, h, w, cin);
             feed.forward(&x, 0, &mut xa, 0, &Epilogue::default()).unwrap();
-            let c = Conv3x3::with_backend(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::AmxBf16).unwrap();
+            let c = Conv3x3::with_backend(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::AmxBf16x2).unwrap();
             let t = best_time(min, || c.forward(&xa, 0, &mut out, 0, &Epilogue::default()).unwrap());
             flops / t / 1e9
         } else {
@@ -207,17 +231,19 @@ fn main() {
         };
         let tch = torch.iter().find(|(k, _)| *k == (n, h, w, cin, cout)).map_or(f64::NAN, |(_, g)| *g);
         println!(
-            "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8.2} {:>8.1} {:>10.1}",
+            "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>10.1} {:>10.1}",
             format!("{n} {h}x{w} {cin}->{cout}"),
             ours,
+            ours_w,
             ours_bf,
             ours_amx,
             cand,
             tch,
             ours / tch,
+            ours_w / tch,
             ours_amx / tch,
-            ours / cand,
-            per_core
+            per_core,
+            wino_core
         );
     }
     srvgg(&dev, min, skip_candle);
@@ -248,14 +274,14 @@ impl Srvgg {
         Srvgg { convs }
     }
 
-    fn fast_layers(&self, backend: Backend) -> Vec<Conv3x3> {
+    fn fast_layers(&self, backend: Backend, wino: Winograd) -> Vec<Conv3x3> {
         let last = self.convs.len() - 1;
         self.convs
             .iter()
             .enumerate()
             .map(|(i, (w, b, s, cin, cout))| {
                 let act = if i == last { Activation::None } else { Activation::PRelu(s.clone()) };
-                Conv3x3::with_backend(w, Some(b), *cin, *cout, act, backend).unwrap()
+                Conv3x3::with_options(w, Some(b), *cin, *cout, act, backend, wino).unwrap()
             })
             .collect()
     }
@@ -334,16 +360,36 @@ fn srvgg(dev: &Device, min: Duration, skip_candle: bool) {
     let flops: f64 = net.convs.iter().map(|(_, _, _, ci, co)| 2.0 * 9.0 * (ci * co * n * h * w) as f64).sum();
     let mut bufs = [Nhwc::zeros(n, h, w, FEAT), Nhwc::zeros(n, h, w, FEAT)];
     let mut last = Nhwc::zeros(n, h, w, 3 * SCALE * SCALE);
-    let layers = net.fast_layers(Backend::best_fp32());
+    let layers = net.fast_layers(Backend::best_fp32(), Winograd::Off);
     let mut ours_out = Vec::new();
     let t_ours = best_time(min, || ours_out = Srvgg::fast_forward(&layers, &x, &mut bufs, &mut last).to_nchw(0, 3));
     println!("\nSRVGGNetCompact-shaped forward (64 feats, 16 body convs, x4), input 1x3x{h}x{w}, {:.2} GFLOP:", flops / 1e9);
     println!("  ours f32   {:8.1} ms  {:6.1} GFLOP/s", t_ours * 1e3, flops / t_ours / 1e9);
-    for (name, b) in [("ours bf16 ", Backend::Avx512Bf16), ("ours amx  ", Backend::AmxBf16), ("ours amx3 ", Backend::AmxBf16x3)] {
+    if Backend::Avx512.supported() {
+        for mode in [Winograd::Auto, Winograd::Always] {
+            let layers = net.fast_layers(Backend::Avx512, mode);
+            let mut w_out = Vec::new();
+            let t = best_time(min, || w_out = Srvgg::fast_forward(&layers, &x, &mut bufs, &mut last).to_nchw(0, 3));
+            println!(
+                "  wino {:<6}{:8.1} ms  {:6.1} GFLOP/s eff  x{:.2} vs ours f32  PSNR vs ours f32 on 8-bit output: {:.1} dB",
+                format!("{mode:?}"),
+                t * 1e3,
+                flops / t / 1e9,
+                t_ours / t,
+                psnr(&to_u8(&w_out), &to_u8(&ours_out))
+            );
+        }
+    }
+    for (name, b) in [
+        ("ours bf16 ", Backend::Avx512Bf16),
+        ("ours amx  ", Backend::AmxBf16),
+        ("ours amx2 ", Backend::AmxBf16x2),
+        ("ours amx3 ", Backend::AmxBf16x3),
+    ] {
         if !b.supported() {
             continue;
         }
-        let layers = net.fast_layers(b);
+        let layers = net.fast_layers(b, Winograd::Off);
         let mut bf_out = Vec::new();
         let t = best_time(min, || bf_out = Srvgg::fast_forward(&layers, &x, &mut bufs, &mut last).to_nchw(0, 3));
         println!(

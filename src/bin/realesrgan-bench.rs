@@ -12,9 +12,10 @@
 //! synthetic image in every runtime. The first pass per model, size and configuration is a warm-up
 //! and is not timed. FLOPs count convolutions only (2 per MAC). Every runtime gets `--threads`.
 //!
-//! upres runs twice: with the engine's default kernel backend (AMX bf16 where the CPU has it;
-//! `UPRES_FASTCONV` overrides) and with the fp32 kernel (`upres fp32` column), and `dB` is the
-//! default's 8-bit output against the fp32 output on the bench image.
+//! upres runs twice: with the engine's default kernels (fp32 AVX-512 with Winograd F(4×4,3×3)
+//! where it pays; `UPRES_FASTCONV` / `UPRES_FASTCONV_WINOGRAD` override) and with the direct fp32
+//! kernel (`direct f32` column), and `dB` is the default's 8-bit output against the direct
+//! kernel's on the bench image.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -118,9 +119,9 @@ struct Row {
     size: u32,
     scale: u32,
     ms: f64,
-    /// upres with the fp32 kernel, when the default backend is another.
+    /// upres with the direct fp32 kernel, when the default is another.
     ms_fp32: Option<f64>,
-    /// PSNR (8-bit) of the default backend's output against the fp32 kernel's.
+    /// PSNR (8-bit) of the default's output against the direct fp32 kernel's.
     psnr: Option<f64>,
     flops: f64,
     peers: [Option<f64>; PEERS.len()],
@@ -192,7 +193,7 @@ fn psnr8(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn print_table(rows: &[Row]) {
-    print!("{:<24} {:>5} {:>9} {:>8} {:>7} {:>10} {:>6}", "model", "input", "upres ms", "out MP/s", "GFLOP/s", "upres fp32", "dB");
+    print!("{:<24} {:>5} {:>9} {:>8} {:>7} {:>10} {:>6}", "model", "input", "upres ms", "out MP/s", "GFLOP/s", "direct f32", "dB");
     for p in &PEERS {
         print!(" {:>10}", p.header);
     }
@@ -236,8 +237,9 @@ fn main() {
     let stems: Vec<&Known> =
         KNOWN.iter().filter(|k| a.only.as_ref().is_none_or(|o| o.iter().any(|s| s == k.stem))).collect();
     let fast = upres::ml::realesrgan::fastconv_enabled_by_env();
-    let backend = upres::ml::fastconv::Backend::detect_fastest();
-    let path = if fast { format!("fastconv {backend:?}") } else { "candle".to_string() };
+    let backend = upres::ml::fastconv::Backend::detect();
+    let wino = upres::ml::fastconv::Winograd::from_env_or(upres::ml::fastconv::Winograd::Auto);
+    let path = if fast { format!("fastconv {backend:?}, Winograd {wino:?}") } else { "candle".to_string() };
     println!("# realesrgan-bench: {path} CPU (UPRES_FASTCONV=off for candle), {} threads, {} timed runs, untiled, batch 1", a.threads, a.runs);
     let helpers: Vec<(&str, &Helper)> =
         [(a.torch.as_deref(), &TORCH), (a.ncnn.as_deref(), &NCNN)].into_iter().filter_map(|(py, h)| Some((py?, h))).collect();
@@ -253,16 +255,19 @@ fn main() {
             }
         };
         let first = rows.len();
+        use upres::ml::fastconv::Winograd;
         let fp32 = upres::ml::fastconv::Backend::best_fp32();
-        let default = model.fastconv_backend();
+        let (default, default_wino) = (model.fastconv_backend(), model.fastconv_winograd());
         for &size in &a.sizes {
             let img = image(size);
             let (ms, out) = time(&model, &img, a.runs);
-            let (ms_fp32, psnr) = if fast && default != fp32 {
+            let (ms_fp32, psnr) = if fast && (default != fp32 || default_wino != Winograd::Off) {
                 model.set_fastconv_backend(fp32).expect("fp32 backend");
+                model.set_fastconv_winograd(Winograd::Off).expect("direct kernel");
                 let (ms32, out32) = time(&model, &img, a.runs);
                 model.set_fastconv_backend(default).expect("default backend");
-                eprintln!("upres (fastconv {fp32:?}) {} {size}: {ms32:.1} ms", k.stem);
+                model.set_fastconv_winograd(default_wino).expect("default Winograd mode");
+                eprintln!("upres (fastconv {fp32:?} direct) {} {size}: {ms32:.1} ms", k.stem);
                 (Some(ms32), Some(psnr8(&out.data, &out32.data)))
             } else {
                 (None, None)

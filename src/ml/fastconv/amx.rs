@@ -261,6 +261,7 @@ unsafe fn epilogue(j: &RawJob, wts: &AmxWeights, scratch: &[f32; 1024], pair: us
         let blk = RawBlock {
             w: std::ptr::null(),
             wbf: std::ptr::null(),
+            wino: std::ptr::null(),
             // SAFETY: bias/slope hold tiles·16 entries and oc < tiles·16.
             bias: unsafe { wts.bias.as_ptr().add(oc) },
             slope: unsafe { wts.slope.as_ptr().add(oc) },

@@ -58,6 +58,8 @@ pub(super) struct RawBlock {
     pub w: *const f32,
     /// Same layout in bf16 (pairs of input channels interleaved), when built.
     pub wbf: *const u16,
+    /// Winograd-transformed weights `[36][c_in][nv*16]`, when built (`winograd.rs`).
+    pub wino: *const f32,
     pub bias: *const f32,
     pub slope: *const f32,
     /// First output channel of the block.

@@ -24,6 +24,10 @@
 //!   `UPRES_FASTCONV=portable|avx2|avx512|bf16` overrides it (an unsupported request falls
 //!   back to the best supported fp32 backend). bf16 is never chosen automatically.
 //!
+//! * **Winograd** — optional F(4×4, 3×3) path for the fp32 AVX-512 backend (`winograd.rs`,
+//!   [`Winograd`]): 4× fewer multiply-adds, same API and epilogue. Off unless asked for
+//!   (`UPRES_FASTCONV_WINOGRAD=on` at construction, or [`Conv3x3::with_options`]).
+//!
 //! Tolerances (see the tests): fp32 backends within `1e-5·Σ|w·x| + 1e-6` of an f64
 //! reference per output; bf16 within `1.6e-2·Σ|w·x| + 1e-6`.
 
@@ -32,6 +36,7 @@ mod amx;
 mod avx512;
 mod kernels;
 mod portable;
+mod winograd;
 
 use std::sync::Mutex;
 
@@ -126,19 +131,60 @@ impl Backend {
         Backend::from_env().unwrap_or_else(Backend::best_fp32)
     }
 
-    /// The fastest backend that keeps the Real-ESRGAN parity bound (≥ 45 dB vs fp32 on every
-    /// model and test image): `UPRES_FASTCONV` if set and supported, else AMX with split
-    /// activations ([`Backend::AmxBf16x2`], 51.6 dB and up) where the CPU has it, else
-    /// [`Backend::best_fp32`]. Plain bf16 (AMX or AVX-512) drops to 39 dB on high-contrast
-    /// texture and is opt-in only.
-    pub fn detect_fastest() -> Backend {
-        Backend::from_env().unwrap_or_else(|| {
-            if Backend::AmxBf16x2.supported() {
-                Backend::AmxBf16x2
-            } else {
-                Backend::best_fp32()
+
+}
+
+/// Whether a convolution uses the Winograd F(4×4, 3×3) path (fp32 AVX-512 backend only; any
+/// other backend ignores it and runs its direct kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Winograd {
+    /// Direct convolution only.
+    Off,
+    /// Winograd where it pays ([`Winograd::pays`]: at least [`WINOGRAD_MIN_IN_C`] input
+    /// channels; at run time at least [`WINOGRAD_MIN_TILES`] tiles), direct elsewhere.
+    Auto,
+    /// Winograd for every shape (tests, measurements).
+    Always,
+}
+
+/// Smallest input channel count for which [`Winograd::Auto`] picks Winograd. Measured on the
+/// 128×128 bench shapes (2 cores, AVX-512): 3→64 runs at 0.6× the direct kernel, 8→64 at 1.3×,
+/// 16→64 at 1.8×, 64→3 at 2.6× (the output channel count does not matter much).
+pub const WINOGRAD_MIN_IN_C: usize = 8;
+
+/// Smallest number of 4×4 output tiles (over all images) for which [`Winograd::Auto`] runs
+/// Winograd: the GEMM computes `P` (6–16) tiles at a time, so a map of one or two tiles wastes
+/// most of it (4×4 maps measured 0.5–0.9× the direct kernel, 8×8 1.1–3×).
+pub const WINOGRAD_MIN_TILES: usize = 4;
+
+impl Winograd {
+    /// `UPRES_FASTCONV_WINOGRAD`: `on`/`auto`/`1` → [`Winograd::Auto`], `always` →
+    /// [`Winograd::Always`], anything else or unset → [`Winograd::Off`] (the default of
+    /// [`Conv3x3::new`], i.e. the SD x4 convolutions).
+    pub fn from_env() -> Winograd {
+        Winograd::from_env_or(Winograd::Off)
+    }
+
+    /// As [`Winograd::from_env`], with `default` when the variable is unset or unknown and
+    /// `off`/`0` forcing [`Winograd::Off`] (the Real-ESRGAN engine defaults to `Auto`).
+    pub fn from_env_or(default: Winograd) -> Winograd {
+        match std::env::var("UPRES_FASTCONV_WINOGRAD").ok().as_deref() {
+            Some("on" | "auto" | "1") => Winograd::Auto,
+            Some("always") => Winograd::Always,
+            Some("off" | "0") => Winograd::Off,
+            _ => default,
+        }
+    }
+
+    /// Whether a conv with `in_c → out_c` channels on `backend` runs Winograd under this mode.
+    pub fn pays(self, backend: Backend, in_c: usize, out_c: usize) -> bool {
+        let _ = out_c;
+        backend == Backend::Avx512
+            && match self {
+                Winograd::Off => false,
+                Winograd::Auto => in_c >= WINOGRAD_MIN_IN_C,
+                Winograd::Always => true,
             }
-        })
     }
 }
 
@@ -389,6 +435,8 @@ impl Default for Epilogue<'_> {
 struct Block {
     w: Vec<f32>,
     wbf: Vec<u16>,
+    /// Winograd-transformed weights `[36][c_in][nv*16]` (empty unless the conv uses Winograd).
+    wino: Vec<f32>,
     bias: Vec<f32>,
     slope: Vec<f32>,
     oc0: usize,
@@ -405,6 +453,11 @@ pub struct Conv3x3 {
     #[cfg(target_arch = "x86_64")]
     amx: Option<amx::AmxWeights>,
     backend: Backend,
+    /// Winograd weights are packed (`Winograd::pays` at construction).
+    winograd: bool,
+    /// The mode asked for: `Auto` also keeps maps of fewer than [`WINOGRAD_MIN_TILES`] tiles
+    /// on the direct kernel.
+    wino_mode: Winograd,
 }
 
 /// Pool of bf16 input copies, reused across calls (bounded by the number of concurrent
@@ -418,13 +471,13 @@ pub(super) fn f32_to_bf16(x: f32) -> u16 {
 
 impl Conv3x3 {
     /// Packs `weight` (OIHW, `out_c·in_c·9` values) and `bias` (`out_c`, or none) for the
-    /// backend from [`Backend::detect`].
+    /// backend from [`Backend::detect`] and the Winograd mode from [`Winograd::from_env`].
     pub fn new(weight: &[f32], bias: Option<&[f32]>, in_c: usize, out_c: usize, act: Activation) -> Result<Self, FastConvError> {
-        Self::with_backend(weight, bias, in_c, out_c, act, Backend::detect())
+        Self::with_options(weight, bias, in_c, out_c, act, Backend::detect(), Winograd::from_env())
     }
 
     /// As [`Conv3x3::new`] with an explicit backend (an unsupported one falls back to
-    /// [`Backend::best_fp32`]).
+    /// [`Backend::best_fp32`]) and the direct kernel (no Winograd).
     pub fn with_backend(
         weight: &[f32],
         bias: Option<&[f32]>,
@@ -433,7 +486,23 @@ impl Conv3x3 {
         act: Activation,
         backend: Backend,
     ) -> Result<Self, FastConvError> {
+        Self::with_options(weight, bias, in_c, out_c, act, backend, Winograd::Off)
+    }
+
+    /// As [`Conv3x3::with_backend`] with an explicit Winograd mode: the conv runs Winograd
+    /// F(4×4, 3×3) when `winograd.pays(backend, in_c, out_c)` (fp32 AVX-512 only), else the
+    /// backend's direct kernel. See [`Conv3x3::uses_winograd`].
+    pub fn with_options(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        in_c: usize,
+        out_c: usize,
+        act: Activation,
+        backend: Backend,
+        winograd: Winograd,
+    ) -> Result<Self, FastConvError> {
         let backend = if backend.supported() { backend } else { Backend::best_fp32() };
+        let use_wino = winograd.pays(backend, in_c, out_c);
         if in_c == 0 || out_c == 0 || weight.len() != out_c * in_c * 9 {
             return shape_err(format!("weight: {} values for {out_c}x{in_c}x3x3", weight.len()));
         }
@@ -457,7 +526,15 @@ impl Conv3x3 {
                 _ => &[(false, false)],
             };
             let wts = amx::AmxWeights::pack(weight, &bias_v, &slope, in_c, out_c, plan);
-            return Ok(Conv3x3 { in_c, out_c, blocks: Vec::new(), amx: Some(wts), backend });
+            return Ok(Conv3x3 {
+                in_c,
+                out_c,
+                blocks: Vec::new(),
+                amx: Some(wts),
+                backend,
+                winograd: false,
+                wino_mode: Winograd::Off,
+            });
         }
         // Split the 16-channel vectors into blocks of at most MAX_NV, as evenly as possible.
         let max_nv = std::env::var("UPRES_FASTCONV_MAXNV").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_NV).clamp(1, 4);
@@ -496,7 +573,8 @@ impl Conv3x3 {
                     }
                 }
             }
-            blocks.push(Block { w, wbf, bias: bias_v, slope, oc0, nv, lanes });
+            let wino = if use_wino { winograd::pack(weight, in_c, oc0, width, valid) } else { Vec::new() };
+            blocks.push(Block { w, wbf, wino, bias: bias_v, slope, oc0, nv, lanes });
             v0 += nv;
         }
         Ok(Conv3x3 {
@@ -506,6 +584,8 @@ impl Conv3x3 {
             #[cfg(target_arch = "x86_64")]
             amx: None,
             backend,
+            winograd: use_wino,
+            wino_mode: winograd,
         })
     }
 
@@ -545,6 +625,13 @@ impl Conv3x3 {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether [`Conv3x3::forward`] runs the Winograd F(4×4, 3×3) kernel (under
+    /// [`Winograd::Auto`], maps of fewer than [`WINOGRAD_MIN_TILES`] 4×4 tiles still run the
+    /// direct kernel).
+    pub fn uses_winograd(&self) -> bool {
+        self.winograd
     }
 
     /// Floating-point operations of one forward over `n×h×w` (2 per multiply-add).
@@ -648,6 +735,22 @@ impl Conv3x3 {
         Ok(v)
     }
 
+    fn raw_blocks(&self) -> Vec<RawBlock> {
+        self.blocks
+            .iter()
+            .map(|b| RawBlock {
+                w: b.w.as_ptr(),
+                wbf: b.wbf.as_ptr(),
+                wino: b.wino.as_ptr(),
+                bias: b.bias.as_ptr(),
+                slope: b.slope.as_ptr(),
+                oc0: b.oc0,
+                nv: b.nv,
+                lanes: b.lanes,
+            })
+            .collect()
+    }
+
     /// Runs a validated convolution. `inp`/`out_ptr` point at pixel 0 (padded) of their
     /// buffers, already offset to the channel slice.
     #[allow(clippy::too_many_arguments)]
@@ -673,6 +776,24 @@ impl Conv3x3 {
         #[cfg(target_arch = "x86_64")]
         if let Some(wts) = &self.amx {
             return self.run_amx(wts, geom, (inp, cs_in, shadow_in), out_ptr, cs_out, rr, res.len(), scale, shadow_out);
+        }
+        let tiles = n * h.div_ceil(4) * w.div_ceil(4);
+        if self.winograd && (self.wino_mode == Winograd::Always || tiles >= WINOGRAD_MIN_TILES) {
+            let job = winograd::WinoJob {
+                inp,
+                cs_in,
+                c_in: self.in_c,
+                out: out_ptr,
+                cs_out,
+                res: rr,
+                nres: res.len(),
+                scale,
+                n,
+                h,
+                w,
+            };
+            winograd::run(&job, &self.raw_blocks());
+            return;
         }
         let bf16 = self.backend == Backend::Avx512Bf16;
         // The bf16 backend reads a bf16 copy of the input slice (same geometry, even stride),
@@ -713,19 +834,7 @@ impl Conv3x3 {
             row_px,
             w,
         };
-        let blocks: Vec<RawBlock> = self
-            .blocks
-            .iter()
-            .map(|b| RawBlock {
-                w: b.w.as_ptr(),
-                wbf: b.wbf.as_ptr(),
-                bias: b.bias.as_ptr(),
-                slope: b.slope.as_ptr(),
-                oc0: b.oc0,
-                nv: b.nv,
-                lanes: b.lanes,
-            })
-            .collect();
+        let blocks = self.raw_blocks();
         // Interior positions of one image: first interior pixel .. one past the last.
         let first = row_px + 1;
         let end = (h + 1) * row_px - 1;

@@ -341,3 +341,217 @@ fn rejects_bad_shapes() {
     let mut o = Nhwc::zeros(1, 0, 4, 1);
     assert!(c.forward(&x, 0, &mut o, 0, &Epilogue::default()).is_ok());
 }
+
+/// Winograd tolerance factor on Σ|w·x|+|b|+|residual terms| (fp32 F(4×4, 3×3)). The
+/// transforms multiply values by up to 8 (Aᵀ) and 5 (Bᵀ) and sum 36 products, so the rounding
+/// error is larger than the direct kernel's: measured max |err|/Σ|terms| ≈ 4e-6 on these
+/// shapes (direct ≈ 1e-6); the bound leaves >10× margin.
+const WINO_TOL: f64 = 5e-5;
+
+fn random_nhwc(rng: &mut Rng, n: usize, h: usize, w: usize, c: usize) -> Nhwc {
+    let mut t = Nhwc::zeros(n, h, w, c);
+    for ni in 0..n {
+        for y in 0..h {
+            for xx in 0..w {
+                for v in t.pixel_mut(ni, y, xx) {
+                    *v = rng.next();
+                }
+            }
+        }
+    }
+    t
+}
+
+/// Largest |got − want| / (Σ|terms|) over an output slice.
+fn max_rel_err(out: &Nhwc, out_off: usize, out_c: usize, want: &[(f64, f64)]) -> f64 {
+    let (n, h, w, _) = out.shape();
+    let mut k = 0;
+    let mut worst = 0f64;
+    for ni in 0..n {
+        for o in 0..out_c {
+            for y in 0..h {
+                for x in 0..w {
+                    let (v, a) = want[k];
+                    k += 1;
+                    worst = worst.max((out.pixel(ni, y, x)[out_off + o] as f64 - v).abs() / a.max(1e-30));
+                }
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn winograd_matches_reference_on_random_shapes() {
+    if !Backend::Avx512.supported() {
+        let c = Conv3x3::with_options(&[0.5; 9 * 16], None, 16, 1, Activation::None, Backend::Avx512, Winograd::Always).unwrap();
+        assert!(!c.uses_winograd(), "Winograd without avx512f must fall back to the direct kernel");
+        return;
+    }
+    let mut rng = Rng(0x5eed_1234_abcd);
+    // (n, h, w, in_c, out_c): sizes not multiples of 4 (partial edge tiles), 1×1 and 1-row
+    // maps, channel counts off the vector width, batches, Real-ESRGAN's shapes.
+    let shapes = [
+        (1, 1, 1, 3, 5),
+        (2, 5, 7, 17, 33),
+        (1, 3, 40, 35, 48),
+        (3, 13, 9, 16, 16),
+        (1, 9, 13, 64, 64),
+        (2, 6, 11, 96, 32),
+        (1, 10, 7, 128, 32),
+        (1, 11, 10, 160, 32),
+        (2, 2, 3, 192, 64),
+        (1, 7, 5, 64, 3),
+        (1, 1, 30, 8, 80),
+        (1, 12, 12, 3, 64),
+        (1, 8, 9, 64, 48),
+        (2, 17, 19, 64, 64),
+    ];
+    let (mut worst_w, mut worst_d) = (0f64, 0f64);
+    for (si, &(n, h, w, in_c, out_c)) in shapes.iter().enumerate() {
+        let extra_in = si % 3;
+        let in_off = (si / 2) % 3;
+        let x = random_nhwc(&mut rng, n, h, w, in_c + extra_in + in_off);
+        let wt = rng.vec(out_c * in_c * 9);
+        let bias = rng.vec(out_c);
+        let act = match si % 3 {
+            0 => Activation::None,
+            1 => Activation::LeakyRelu(0.2),
+            _ => Activation::PRelu(rng.vec(out_c)),
+        };
+        let slopes: Vec<f32> = match &act {
+            Activation::None => vec![1.0; out_c],
+            Activation::LeakyRelu(s) => vec![*s; out_c],
+            Activation::PRelu(v) => v.clone(),
+        };
+        let r1 = random_nhwc(&mut rng, n, h, w, out_c + 2);
+        let (scale, res): (f32, Vec<(&Nhwc, usize, f32)>) = match si % 4 {
+            0 => (1.0, vec![]),
+            1 => (0.2, vec![(&r1, 1, 1.0)]),
+            2 => (0.04, vec![(&r1, 0, 0.2), (&x, in_off, 1.0)]),
+            _ => (1.0, vec![(&r1, 2, 1.0)]),
+        };
+        let res: Vec<_> = res.into_iter().filter(|(r, off, _)| off + out_c <= r.shape().3).collect();
+        let want = reference(&x, in_off, &wt, &bias, in_c, out_c, &slopes, scale, &res);
+        let residuals: Vec<Residual> = res.iter().map(|&(src, c_off, weight)| Residual { src, c_off, weight }).collect();
+        let ep = Epilogue { scale, residuals: &residuals };
+        let out_off = (si + 1) % 3;
+        for mode in [Winograd::Always, Winograd::Off] {
+            let conv = Conv3x3::with_options(&wt, Some(&bias), in_c, out_c, act.clone(), Backend::Avx512, mode).unwrap();
+            assert_eq!(conv.uses_winograd(), mode == Winograd::Always);
+            let mut out = Nhwc::zeros(n, h, w, out_c + out_off + 1);
+            conv.forward(&x, in_off, &mut out, out_off, &ep).unwrap();
+            let what = format!("{mode:?} shape {si} {n}x{h}x{w} {in_c}->{out_c}");
+            check(&out, out_off, out_c, &want, if mode == Winograd::Off { tol(Backend::Avx512) } else { WINO_TOL }, &what);
+            let e = max_rel_err(&out, out_off, out_c, &want);
+            if mode == Winograd::Off {
+                worst_d = worst_d.max(e);
+            } else {
+                worst_w = worst_w.max(e);
+            }
+            for ni in 0..n {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let px = out.pixel(ni, y, xx);
+                        assert!(px[..out_off].iter().chain(&px[out_off + out_c..]).all(|&v| v == 0.0), "{what}: wrote outside the slice");
+                    }
+                }
+            }
+            // The border (top row, left column, bottom row, right column) and the slack stay zero.
+            for ni in 0..n {
+                let img = ni * (h + 2) * (w + 2);
+                for q in (0..w + 2).chain((h + 1) * (w + 2)..(h + 2) * (w + 2)) {
+                    assert!(out.data()[(img + q) * out.c..(img + q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
+                }
+                for y in 0..h + 2 {
+                    for q in [img + y * (w + 2), img + y * (w + 2) + w + 1] {
+                        assert!(out.data()[q * out.c..(q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
+                    }
+                }
+            }
+            let tail = n * (h + 2) * (w + 2) * out.c;
+            assert!(out.data()[tail..].iter().all(|&v| v == 0.0), "{what}: wrote past the last image");
+        }
+    }
+    println!("max |err|/Σ|terms|: winograd {worst_w:.2e}, direct {worst_d:.2e} (bounds {WINO_TOL:.0e}, {:.0e})", tol(Backend::Avx512));
+}
+
+#[test]
+fn winograd_in_place_dense_block_concat() {
+    if !Backend::Avx512.supported() {
+        return;
+    }
+    let mut rng = Rng(4242);
+    let (n, h, w) = (2, 7, 10);
+    // RRDB-like growth: x in 0..24, three convs of 16 append (the 2nd and 3rd read the
+    // channels the previous one wrote, while other threads write theirs).
+    let mut buf = Nhwc::zeros(n, h, w, 24 + 3 * 16 + 5);
+    for ni in 0..n {
+        for y in 0..h {
+            for xx in 0..w {
+                for v in &mut buf.pixel_mut(ni, y, xx)[..24] {
+                    *v = rng.next();
+                }
+            }
+        }
+    }
+    for k in 0..3 {
+        let in_c = 24 + 16 * k;
+        let wt = rng.vec(16 * in_c * 9);
+        let b = rng.vec(16);
+        let conv = Conv3x3::with_options(&wt, Some(&b), in_c, 16, Activation::LeakyRelu(0.2), Backend::Avx512, Winograd::Always).unwrap();
+        assert!(conv.uses_winograd());
+        conv.forward_in_place(&mut buf, 0, in_c, &Epilogue::default()).unwrap();
+        let want = reference(&buf, 0, &wt, &b, in_c, 16, &[0.2; 16], 1.0, &[]);
+        check(&buf, in_c, 16, &want, WINO_TOL, &format!("winograd growth conv {k}"));
+        assert!(conv.forward_in_place(&mut buf, 0, 8, &Epilogue::default()).is_err(), "overlap must be refused");
+    }
+    // The 5 spare channels after the last growth slice stay zero.
+    for ni in 0..n {
+        for y in 0..h {
+            for xx in 0..w {
+                assert!(buf.pixel(ni, y, xx)[72..].iter().all(|&v| v == 0.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn winograd_switch_and_heuristic() {
+    let wt = vec![0.25f32; 64 * 64 * 9];
+    let mk = |in_c: usize, out_c: usize, b: Backend, m: Winograd| {
+        Conv3x3::with_options(&wt[..in_c * out_c * 9], None, in_c, out_c, Activation::None, b, m).unwrap().uses_winograd()
+    };
+    let avx512 = Backend::Avx512.supported();
+    assert!(!mk(64, 64, Backend::Avx512, Winograd::Off));
+    assert_eq!(mk(64, 64, Backend::Avx512, Winograd::Auto), avx512);
+    assert_eq!(mk(WINOGRAD_MIN_IN_C, 3, Backend::Avx512, Winograd::Auto), avx512);
+    assert!(!mk(3, 64, Backend::Avx512, Winograd::Auto), "3 input channels: direct pays better");
+    assert_eq!(mk(3, 64, Backend::Avx512, Winograd::Always), avx512);
+    // Other backends keep their direct kernels.
+    for b in [Backend::Portable, Backend::Avx2, Backend::Avx512Bf16] {
+        if b.supported() {
+            assert!(!mk(64, 64, b, Winograd::Always), "{b:?}");
+        }
+    }
+    // Auto keeps maps of fewer than WINOGRAD_MIN_TILES tiles on the direct kernel (same
+    // result within the direct tolerance there), Always does not.
+    if avx512 {
+        let mut rng = Rng(77);
+        let wt = rng.vec(16 * 16 * 9);
+        let x = random_nhwc(&mut rng, 1, 3, 5, 16); // 1×2 = 2 tiles
+        let want = reference(&x, 0, &wt, &[0.0; 16], 16, 16, &[1.0; 16], 1.0, &[]);
+        let mut outs = Vec::new();
+        for mode in [Winograd::Off, Winograd::Auto, Winograd::Always] {
+            let c = Conv3x3::with_options(&wt, None, 16, 16, Activation::None, Backend::Avx512, mode).unwrap();
+            assert_eq!(c.uses_winograd(), mode != Winograd::Off);
+            let mut out = Nhwc::zeros(1, 3, 5, 16);
+            c.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap();
+            check(&out, 0, 16, &want, WINO_TOL, &format!("{mode:?} small map"));
+            outs.push(out.to_nchw(0, 16));
+        }
+        assert_eq!(outs[0], outs[1], "Auto must run the direct kernel on a 2-tile map");
+    }
+    // with_backend is explicit: no Winograd whatever the environment says.
+    assert!(!Conv3x3::with_backend(&wt, None, 64, 64, Activation::None, Backend::Avx512).unwrap().uses_winograd());
+}

@@ -22,7 +22,7 @@ use candle_core::{Device, Result, Tensor};
 use super::layers::bicubic;
 use super::rrdb::Rrdb;
 use super::srvgg::{Srvgg, SrvggConfig};
-use crate::ml::fastconv::{Backend, Conv3x3, Epilogue, FastConvError, Nhwc, Residual};
+use crate::ml::fastconv::{Backend, Conv3x3, Epilogue, FastConvError, Nhwc, Residual, Winograd};
 
 /// Dense-block and RRDB residual scale (as in [`super::rrdb`]).
 const RES_SCALE: f32 = 0.2;
@@ -46,12 +46,12 @@ pub struct FastRrdb {
 }
 
 impl FastRrdb {
-    pub fn new(net: &Rrdb, backend: Backend) -> std::result::Result<Self, String> {
+    pub fn new(net: &Rrdb, backend: Backend, wino: Winograd) -> std::result::Result<Self, String> {
         let mut blocks = Vec::with_capacity(net.blocks.len());
         for rrdb in &net.blocks {
             let mut dbs = Vec::with_capacity(3);
             for db in rrdb {
-                let convs: Vec<Conv3x3> = db.convs.iter().map(|c| c.to_fast(backend)).collect::<std::result::Result<_, _>>()?;
+                let convs: Vec<Conv3x3> = db.convs.iter().map(|c| c.to_fast(backend, wino)).collect::<std::result::Result<_, _>>()?;
                 dbs.push(<[Conv3x3; 5]>::try_from(convs).map_err(|_| "five convs")?);
             }
             blocks.push(<[[Conv3x3; 5]; 3]>::try_from(dbs).map_err(|_| "three dense blocks")?);
@@ -61,13 +61,13 @@ impl FastRrdb {
         Ok(Self {
             feat,
             grow,
-            first: net.conv_first.to_fast(backend)?,
+            first: net.conv_first.to_fast(backend, wino)?,
             blocks,
-            body: net.conv_body.to_fast(backend)?,
-            up1: net.conv_up1.to_fast(backend)?,
-            up2: net.conv_up2.to_fast(backend)?,
-            hr: net.conv_hr.to_fast(backend)?,
-            last: net.conv_last.to_fast(backend)?,
+            body: net.conv_body.to_fast(backend, wino)?,
+            up1: net.conv_up1.to_fast(backend, wino)?,
+            up2: net.conv_up2.to_fast(backend, wino)?,
+            hr: net.conv_hr.to_fast(backend, wino)?,
+            last: net.conv_last.to_fast(backend, wino)?,
         })
     }
 
@@ -130,8 +130,8 @@ pub struct FastSrvgg {
 }
 
 impl FastSrvgg {
-    pub fn new(net: &Srvgg, backend: Backend) -> std::result::Result<Self, String> {
-        let convs = net.convs.iter().map(|c| c.to_fast(backend)).collect::<std::result::Result<Vec<_>, _>>()?;
+    pub fn new(net: &Srvgg, backend: Backend, wino: Winograd) -> std::result::Result<Self, String> {
+        let convs = net.convs.iter().map(|c| c.to_fast(backend, wino)).collect::<std::result::Result<Vec<_>, _>>()?;
         if convs.len() < 2 {
             return Err("SRVGGNetCompact needs at least two convs".into());
         }
@@ -170,11 +170,11 @@ pub enum FastNet {
 }
 
 impl FastNet {
-    /// Packs the weights of a loaded candle network.
-    pub(super) fn new(net: &super::Net, backend: Backend) -> std::result::Result<Self, String> {
+    /// Packs the weights of a loaded candle network (Winograd F(4×4, 3×3) per `wino`).
+    pub(super) fn new(net: &super::Net, backend: Backend, wino: Winograd) -> std::result::Result<Self, String> {
         Ok(match net {
-            super::Net::Rrdb(n) => FastNet::Rrdb(FastRrdb::new(n, backend)?),
-            super::Net::Srvgg(n) => FastNet::Srvgg(FastSrvgg::new(n, backend)?),
+            super::Net::Rrdb(n) => FastNet::Rrdb(FastRrdb::new(n, backend, wino)?),
+            super::Net::Srvgg(n) => FastNet::Srvgg(FastSrvgg::new(n, backend, wino)?),
         })
     }
 

@@ -88,8 +88,9 @@ impl Conv {
     }
 
     /// The same convolution as a pre-packed [`fastconv::Conv3x3`] (NHWC, CPU): weights, bias
-    /// and activation copied from this layer. Only 3×3 kernels (every Real-ESRGAN conv).
-    pub fn to_fast(&self, backend: fastconv::Backend) -> std::result::Result<fastconv::Conv3x3, String> {
+    /// and activation copied from this layer, for `backend` with the given Winograd mode
+    /// (Winograd applies to the fp32 AVX-512 backend only). Only 3×3 kernels (every Real-ESRGAN conv).
+    pub fn to_fast(&self, backend: fastconv::Backend, winograd: fastconv::Winograd) -> std::result::Result<fastconv::Conv3x3, String> {
         if self.k != 3 {
             return Err(format!("fastconv has no {0}x{0} kernel", self.k));
         }
@@ -106,7 +107,7 @@ impl Conv {
             Activation::LeakyRelu(s) => fastconv::Activation::LeakyRelu(*s as f32),
             Activation::PRelu(slope) => fastconv::Activation::PRelu(host(slope)?),
         };
-        fastconv::Conv3x3::with_backend(&weight, bias.as_deref(), self.cin, self.cout, act, backend).map_err(|e| e.to_string())
+        fastconv::Conv3x3::with_options(&weight, bias.as_deref(), self.cin, self.cout, act, backend, winograd).map_err(|e| e.to_string())
     }
 
     /// Floating-point operations (multiply and add counted separately) on an `h`×`w` input.

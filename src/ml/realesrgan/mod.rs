@@ -20,6 +20,7 @@ use candle_core::{Device, Tensor};
 
 use crate::engine::{Engine, EngineId, GenParams, InferError, RunContext, Tile, Tiling};
 use crate::ml::ncnn::{self, Param};
+use crate::ml::fastconv::{Backend, Winograd};
 
 pub mod fast;
 pub mod graph;
@@ -28,7 +29,6 @@ pub mod rrdb;
 pub mod srvgg;
 
 use fast::FastNet;
-use crate::ml::fastconv::Backend;
 use graph::{Builder, Graph};
 use rrdb::{Rrdb, RrdbConfig};
 use srvgg::{Srvgg, SrvggConfig};
@@ -126,6 +126,9 @@ pub struct RealEsrgan {
     fast: Option<FastNet>,
     /// The kernel backend `fast` was packed for.
     fast_backend: Backend,
+    /// Winograd mode the fastconv layers are packed with (`UPRES_FASTCONV_WINOGRAD` at load,
+    /// `Auto` when unset).
+    winograd: Winograd,
     device: Device,
     tiling: Option<Tiling>,
 }
@@ -160,7 +163,16 @@ impl RealEsrgan {
         .map_err(mismatch)?;
         b.finish(out).map_err(mismatch)?;
         let id = EngineId::new(stem, EngineId::digest(&[param, bin].concat()));
-        let mut model = Self { id, arch, net, fast: None, fast_backend: Backend::detect_fastest(), device: device.clone(), tiling };
+        let mut model = Self {
+            id,
+            arch,
+            net,
+            fast: None,
+            fast_backend: Backend::detect(),
+            winograd: Winograd::from_env_or(Winograd::Auto),
+            device: device.clone(),
+            tiling,
+        };
         model.set_fastconv(device.is_cpu() && fastconv_enabled_by_env())?;
         Ok(model)
     }
@@ -194,7 +206,7 @@ impl RealEsrgan {
         } else if !self.device.is_cpu() {
             return Err("fastconv runs on the CPU only".into());
         } else if self.fast.is_none() {
-            self.fast = Some(FastNet::new(&self.net, self.fast_backend).map_err(|e| format!("fastconv: {e}"))?);
+            self.fast = Some(FastNet::new(&self.net, self.fast_backend, self.winograd).map_err(|e| format!("fastconv: {e}"))?);
         }
         Ok(())
     }
@@ -210,6 +222,22 @@ impl RealEsrgan {
     /// The kernel backend of the fastconv path.
     pub fn fastconv_backend(&self) -> Backend {
         self.fast_backend
+    }
+
+    /// Sets the Winograd F(4×4, 3×3) mode of the fastconv layers (re-packing them if fastconv
+    /// is on). The default comes from `UPRES_FASTCONV_WINOGRAD` at load (Auto when unset; `off` turns it off).
+    pub fn set_fastconv_winograd(&mut self, mode: Winograd) -> Result<(), String> {
+        self.winograd = mode;
+        if self.fast.is_some() {
+            self.fast = None;
+            self.set_fastconv(true)?;
+        }
+        Ok(())
+    }
+
+    /// The Winograd mode of the fastconv layers.
+    pub fn fastconv_winograd(&self) -> Winograd {
+        self.winograd
     }
 
     /// Whether [`Self::forward`] runs on fastconv.

@@ -207,6 +207,66 @@ fn fast_matches_candle_x4plus() {
     fast_vs_candle("realesrgan-x4plus");
 }
 
+/// Winograd F(4×4, 3×3) on every conv (`Winograd::Always`) vs the direct fp32 fastconv path on
+/// the real weights, through `upscale`: 37×29 single (edge tiles in both directions) and 23×17
+/// batch of 2. 8-bit PSNR must stay ≥ 45 dB (the parity bound); returns the worst PSNR.
+fn winograd_vs_direct(stem: &str) -> f64 {
+    use crate::ml::fastconv::{Backend, Winograd};
+    let mut model = load(stem, None);
+    model.set_fastconv(true).unwrap();
+    model.set_fastconv_winograd(Winograd::Off).unwrap();
+    let cases: Vec<Vec<Tile>> = vec![
+        vec![test_image(37, 29)],
+        vec![test_image(23, 17), {
+            let mut b = test_image(23, 17);
+            b.data.reverse();
+            b
+        }],
+    ];
+    let direct: Vec<Vec<Tile>> = cases.iter().map(|t| run(&model, t)).collect();
+    model.set_fastconv_winograd(Winograd::Always).unwrap();
+    assert_eq!(model.fastconv_winograd(), Winograd::Always);
+    let mut worst = f64::INFINITY;
+    for (tiles, want) in cases.iter().zip(&direct) {
+        let got = run(&model, tiles);
+        for (i, (g, d)) in got.iter().zip(want).enumerate() {
+            let (w, h) = tiles[i].shape();
+            assert_eq!(g.shape(), d.shape());
+            let (max, psnr) = compare(&g.data, &d.data);
+            // Also unquantised (float, peak 1.0), which sees errors too small to flip a level.
+            let mse = g.data.iter().zip(&d.data).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / g.data.len() as f64;
+            let fpsnr = -10.0 * mse.log10();
+            println!(
+                "winograd vs direct {stem} {w}x{h} batch {} #{i}: max abs err {max:.2e}, PSNR {psnr:.1} dB (8-bit), {fpsnr:.1} dB (float)",
+                tiles.len()
+            );
+            assert!(psnr >= 45.0, "{stem} {w}x{h}: winograd vs direct PSNR {psnr:.1} dB < 45 dB (max abs err {max:.2e})");
+            worst = worst.min(psnr);
+        }
+    }
+    if !Backend::Avx512.supported() {
+        println!("(no avx512f: Winograd fell back to the direct kernel)");
+    }
+    worst
+}
+
+#[test]
+fn winograd_matches_direct_animevideov3() {
+    for stem in ["realesr-animevideov3-x4", "realesr-animevideov3-x3", "realesr-animevideov3-x2"] {
+        winograd_vs_direct(stem);
+    }
+}
+
+#[test]
+fn winograd_matches_direct_x4plus_anime() {
+    winograd_vs_direct("realesrgan-x4plus-anime");
+}
+
+#[test]
+fn winograd_matches_direct_x4plus() {
+    winograd_vs_direct("realesrgan-x4plus");
+}
+
 /// Tiled (cut, one batched forward pass, feathered stitch) vs the whole image in one pass.
 fn tiled_vs_untiled(stem: &str, (w, h): (u32, u32), tiling: Tiling) -> (f32, f64) {
     let model = load(stem, Some(tiling));
@@ -408,7 +468,7 @@ fn backends_vs_fp32(stem: &str) -> Vec<(Backend, &'static str, f64)> {
 
 #[test]
 fn reduced_precision_backends_vs_fp32() {
-    let default = Backend::detect_fastest();
+    let default = Backend::detect();
     for stem in ["realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4", "realesrgan-x4plus-anime", "realesrgan-x4plus"] {
         for (b, image, psnr) in backends_vs_fp32(stem) {
             // Measured (2026-11-22), test / texture image: bf16 52.9–55.1 / 39.2–42.8 dB (so
