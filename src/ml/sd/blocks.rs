@@ -9,7 +9,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{conv2d, group_norm, layer_norm, linear, Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::stable_diffusion::attention::CrossAttention;
 
-use super::conv::{Conv3, Resnet};
+use super::conv::{Conv3, Pre, Resnet};
 
 /// Shape-independent settings shared by every block of one UNet.
 #[derive(Clone, Copy, Debug)]
@@ -213,7 +213,11 @@ impl UpBlock {
         if let Some(conv) = &self.up {
             let (_, _, h, w) = x.dims4()?;
             let (th, tw) = up_to.unwrap_or((2 * h, 2 * w));
-            x = conv.forward(&x.upsample_nearest2d(th, tw)?)?;
+            x = if (th, tw) == (2 * h, 2 * w) {
+                conv.forward_pre(x, Pre::Up2, None)?
+            } else {
+                conv.forward(&x.upsample_nearest2d(th, tw)?)?
+            };
         }
         Ok(x)
     }
