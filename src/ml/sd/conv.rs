@@ -283,12 +283,14 @@ impl Resnet {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+    /// Takes `x` by value: with a 1×1 shortcut (the up blocks' concatenated skips) the input is
+    /// released once `conv1` has read it.
+    pub fn forward(&self, x: Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(x)?,
+            Some(c) => c.forward(&x)?,
             None => x.clone(),
         };
-        let mut h = self.conv1.forward_pre(x.clone(), Pre::NormSilu(&self.norm1), None)?;
+        let mut h = self.conv1.forward_pre(x, Pre::NormSilu(&self.norm1), None)?;
         if let (Some(t), Some(proj)) = (temb, &self.time_emb_proj) {
             let t = proj.forward(&candle_nn::ops::silu(t)?)?.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?;
             h = t.broadcast_add(&h)?;

@@ -191,14 +191,14 @@ impl VaeDecoder {
             None => z.clone(),
         };
         x = self.conv_in.forward_pre(x, Pre::None, None)?;
-        x = self.mid_r0.forward(&x, None)?;
+        x = self.mid_r0.forward(x, None)?;
         if let Some(a) = &self.mid_attn {
             x = a.forward(&x)?;
         }
-        x = self.mid_r1.forward(&x, None)?;
+        x = self.mid_r1.forward(x, None)?;
         for u in &self.ups {
             for r in &u.resnets {
-                x = r.forward(&x, None)?;
+                x = r.forward(x, None)?;
             }
             if let Some(c) = &u.up {
                 x = c.forward_pre(x, Pre::Up2, None)?;
