@@ -2,8 +2,10 @@
 # Proves that `--features cuda` compiles against a real CUDA toolkit, on a machine without a GPU
 # or a system CUDA install: NVIDIA's toolkit wheels from PyPI go into a venv outside the repo,
 # and cargo checks (or builds) the library with candle's CUDA backend against them. Nothing runs
-# on a GPU. Heavy (every dependency is rebuilt with the feature, and candle-kernels compiles its
-# .cu files with nvcc, about 15 minutes on 2 cores), so it is NOT part of scripts/test.sh or CI.
+# on a GPU. Heavy (every dependency is rebuilt with the feature, and candle-kernels' build script
+# compiles 11 kernel files to PTX and 15 MoE/GGUF kernel files into libmoe.a with nvcc; on the
+# shared 2-core machine at nice 10 the PTX took 16 minutes and the libmoe objects far longer),
+# so it is NOT part of scripts/test.sh or CI.
 #
 #   scripts/check-cuda-build.sh            # cargo check --features cuda --lib
 #   scripts/check-cuda-build.sh build      # cargo build --features cuda --lib (rlib: no link step)
