@@ -288,13 +288,21 @@ pub struct SdConfig {
     pub url_default_steps: u32,
     /// Largest input side accepted by sd-x4.
     pub max_input_side: u32,
+    /// The VAE decodes latents (one per engine tile; latent side = input side) with a side longer
+    /// than this in overlapping tiles of at most this side, which bounds its memory (a 256² input
+    /// decoded whole peaks gigabytes higher); 0 always decodes whole. Tiling changes the result
+    /// slightly (the mid-block attention sees one tile): see docs/sd-x4.md.
+    pub vae_tile: u32,
+    /// Least overlap between VAE tiles, in latent pixels (×4 in the output), cross-faded.
+    pub vae_tile_overlap: u32,
 }
 
 impl Default for SdConfig {
     fn default() -> Self {
-        Self { path: None, url_default_steps: 30, max_input_side: 512 }
+        Self { path: None, url_default_steps: 30, max_input_side: 512, vae_tile: 128, vae_tile_overlap: 16 }
     }
 }
+
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -574,6 +582,9 @@ impl Config {
         }
         if !(1..=200).contains(&self.sd.url_default_steps) {
             return bad("sd.url_default_steps must be in 1..=200");
+        }
+        if self.sd.vae_tile != 0 && (self.sd.vae_tile < 16 || self.sd.vae_tile_overlap * 2 >= self.sd.vae_tile) {
+            return bad("sd.vae_tile must be 0 or >= 16, and sd.vae_tile_overlap less than half of it");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key must be set together");

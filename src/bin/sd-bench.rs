@@ -2,14 +2,19 @@
 //!
 //! ```text
 //! sd-bench speed [--full] [--sizes 64,128] [--steps 3] [--batches 1,4]
-//! sd-bench rss SIZE [--full] [--steps 1]
-//! sd-bench vae SIZE [--full]
+//! sd-bench rss SIZE [--full] [--steps 1] [--vae-tile T] [--vae-overlap O]
+//! sd-bench vae SIZE [--full] [--vae-tile T] [--vae-overlap O]
+//! sd-bench tiling SIZE [--full] [--steps 2] [--vae-tile T] [--vae-overlap O]
 //! ```
 //! `speed` reports seconds per image per denoising step (time between the first and the last
 //! step's progress report, divided by steps-1 and by the batch size) and the speed-up of batching.
-//! `rss` runs the whole pipeline once at SIZE² and prints the peak resident set size (VmHWM);
+//! `rss` runs the whole pipeline once at SIZE² and prints the peak resident set size (VmHWM,
+//! reset after generating a `--full` model, so it covers loading and the run);
 //! `vae` decodes one random SIZE² latent (the memory hot spot: mid-block attention over SIZE²
-//! tokens) and prints its time and the peak RSS.
+//! tokens) and prints its time and the peak RSS. The VAE tiles latents as `[sd]`'s defaults
+//! say (`sd.vae_tile`, `sd.vae_tile_overlap`) unless `--vae-tile` (0: decode whole) and
+//! `--vae-overlap` override them. `tiling` runs the pipeline at SIZE² and compares the tiled
+//! decode of its final latents with a whole one: PSNR on the 8-bit output and both times.
 //! Without `--full` the tiny fixture model (tests/fixtures/sd-tiny/model) is used; with it a
 //! full-size model with random weights is generated from tests/fixtures/sd-x4-configs into a
 //! temporary folder (safetensors written at bench time, removed afterwards).
@@ -79,16 +84,35 @@ fn generate_full(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn peak_rss_kib() -> u64 {
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
+}
+
+/// Peak RSS (VmHWM) since the start or since the model was generated.
+fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM")
 }
 
 fn arg_list(args: &[String], name: &str, default: &str) -> Vec<usize> {
     let v = args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or(default);
     v.split(',').map(|x| x.trim().parse().expect("a number")).collect()
+}
+
+fn arg_opt(args: &[String], name: &str) -> Option<usize> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(|v| v.trim().parse().expect("a number"))
+}
+
+/// PSNR in dB of two images in [-1, 1] after the pipeline's post-processing to 8 bits.
+fn psnr8(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
+    let u8s = |t: &Tensor| -> anyhow::Result<Vec<f64>> {
+        Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|&y| ((y / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as f64).collect())
+    };
+    let (a, b) = (u8s(a)?, u8s(b)?);
+    let mse = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / a.len() as f64;
+    Ok(10.0 * (255.0f64.powi(2) / mse).log10())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,8 +126,21 @@ fn main() -> anyhow::Result<()> {
     } else {
         root().join("tests/fixtures/sd-tiny/model")
     };
+    // Generating the random model peaks at about a whole component plus its serialised bytes;
+    // reset the high-water mark so the figures are those of loading and running only.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let t0 = Instant::now();
-    let (pipe, digest, _) = load_pipeline(&dir, &Device::Cpu, DType::F32)?;
+    let (mut pipe, digest, _) = load_pipeline(&dir, &Device::Cpu, DType::F32)?;
+    let mut sd_cfg = upres::config::SdConfig::default();
+    if let Some(t) = arg_opt(&args, "--vae-tile") {
+        sd_cfg.vae_tile = t as u32;
+    }
+    if let Some(o) = arg_opt(&args, "--vae-overlap") {
+        sd_cfg.vae_tile_overlap = o as u32;
+    }
+    pipe.vae_tiling = upres::ml::sd::vae_tiling(&sd_cfg);
+    eprintln!("VAE tiling: {:?}", pipe.vae_tiling);
+    eprintln!("after load: RSS {:.2} GiB, peak so far {:.2} GiB", status_kib("VmRSS") as f64 / (1 << 20) as f64, peak_rss_kib() as f64 / (1 << 20) as f64);
     eprintln!("loaded {} ({digest}) in {:.1}s", if full { "full-size random model" } else { "tiny model" }, t0.elapsed().as_secs_f64());
     let label = if full { "full" } else { "tiny" };
     let run = |size: usize, batch: usize, steps: usize| -> anyhow::Result<(f64, f64)> {
@@ -128,12 +165,34 @@ fn main() -> anyhow::Result<()> {
             let size: usize = args.get(1).and_then(|s| s.parse().ok()).expect("vae SIZE");
             let z = Tensor::randn(0f32, 1f32, (1, 4, size, size), &Device::Cpu)?;
             let t = Instant::now();
-            let y = pipe.vae.decode(&z)?;
+            let y = pipe.vae.decode_tiled(&z, pipe.vae_tiling)?;
             println!(
                 "{label} VAE decode of a {size}x{size} latent to {:?}: {:.1}s, peak RSS {:.2} GiB",
                 y.dims(),
                 t.elapsed().as_secs_f64(),
                 peak_rss_kib() as f64 / (1 << 20) as f64
+            );
+        }
+        "tiling" => {
+            let size: usize = args.get(1).and_then(|s| s.parse().ok()).expect("tiling SIZE");
+            let steps = arg_list(&args, "--steps", "2")[0];
+            let tiling = pipe.vae_tiling.expect("a VAE tiling (--vae-tile > 0)");
+            let img = Tensor::rand(0f32, 1f32, (3, size, size), &Device::Cpu)?;
+            let params = GenParams { prompt: "a photo".into(), steps: steps as u32, seed: 1, ..GenParams::default() };
+            let mut tr = upres::ml::sd::pipeline::Trace::default();
+            let item = Item { image: &img, params: &params, noise: Noise::Seeded(1) };
+            pipe.run(&[item], steps, &Timer(Mutex::new(Vec::new())), Some(&mut tr))?;
+            let z = (tr.final_latents.expect("traced") / upres::ml::sd::pipeline::VAE_SCALING)?;
+            let t = Instant::now();
+            let whole = pipe.vae.decode(&z)?;
+            let t_whole = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let tiled = pipe.vae.decode_tiled(&z, Some(tiling))?;
+            let t_tiled = t.elapsed().as_secs_f64();
+            let max = (&whole - &tiled)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            println!(
+                "{label} model, {size}x{size} latent, {tiling:?}: tiled vs whole PSNR {:.2} dB (8-bit), max abs diff {max:.3e}; decode whole {t_whole:.1}s, tiled {t_tiled:.1}s",
+                psnr8(&whole, &tiled)?
             );
         }
         "rss" => {

@@ -38,7 +38,7 @@ pub fn discover(cfg: &Config) -> Result<Vec<ModelEntry>, MlError> {
     if cfg.sd.path.is_some() || sd_dir.is_dir() {
         let device = sd::select_device(&cfg.ml.device).map_err(|e| MlError::Device(e.to_string()))?;
         let tiling = Tiling { tile: cfg.ml.tile, overlap: cfg.ml.tile_overlap };
-        let engine = sd::SdEngine::load(&sd_dir, &device, tiling)
+        let engine = sd::SdEngine::load(&sd_dir, &device, tiling, sd::vae_tiling(&cfg.sd))
             .map_err(|e| MlError::Load { path: sd_dir.display().to_string(), reason: e.to_string() })?;
         tracing::info!(model = sd::NAME, id = %crate::engine::Engine::id(&engine), dir = %sd_dir.display(), "loaded");
         entries.push(ModelEntry {

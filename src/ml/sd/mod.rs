@@ -52,7 +52,7 @@ struct ModelIndex {
 }
 
 /// Loads the whole pipeline from a diffusers folder; `dtype` applies to the UNet and the text
-/// encoder (the VAE always loads f32).
+/// encoder (the VAE always loads f32). The VAE decodes whole until `vae_tiling` is set.
 pub fn load_pipeline(dir: &Path, device: &Device, dtype: DType) -> Result<(Pipeline, String, u32), SdError> {
     let index: ModelIndex = loader::read_json(&dir.join("model_index.json"))?;
     if !index.class_name.is_empty() && index.class_name != "StableDiffusionUpscalePipeline" {
@@ -73,14 +73,14 @@ pub fn load_pipeline(dir: &Path, device: &Device, dtype: DType) -> Result<(Pipel
         &[cfg_path("unet", "config.json"), cfg_path("vae", "config.json"), cfg_path("text_encoder", "config.json")],
     )?;
     let ctx = |what: &str, e: candle_core::Error| SdError::Load(format!("{}: {what}: {e}", dir.display()));
-    let unet = unet::Unet::new(&unet_cfg, loader::mmap_var_builder(&unet_w, dtype, device)?).map_err(|e| ctx("unet", e))?;
-    let vae = vae::VaeDecoder::new(&vae_cfg, loader::mmap_var_builder(&vae_w, DType::F32, device)?).map_err(|e| ctx("vae", e))?;
-    let text = clip::ClipTextModel::new(&clip_cfg, loader::mmap_var_builder(&clip_w, dtype, device)?)
+    let unet = unet::Unet::new(&unet_cfg, loader::file_var_builder(&unet_w, dtype, device)?).map_err(|e| ctx("unet", e))?;
+    let vae = vae::VaeDecoder::new(&vae_cfg, loader::file_var_builder(&vae_w, DType::F32, device)?).map_err(|e| ctx("vae", e))?;
+    let text = clip::ClipTextModel::new(&clip_cfg, loader::file_var_builder(&clip_w, dtype, device)?)
         .map_err(|e| ctx("text_encoder", e))?;
     let tokenizer = tokenizer::ClipTokenizer::from_dir(&dir.join("tokenizer")).map_err(|e| SdError::Load(format!("{}: tokenizer: {e}", dir.display())))?;
     let ddim = scheduler::Ddim::new(&ddim_cfg).map_err(|e| SdError::Load(format!("scheduler: {e}")))?;
     let low_res = scheduler::LowResNoiser::new(&low_cfg).map_err(|e| SdError::Load(format!("low_res_scheduler: {e}")))?;
-    Ok((Pipeline { tokenizer, text, unet, vae, ddim, low_res, dtype, device: device.clone() }, digest, max_noise))
+    Ok((Pipeline { tokenizer, text, unet, vae, ddim, low_res, dtype, vae_tiling: None, device: device.clone() }, digest, max_noise))
 }
 
 /// Picks the device from `ml.device` (`auto`, `cpu`, `cuda`, `cuda:N`). An explicit CUDA device
@@ -107,10 +107,11 @@ pub struct SdEngine {
 
 impl SdEngine {
     /// Loads from `dir` on `device`; `tiling` is how the proxy cuts inputs (tile 128 matches the
-    /// model's training crops).
-    pub fn load(dir: &Path, device: &Device, tiling: Tiling) -> Result<Self, SdError> {
+    /// model's training crops), `vae_tiling` how the VAE cuts large latents (`sd.vae_tile`).
+    pub fn load(dir: &Path, device: &Device, tiling: Tiling, vae_tiling: Option<vae::VaeTiling>) -> Result<Self, SdError> {
         let dtype = if device.is_cuda() { DType::F16 } else { DType::F32 };
-        let (pipe, digest, max_noise) = load_pipeline(dir, device, dtype)?;
+        let (mut pipe, digest, max_noise) = load_pipeline(dir, device, dtype)?;
+        pipe.vae_tiling = vae_tiling;
         let id = EngineId::new(NAME, format!("{digest}r{}", rng::RNG_VERSION));
         Ok(Self { id, pipe, tiling, max_noise })
     }
@@ -194,6 +195,11 @@ impl Engine for SdEngine {
             _ => Err(InferError::Model("warm-up produced a wrong shape".into())),
         }
     }
+}
+
+/// The VAE tiling that `[sd]` asks for (`None` when `vae_tile` is 0).
+pub fn vae_tiling(cfg: &crate::config::SdConfig) -> Option<vae::VaeTiling> {
+    (cfg.vae_tile > 0).then(|| vae::VaeTiling { tile: cfg.vae_tile as usize, overlap: cfg.vae_tile_overlap as usize })
 }
 
 /// The sd-x4 folder to load: `sd.path`, else `<models_dir>/stable-diffusion-x4-upscaler`.

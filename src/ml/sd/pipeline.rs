@@ -14,7 +14,7 @@ use super::rng::NormalRng;
 use super::scheduler::{Ddim, LowResNoiser};
 use super::tokenizer::ClipTokenizer;
 use super::unet::Unet;
-use super::vae::VaeDecoder;
+use super::vae::{VaeDecoder, VaeTiling};
 use crate::engine::{GenParams, InferError, Progress, RunContext};
 
 /// The x4 pipeline forces this VAE scaling factor whatever `vae/config.json` says.
@@ -47,6 +47,8 @@ pub struct Pipeline {
     pub low_res: LowResNoiser,
     /// dtype of the UNet and text encoder (f32 on CPU, f16 on CUDA); the VAE is always f32.
     pub dtype: DType,
+    /// Tiled VAE decoding of large latents (`sd.vae_tile`); `None` decodes whole.
+    pub vae_tiling: Option<VaeTiling>,
     pub device: Device,
 }
 
@@ -138,7 +140,7 @@ impl Pipeline {
         if let Some(t) = trace.as_deref_mut() {
             t.final_latents = Some(latents.clone());
         }
-        let y = self.vae.decode(&(latents / VAE_SCALING)?)?;
+        let y = self.vae.decode_tiled(&(latents / VAE_SCALING)?, self.vae_tiling)?;
         if let Some(t) = trace {
             t.decoded = Some(y.clone());
         }

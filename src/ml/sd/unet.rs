@@ -3,9 +3,9 @@
 //! `only_cross_attention`, linear projections. Configured from `unet/config.json`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{embedding, group_norm, Embedding, GroupNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
 
-use super::conv::Conv3;
+use super::conv::{Conv3, Norm, Pre};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 
 use super::blocks::{BlockCtx, DownBlock, LevelCfg, MidBlock, UpBlock};
@@ -90,7 +90,7 @@ pub struct Unet {
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
-    norm_out: GroupNorm,
+    norm_out: Norm,
     conv_out: Conv3,
 }
 
@@ -143,7 +143,7 @@ impl Unet {
             lv.only_cross = cfg.only_cross_attention.at(n - 1 - i);
             up.push(UpBlock::new(vb.pp("up_blocks").pp(i), cin, prev, out, cfg.layers_per_block + 1, lv, c, i + 1 < n)?);
         }
-        let norm_out = group_norm(cfg.norm_num_groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?;
+        let norm_out = Norm::new(cfg.norm_num_groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = Conv3::new(ch[0], cfg.out_channels, vb.pp("conv_out"))?;
         Ok(Self { conv_in, time_proj, time_emb, class_emb, down, mid, up, norm_out, conv_out })
     }
@@ -173,7 +173,6 @@ impl Unet {
             };
             h = u.forward(&h, &mine, &emb, ctx, up_to)?;
         }
-        let h = candle_nn::ops::silu(&self.norm_out.forward(&h)?)?;
-        self.conv_out.forward(&h)
+        self.conv_out.forward_pre(h, Pre::NormSilu(&self.norm_out), None)
     }
 }
