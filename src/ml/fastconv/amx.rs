@@ -10,11 +10,13 @@
 //! tmm6–7. The accumulators go through a 4 KB stack scratch into the same fused epilogue as
 //! the AVX-512 kernel.
 //!
-//! Precision. `passes == 1`: plain bf16 inputs and weights, f32 accumulation. `passes == 3`
-//! ("bf16x3"): each value is split `x = hi + lo` (both bf16) and the product is
-//! `hi·hi + lo·hi + hi·lo` (the dropped `lo·lo` term is ~2⁻¹⁶ relative), about 16 bits of
-//! mantissa: close to fp32 at a third of the plain speed. The three passes are just three
-//! times as many k-blocks: the input copy holds `[hi | lo]` channels, the weights `[hi, hi, lo]`.
+//! Precision: a list of passes over the k-blocks, each `(input half, weight half)` of the
+//! split `x = hi + lo` (both bf16). `[hi·hi]` is plain bf16 ([`super::Backend::AmxBf16`]);
+//! `[hi·hi, lo·hi]` keeps the activations to ~16 mantissa bits with bf16 weights (`AmxBf16x2`);
+//! `[hi·hi, lo·hi, hi·lo]` drops only the ~2⁻¹⁸-relative `lo·lo` term (`AmxBf16x3`). The passes
+//! are just more k-blocks: the input (shadow or copy) holds `[hi | lo]` channels per pixel and
+//! the weights are packed once per pass. Activation rounding dominates the error (see
+//! docs/fastconv.md), which is why the x2 mode splits the input, not the weights.
 //!
 //! Linux only hands out the tile register state after `arch_prctl(ARCH_REQ_XCOMP_PERM,
 //! XFEATURE_XTILEDATA)`; [`available`] asks once and reports AMX unavailable if refused.

@@ -21,15 +21,19 @@
 //! * **Threads** — output rows are cut into chunks of 144 positions per image, run on
 //!   rayon's pool (both cores); batches (N>1) go through the same path.
 //! * **Backend** — detected at run time ([`Backend::detect`]); the env var
-//!   `UPRES_FASTCONV=portable|avx2|avx512|bf16` overrides it (an unsupported request falls
-//!   back to the best supported fp32 backend). bf16 is never chosen automatically.
-//!
-//! * **Winograd** — optional F(4×4, 3×3) path for the fp32 AVX-512 backend (`winograd.rs`,
-//!   [`Winograd`]): 4× fewer multiply-adds, same API and epilogue. Off unless asked for
-//!   (`UPRES_FASTCONV_WINOGRAD=on` at construction, or [`Conv3x3::with_options`]).
+//!   `UPRES_FASTCONV=portable|avx2|avx512|bf16|amx|amx2|amx3` overrides it (an unsupported
+//!   request falls back to the best supported fp32 backend). Reduced precision is never chosen
+//!   automatically.
+//! * **AMX** — opt-in Intel AMX bf16 tile kernel (`amx.rs`, [`Backend::AmxBf16`] and the split
+//!   precision modes), with a bf16 shadow kept on [`Nhwc`] so chained AMX convs skip conversion.
+//! * **Winograd** — F(4×4, 3×3) path for the fp32 AVX-512 backend (`winograd.rs`,
+//!   [`Winograd`]): 4× fewer multiply-adds, same API and epilogue. The Real-ESRGAN engine runs
+//!   it where it pays ([`Winograd::Auto`]); [`Conv3x3::new`] only with
+//!   `UPRES_FASTCONV_WINOGRAD=on`, or via [`Conv3x3::with_options`].
 //!
 //! Tolerances (see the tests): fp32 backends within `1e-5·Σ|w·x| + 1e-6` of an f64
-//! reference per output; bf16 within `1.6e-2·Σ|w·x| + 1e-6`.
+//! reference per output; bf16 within `1.6e-2·Σ|w·x| + 1e-6`; AMX bf16x2 `4e-3`, bf16x3 `2e-5`;
+//! Winograd `5e-5`.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
