@@ -244,12 +244,7 @@ fn amx_bf16_shadow_matches_conversion() {
 fn shadow_case(amx: Backend) {
     let mut rng = Rng(9);
     let (n, h, w) = (2, 13, 21);
-    let mut x = Nhwc::zeros(n, h, w, 20);
-    for v in x.data_mut().iter_mut().take(n * (h + 2) * (w + 2) * 20) {
-        *v = rng.next();
-    }
-    // Re-zero the border the loop above filled.
-    let x = Nhwc::from_nchw(&x.to_nchw(0, 20), n, 20, h, w, 0).unwrap();
+    let x = random_nhwc(&mut rng, n, h, w, 20);
     let (w1, b1) = (rng.vec(36 * 20 * 9), rng.vec(36));
     let (w2, b2) = (rng.vec(24 * 36 * 9), rng.vec(24));
     let slopes: Vec<f32> = (0..24).map(|i| 0.05 * i as f32).collect();
