@@ -9,7 +9,8 @@
 //! *effective* GFLOP/s: the direct convolution's FLOPs over its time, so the columns compare.
 //!
 //! Env: `FASTCONV_TORCH_JSON` (default target/torch_conv.json), `FASTCONV_BENCH_SECS`
-//! (min seconds per measurement, default 0.5), `FASTCONV_SKIP_CANDLE=1`.
+//! (min seconds per measurement, default 0.5), `FASTCONV_SKIP_CANDLE=1`, `FASTCONV_ONLY=text`
+//! (only the shapes whose `n hxw cin->cout` label contains it).
 
 use std::time::{Duration, Instant};
 
@@ -166,24 +167,28 @@ fn main() {
     println!("GFLOP/s (best wall time); f32/core-s = GFLOP per CPU-second of ours f32 (per-core rate)");
     let wino = Backend::Avx512.supported();
     println!("wino = Winograd F(4x4,3x3), effective GFLOP/s (direct FLOPs / time)");
-    println!("amx2 = AMX bf16x2 tiles (the Real-ESRGAN default) reading the bf16 shadow an AMX conv left on its input (as inside a network)");
+    println!("amx = AMX bf16 tiles (the Real-ESRGAN trunk default) reading the bf16 shadow an AMX conv left on its input (as inside a network)");
     println!(
         "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10}",
         "shape n hxw cin->cout",
         "ours f32",
         "wino",
         "ours bf16",
-        "amx2",
+        "amx",
         "candle",
         "torch",
         "f32/tch",
         "wino/tch",
-        "amx2/tch",
+        "amx/tch",
         "f32/core-s",
         "wino/cor-s"
     );
     let mut rng = Rng(1);
+    let only = std::env::var("FASTCONV_ONLY").unwrap_or_default();
     for &(n, h, w, cin, cout) in SHAPES {
+        if !format!("{n} {h}x{w} {cin}->{cout}").contains(&only) {
+            continue;
+        }
         let wt = rng.vec(cout * cin * 9, 0.1);
         let bias = rng.vec(cout, 0.1);
         let x = random_nhwc(&mut rng, n, h, w, cin);
@@ -208,12 +213,12 @@ fn main() {
         } else {
             f64::NAN
         };
-        let ours_amx = if Backend::AmxBf16x2.supported() {
+        let ours_amx = if Backend::AmxBf16.supported() {
             let feed_w = rng.vec(cin * cin * 9, 0.05);
-            let feed = Conv3x3::with_backend(&feed_w, None, cin, cin, Activation::None, Backend::AmxBf16x2).unwrap();
+            let feed = Conv3x3::with_backend(&feed_w, None, cin, cin, Activation::None, Backend::AmxBf16).unwrap();
             let mut xa = Nhwc::zeros(n, h, w, cin);
             feed.forward(&x, 0, &mut xa, 0, &Epilogue::default()).unwrap();
-            let c = Conv3x3::with_backend(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::AmxBf16x2).unwrap();
+            let c = Conv3x3::with_backend(&wt, Some(&bias), cin, cout, Activation::LeakyRelu(0.2), Backend::AmxBf16).unwrap();
             let t = best_time(min, || c.forward(&xa, 0, &mut out, 0, &Epilogue::default()).unwrap());
             flops / t / 1e9
         } else {

@@ -250,7 +250,7 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
 }
 
 /// Fused output pass for the four 16×16 accumulator tiles of one register block; also writes
-/// the output's bf16 shadow when the job has one.
+/// the output's bf16 shadow (the rounded values, pixel stride `cs_out`) when the job has one.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn epilogue(j: &RawJob, wts: &AmxWeights, scratch: &[f32; 1024], pair: usize, q: usize, q1: usize) {
     use std::arch::x86_64::*;
@@ -286,12 +286,8 @@ unsafe fn epilogue(j: &RawJob, wts: &AmxWeights, scratch: &[f32; 1024], pair: us
                 let y = store_vec(j, &blk, qq, 0, 1, _mm512_loadu_ps(scratch.as_ptr().add(ct * 256 + r * 16)));
                 if !j.out_bf.is_null() {
                     let hi = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y));
-                    let hi32 = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)));
-                    let lo = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(y, hi32)));
                     let mask = ((1u32 << blk.lanes) - 1) as u16;
-                    let p = j.out_bf.add(qq * 2 * j.cs_out + oc);
-                    _mm256_mask_storeu_epi16(p as *mut i16, mask, hi);
-                    _mm256_mask_storeu_epi16(p.add(j.cs_out) as *mut i16, mask, lo);
+                    _mm256_mask_storeu_epi16(j.out_bf.add(qq * j.cs_out + oc) as *mut i16, mask, hi);
                 }
             }
         }

@@ -135,7 +135,31 @@ impl Backend {
         Backend::from_env().unwrap_or_else(Backend::best_fp32)
     }
 
+    /// The backend of a GAN's trunk convolutions: `UPRES_FASTCONV` if set and supported,
+    /// else plain AMX bf16 where the CPU has it, else [`Backend::best_fp32`]. Paired with
+    /// [`Backend::edge`] for the image-facing convolutions this holds the 45 dB parity bound
+    /// (docs/fastconv.md has the per-model numbers).
+    pub fn for_gan() -> Backend {
+        Backend::from_env().unwrap_or_else(|| {
+            if Backend::AmxBf16.supported() {
+                Backend::AmxBf16
+            } else {
+                Backend::best_fp32()
+            }
+        })
+    }
 
+    /// The backend for a network's image-facing convolutions (the first, which reads the
+    /// image, and those that close the trunk and upsample) when its trunk runs on `self`: plain bf16
+    /// rounds activations to 8 mantissa bits, which costs 6–10 dB at the image ends on
+    /// high-contrast input but little inside the residual trunk, so those layers stay fp32.
+    pub fn edge(self) -> Backend {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::AmxBf16 | Backend::Avx512Bf16 => Backend::best_fp32(),
+            b => b,
+        }
+    }
 }
 
 /// Whether a convolution uses the Winograd F(4×4, 3×3) path (fp32 AVX-512 backend only; any
@@ -268,13 +292,13 @@ impl Nhwc {
         valid.iter().all(|&v| v).then(|| self.bf16.as_ptr())
     }
 
-    /// The bf16 shadow: per pixel the `c` channels rounded to bf16 (`hi`), then the `c`
-    /// remainders `x − hi` in bf16 (`lo`), pixel stride `2c`. Allocated zeroed on first use;
-    /// its slack covers a 32-position tile overrun plus a 32-channel block read past the end.
+    /// The bf16 shadow: per pixel the `c` channels rounded to bf16, pixel stride `c`.
+    /// Allocated zeroed on first use; its slack covers a 32-position tile overrun plus a
+    /// 32-channel block read past the end.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn bf16_mut_ptr(&mut self) -> *mut u16 {
         if self.bf16.is_empty() {
-            self.bf16 = vec![0u16; (self.n * self.img_px() + 64) * 2 * self.c + 64];
+            self.bf16 = vec![0u16; (self.n * self.img_px() + 64) * self.c + 64];
         }
         if self.bf16_valid.is_empty() {
             self.bf16_valid = vec![false; self.c];
@@ -686,22 +710,23 @@ impl Conv3x3 {
         Ok(())
     }
 
-    /// The input's bf16 shadow (offset to `in_off`) when this is an AMX conv and the shadow
-    /// holds the channels it reads.
+    /// The input's bf16 shadow (offset to `in_off`) when this is a plain (single-pass) AMX
+    /// conv and the shadow holds the channels it reads. The split modes need the `lo` half,
+    /// which the shadow does not keep, so they convert.
     fn shadow_in(&self, input: &Nhwc, in_off: usize) -> Option<*const u16> {
         #[cfg(target_arch = "x86_64")]
-        if self.amx.is_some() {
+        if self.amx.as_ref().is_some_and(|w| !w.split()) {
             return input.bf16_if_valid(in_off, self.in_c).map(|p| p.wrapping_add(in_off));
         }
         let _ = (input, in_off);
         None
     }
 
-    /// For an AMX conv, the output's bf16 shadow (offset to `out_off`), which the kernel
+    /// For a plain AMX conv, the output's bf16 shadow (offset to `out_off`), which the kernel
     /// writes next to the f32 values.
     fn shadow_out(&self, out: &mut Nhwc, out_off: usize) -> Option<*mut u16> {
         #[cfg(target_arch = "x86_64")]
-        if self.amx.is_some() {
+        if self.amx.as_ref().is_some_and(|w| !w.split()) {
             return Some(out.bf16_mut_ptr().wrapping_add(out_off));
         }
         let _ = (out, out_off);
@@ -891,7 +916,7 @@ impl Conv3x3 {
         // Read the input's bf16 shadow in place when it is current (channels past `in_c` in a
         // k-block meet zero weights); otherwise convert into a pooled copy.
         let (src, csb, in_lo) = match shadow_in {
-            Some(p) => (p, 2 * cs_in, cs_in),
+            Some(p) => (p, cs_in, 0),
             None => {
                 let csb = wts.copy_channels();
                 scratch = BF16_POOL.lock().map(|mut p| p.pop()).ok().flatten().unwrap_or_default();
