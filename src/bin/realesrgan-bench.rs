@@ -237,9 +237,13 @@ fn main() {
     let stems: Vec<&Known> =
         KNOWN.iter().filter(|k| a.only.as_ref().is_none_or(|o| o.iter().any(|s| s == k.stem))).collect();
     let fast = upres::ml::realesrgan::fastconv_enabled_by_env();
-    let backend = upres::ml::fastconv::Backend::detect();
+    let backend = upres::ml::fastconv::Backend::for_gan();
     let wino = upres::ml::fastconv::Winograd::from_env_or(upres::ml::fastconv::Winograd::Auto);
-    let path = if fast { format!("fastconv {backend:?}, Winograd {wino:?}") } else { "candle".to_string() };
+    let path = if fast {
+        format!("fastconv trunk {backend:?}, image-facing convs {:?}, Winograd {wino:?}", backend.edge())
+    } else {
+        "candle".to_string()
+    };
     println!("# realesrgan-bench: {path} CPU (UPRES_FASTCONV=off for candle), {} threads, {} timed runs, untiled, batch 1", a.threads, a.runs);
     let helpers: Vec<(&str, &Helper)> =
         [(a.torch.as_deref(), &TORCH), (a.ncnn.as_deref(), &NCNN)].into_iter().filter_map(|(py, h)| Some((py?, h))).collect();

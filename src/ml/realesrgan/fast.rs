@@ -56,18 +56,21 @@ impl FastRrdb {
             }
             blocks.push(<[[Conv3x3; 5]; 3]>::try_from(dbs).map_err(|_| "three dense blocks")?);
         }
+        // The image-facing convs (the first, and from the trunk's closing conv on) at edge
+        // precision; the residual trunk on `backend`.
+        let e = backend.edge();
         let feat = net.conv_first.cout;
         let grow = net.blocks.first().map(|b| b[0].convs[0].cout).unwrap_or(0);
         Ok(Self {
             feat,
             grow,
-            first: net.conv_first.to_fast(backend, wino)?,
+            first: net.conv_first.to_fast(e, wino)?,
             blocks,
-            body: net.conv_body.to_fast(backend, wino)?,
-            up1: net.conv_up1.to_fast(backend, wino)?,
-            up2: net.conv_up2.to_fast(backend, wino)?,
-            hr: net.conv_hr.to_fast(backend, wino)?,
-            last: net.conv_last.to_fast(backend, wino)?,
+            body: net.conv_body.to_fast(e, wino)?,
+            up1: net.conv_up1.to_fast(e, wino)?,
+            up2: net.conv_up2.to_fast(e, wino)?,
+            hr: net.conv_hr.to_fast(e, wino)?,
+            last: net.conv_last.to_fast(e, wino)?,
         })
     }
 
@@ -131,7 +134,15 @@ pub struct FastSrvgg {
 
 impl FastSrvgg {
     pub fn new(net: &Srvgg, backend: Backend, wino: Winograd) -> std::result::Result<Self, String> {
-        let convs = net.convs.iter().map(|c| c.to_fast(backend, wino)).collect::<std::result::Result<Vec<_>, _>>()?;
+        // The first conv (reads the image) and the last (its output is the image) at edge
+        // precision; the body on `backend`.
+        let k = net.convs.len();
+        let convs = net
+            .convs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.to_fast(if i == 0 || i + 1 == k { backend.edge() } else { backend }, wino))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         if convs.len() < 2 {
             return Err("SRVGGNetCompact needs at least two convs".into());
         }

@@ -168,7 +168,7 @@ impl RealEsrgan {
             arch,
             net,
             fast: None,
-            fast_backend: Backend::detect(),
+            fast_backend: Backend::for_gan(),
             winograd: Winograd::from_env_or(Winograd::Auto),
             device: device.clone(),
             tiling,
