@@ -28,7 +28,7 @@
 use std::arch::asm;
 use std::sync::OnceLock;
 
-use super::avx512::store_vec;
+use super::avx512::{epilogue_vec, store_vec};
 use super::kernels::{RawBlock, RawJob};
 use super::f32_to_bf16;
 
@@ -283,7 +283,9 @@ unsafe fn epilogue(j: &RawJob, wts: &AmxWeights, scratch: &[f32; 1024], pair: us
             // SAFETY: row r of tile ct lies in the scratch; qq is an interior position of the
             // validated output (store_vec's contract).
             unsafe {
-                let y = store_vec(j, &blk, qq, 0, 1, _mm512_loadu_ps(scratch.as_ptr().add(ct * 256 + r * 16)));
+                let acc = _mm512_loadu_ps(scratch.as_ptr().add(ct * 256 + r * 16));
+                // A null f32 output: the conv writes only the shadow (Epilogue::bf16_only).
+                let y = if j.out.is_null() { epilogue_vec(j, &blk, qq, 0, 1, acc) } else { store_vec(j, &blk, qq, 0, 1, acc) };
                 if !j.out_bf.is_null() {
                     let hi = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y));
                     let mask = ((1u32 << blk.lanes) - 1) as u16;

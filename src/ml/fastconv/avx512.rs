@@ -19,7 +19,21 @@ use super::kernels::{RawBlock, RawJob};
 /// the stored values.
 #[inline(always)]
 pub(super) unsafe fn store_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize, nv: usize, a: __m512) -> __m512 {
-    // SAFETY: bias/slope hold nv*16 entries; residual/out pointers address interior pixel qq
+    // SAFETY: forwarded (epilogue_vec's contract); the out pointer addresses interior pixel
+    // qq of a buffer whose channel slice holds the block's channels (validated in mod.rs).
+    unsafe {
+        let y = epilogue_vec(j, b, qq, v, nv, a);
+        let oc = b.oc0 + v * 16;
+        let mask: __mmask16 = if v + 1 == nv { ((1u32 << b.lanes) - 1) as u16 } else { 0xffff };
+        _mm512_mask_storeu_ps(j.out.add(qq * j.cs_out + oc), mask, y);
+        y
+    }
+}
+
+/// Bias, activation, scale and residuals for one accumulator vector, without the store.
+#[inline(always)]
+pub(super) unsafe fn epilogue_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize, nv: usize, a: __m512) -> __m512 {
+    // SAFETY: bias/slope hold nv*16 entries; residual pointers address interior pixel qq
     // of buffers whose channel slices hold the block's channels (validated in mod.rs).
     unsafe {
         let bias = _mm512_loadu_ps(b.bias.add(v * 16));
@@ -34,7 +48,6 @@ pub(super) unsafe fn store_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize, nv
             let rv = _mm512_maskz_loadu_ps(mask, r.ptr.add(qq * r.cs + oc));
             y = _mm512_fmadd_ps(rv, _mm512_set1_ps(r.weight), y);
         }
-        _mm512_mask_storeu_ps(j.out.add(qq * j.cs_out + oc), mask, y);
         y
     }
 }

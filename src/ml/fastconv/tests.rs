@@ -180,7 +180,7 @@ fn matches_reference_on_random_shapes() {
             let out_off = si % 2;
             let mut out = Nhwc::zeros(n, h, w, out_c + out_off + 1);
             let residuals: Vec<Residual> = res.iter().map(|&(src, c_off, weight)| Residual { src, c_off, weight }).collect();
-            conv.forward(&x, in_off, &mut out, out_off, &Epilogue { scale, residuals: &residuals }).unwrap();
+            conv.forward(&x, in_off, &mut out, out_off, &Epilogue { scale, residuals: &residuals, bf16_only: false }).unwrap();
             check(&out, out_off, out_c, &want, tol(b), &format!("{b:?} shape {si}"));
             // Channels outside the output slice and the zero border stay untouched.
             for ni in 0..n {
@@ -247,6 +247,51 @@ fn amx_bf16_shadow_matches_conversion() {
         c.forward(&x, 0, &mut y, 0, &Epilogue::default()).unwrap();
         assert!(y.bf16_if_valid(0, 8).is_none(), "{split:?} must not leave a shadow");
     }
+}
+
+#[test]
+fn bf16_only_output_feeds_amx_and_guards_f32_readers() {
+    let mut rng = Rng(11);
+    let (n, h, w) = (2, 9, 14);
+    let x = random_nhwc(&mut rng, n, h, w, 24);
+    let (w1, w2) = (rng.vec(40 * 24 * 9), rng.vec(16 * 40 * 9));
+    let only = Epilogue { bf16_only: true, ..Epilogue::default() };
+    // Other backends ignore the flag and write f32 as usual.
+    let fp32 = Conv3x3::with_backend(&w1, None, 24, 40, Activation::LeakyRelu(0.2), Backend::best_fp32()).unwrap();
+    let mut y = Nhwc::zeros(n, h, w, 40);
+    fp32.forward(&x, 0, &mut y, 0, &only).unwrap();
+    assert!(y.f32_current(0, 40));
+    if !Backend::AmxBf16.supported() {
+        eprintln!("AMX not available: bf16_only path not exercised");
+        return;
+    }
+    let c1 = Conv3x3::with_backend(&w1, None, 24, 40, Activation::LeakyRelu(0.2), Backend::AmxBf16).unwrap();
+    let c2 = Conv3x3::with_backend(&w2, None, 40, 16, Activation::None, Backend::AmxBf16).unwrap();
+    // y_full: f32 + shadow; y_bf: the shadow only, in channels 4..44 of a wider buffer.
+    let mut y_full = Nhwc::zeros(n, h, w, 40);
+    c1.forward(&x, 0, &mut y_full, 0, &Epilogue::default()).unwrap();
+    let mut y_bf = Nhwc::zeros(n, h, w, 48);
+    c1.forward(&x, 0, &mut y_bf, 4, &only).unwrap();
+    assert!(!y_bf.f32_current(4, 40) && y_bf.f32_current(0, 4) && y_bf.f32_current(44, 4));
+    assert!(y_bf.to_nchw(0, 4).iter().all(|&v| v == 0.0), "untouched channels stay readable");
+    // A plain AMX consumer reads the shadow: identical results.
+    let (mut z_full, mut z_bf) = (Nhwc::zeros(n, h, w, 16), Nhwc::zeros(n, h, w, 16));
+    c2.forward(&y_full, 0, &mut z_full, 0, &Epilogue::default()).unwrap();
+    c2.forward(&y_bf, 4, &mut z_bf, 0, &Epilogue::default()).unwrap();
+    assert_eq!(z_full.to_nchw(0, 16), z_bf.to_nchw(0, 16));
+    // f32 readers: a fp32 conv and a residual fail cleanly, the accessors panic.
+    let c2_fp32 = Conv3x3::with_backend(&w2, None, 40, 16, Activation::None, Backend::best_fp32()).unwrap();
+    assert!(c2_fp32.forward(&y_bf, 4, &mut z_bf, 0, &Epilogue::default()).is_err());
+    let res = [Residual { src: &y_bf, c_off: 4, weight: 1.0 }];
+    let ep = Epilogue { residuals: &res, ..Epilogue::default() };
+    assert!(c2.forward(&y_full, 0, &mut z_bf, 0, &ep).is_err());
+    assert!(std::panic::catch_unwind(|| y_bf.to_nchw(4, 40)).is_err());
+    // A mutable access widens the shadow back: the f32 values become the rounded ones.
+    let mut widened = y_bf.clone();
+    widened.pixel_mut(0, 0, 0);
+    assert!(widened.f32_current(0, 48));
+    let want: Vec<f32> = y_full.to_nchw(0, 40).iter().map(|&v| f32::from_bits(u32::from(f32_to_bf16(v)) << 16)).collect();
+    assert_eq!(widened.to_nchw(4, 40), want);
 }
 
 fn shadow_case(amx: Backend) {
@@ -437,7 +482,7 @@ fn winograd_matches_reference_on_random_shapes() {
         let res: Vec<_> = res.into_iter().filter(|(r, off, _)| off + out_c <= r.shape().3).collect();
         let want = reference(&x, in_off, &wt, &bias, in_c, out_c, &slopes, scale, &res);
         let residuals: Vec<Residual> = res.iter().map(|&(src, c_off, weight)| Residual { src, c_off, weight }).collect();
-        let ep = Epilogue { scale, residuals: &residuals };
+        let ep = Epilogue { scale, residuals: &residuals, bf16_only: false };
         let out_off = (si + 1) % 3;
         for mode in [Winograd::Always, Winograd::Off] {
             let conv = Conv3x3::with_options(&wt, Some(&bias), in_c, out_c, act.clone(), Backend::Avx512, mode).unwrap();
