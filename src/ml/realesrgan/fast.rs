@@ -79,6 +79,9 @@ impl FastRrdb {
         let (n, h, w, _) = x.shape();
         let (f, g) = (self.feat, self.grow);
         let none = Epilogue::default();
+        // x1..x4 are read only by the dense block's own convs: on plain AMX they need only
+        // the bf16 shadow (the block input, channels ..f, stays f32 for the residuals).
+        let growth = Epilogue { bf16_only: true, ..Epilogue::default() };
         let mut feat = Nhwc::zeros(n, h, w, f);
         self.first.forward(x, 0, &mut feat, 0, &none)?;
         // bufs[0..3]: the three dense blocks of the current RRDB (bufs[0][..f] = RRDB input);
@@ -88,20 +91,20 @@ impl FastRrdb {
         for rrdb in &self.blocks {
             for (d, db) in rrdb.iter().enumerate() {
                 for (k, conv) in db[..4].iter().enumerate() {
-                    conv.forward_in_place(&mut bufs[d], 0, f + k * g, &none)?;
+                    conv.forward_in_place(&mut bufs[d], 0, f + k * g, &growth)?;
                 }
                 let (lo, hi) = bufs.split_at_mut(d + 1);
                 let cat = &lo[d];
                 if d < 2 {
                     let res = [Residual { src: cat, c_off: 0, weight: 1.0 }];
-                    db[4].forward(cat, 0, &mut hi[0], 0, &Epilogue { scale: RES_SCALE, residuals: &res })?;
+                    db[4].forward(cat, 0, &mut hi[0], 0, &Epilogue { scale: RES_SCALE, residuals: &res, bf16_only: false })?;
                 } else {
                     // 0.2·(0.2·x5 + x3_in) + rrdb_in
                     let res = [
                         Residual { src: cat, c_off: 0, weight: RES_SCALE },
                         Residual { src: &lo[0], c_off: 0, weight: 1.0 },
                     ];
-                    let ep = Epilogue { scale: RES_SCALE * RES_SCALE, residuals: &res };
+                    let ep = Epilogue { scale: RES_SCALE * RES_SCALE, residuals: &res, bf16_only: false };
                     db[4].forward(cat, 0, &mut hi[0], 0, &ep)?;
                 }
             }
@@ -110,7 +113,7 @@ impl FastRrdb {
         let [trunk, ..] = bufs;
         let mut body = Nhwc::zeros(n, h, w, f);
         let res = [Residual { src: &feat, c_off: 0, weight: 1.0 }];
-        self.body.forward(&trunk, 0, &mut body, 0, &Epilogue { scale: 1.0, residuals: &res })?;
+        self.body.forward(&trunk, 0, &mut body, 0, &Epilogue { scale: 1.0, residuals: &res, bf16_only: false })?;
         drop(trunk);
         let up = body.upsample_nearest(0, f, 2);
         let mut x1 = Nhwc::zeros(n, 2 * h, 2 * w, f);
@@ -161,8 +164,11 @@ impl FastSrvgg {
         let mut a = Nhwc::zeros(n, h, w, f);
         let mut b = Nhwc::zeros(n, h, w, f);
         first.forward(x, 0, &mut a, 0, &none)?;
-        for conv in body {
-            conv.forward(&a, 0, &mut b, 0, &none)?;
+        for (i, conv) in body.iter().enumerate() {
+            // Body activations that only the next body conv reads need only the bf16 shadow
+            // on plain AMX; the last one feeds the (fp32) final conv.
+            let ep = Epilogue { bf16_only: i + 1 < body.len(), ..Epilogue::default() };
+            conv.forward(&a, 0, &mut b, 0, &ep)?;
             std::mem::swap(&mut a, &mut b);
         }
         drop(b);
