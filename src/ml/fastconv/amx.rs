@@ -271,13 +271,16 @@ unsafe fn epilogue(j: &RawJob, wts: &AmxWeights, scratch: &[f32; 1024], pair: us
             nv: 1,
             lanes: (wts.out_c - oc).min(16),
         };
+        // Column of the row's position in the padded image, stepped instead of divided.
+        let mut col = (q + pt * 16) % j.row_px;
         for r in 0..16 {
             let qq = q + pt * 16 + r;
             if qq >= q1 {
                 break;
             }
-            let col = qq % j.row_px;
-            if col == 0 || col > j.w {
+            let border = col == 0 || col > j.w;
+            col = if col + 1 == j.row_px { 0 } else { col + 1 };
+            if border {
                 continue;
             }
             // SAFETY: row r of tile ct lies in the scratch; qq is an interior position of the
