@@ -20,12 +20,14 @@
 //!   residuals ([`Epilogue`]).
 //! * **Threads** — output rows are cut into chunks of 144 positions per image, run on
 //!   rayon's pool (both cores); batches (N>1) go through the same path.
-//! * **Backend** — detected at run time ([`Backend::detect`]); the env var
-//!   `UPRES_FASTCONV=portable|avx2|avx512|bf16|amx|amx2|amx3` overrides it (an unsupported
-//!   request falls back to the best supported fp32 backend). Reduced precision is never chosen
-//!   automatically.
-//! * **AMX** — opt-in Intel AMX bf16 tile kernel (`amx.rs`, [`Backend::AmxBf16`] and the split
-//!   precision modes), with a bf16 shadow kept on [`Nhwc`] so chained AMX convs skip conversion.
+//! * **Backend** — detected at run time: [`Backend::detect`] (fp32; `Conv3x3::new`, SD x4)
+//!   or [`Backend::for_gan`] (the Real-ESRGAN trunk: plain AMX bf16 where available, with
+//!   [`Backend::edge`] keeping the image-facing convs fp32). The env var
+//!   `UPRES_FASTCONV=portable|avx2|avx512|bf16|amx|amx2|amx3` overrides both (an unsupported
+//!   request falls back to the best supported fp32 backend).
+//! * **AMX** — Intel AMX bf16 tile kernel (`amx.rs`, [`Backend::AmxBf16`] and the opt-in split
+//!   precision modes), with an aligned bf16 shadow kept on [`Nhwc`] so chained AMX convs skip
+//!   conversion, and [`Epilogue::bf16_only`] for activations only AMX convs read.
 //! * **Winograd** — F(4×4, 3×3) path for the fp32 AVX-512 backend (`winograd.rs`,
 //!   [`Winograd`]): 4× fewer multiply-adds, same API and epilogue. The Real-ESRGAN engine runs
 //!   it where it pays ([`Winograd::Auto`]); [`Conv3x3::new`] only with
