@@ -1,5 +1,6 @@
-//! The Real-ESRGAN networks on [`fastconv`] (NHWC, pre-packed AVX-512/AVX2 3×3 convolutions with
-//! fused bias, activation and residuals): the CPU path of [`super::RealEsrgan`].
+//! The Real-ESRGAN networks on [`fastconv`](crate::ml::fastconv) (NHWC, pre-packed AMX bf16 /
+//! AVX-512 / AVX2 3×3 convolutions with fused bias, activation and residuals): the CPU path of
+//! [`super::RealEsrgan`].
 //!
 //! Built once at load from the same [`super::layers::Conv`] layers the candle path uses (weights
 //! copied and packed by [`Conv::to_fast`](super::layers::Conv::to_fast)), so both paths run the

@@ -1,5 +1,5 @@
 //! The UNet's and VAE's 3×3 stride-1 convolutions and the resnet block built on them, with the
-//! CPU path on [`fastconv`] (issue #7: "and by the SD x4 UNet/VAE where it helps").
+//! CPU path on [`fastconv`](crate::ml::fastconv) (issue #7: "and by the SD x4 UNet/VAE where it helps").
 //!
 //! The 3×3 convolutions hold nearly all of both networks' FLOPs and candle's CPU `conv2d` runs
 //! them at a small fraction of the machine's speed. On the CPU (unless `UPRES_FASTCONV=off`) each
