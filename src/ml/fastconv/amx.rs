@@ -8,7 +8,7 @@
 //! output tile in the VNNI pair layout `[tap][k-block][16 channel pairs][16 out][2]`.
 //! Register blocking: 2 position tiles × 2 output tiles in tmm0–3 (C), A in tmm4–5, B in
 //! tmm6–7. The accumulators go through a 4 KB stack scratch into the same fused epilogue as
-//! the AVX-512 kernel.
+//! the AVX-512 kernel, which runs a few rows at a time inside the next block's tile loop.
 //!
 //! Precision: a list of passes over the k-blocks, each `(input half, weight half)` of the
 //! split `x = hi + lo` (both bf16). `[hi·hi]` is plain bf16 ([`super::Backend::AmxBf16`]);
@@ -171,7 +171,40 @@ impl TileConfig {
     }
 }
 
+/// One register block's accumulators (in the scratch) whose fused epilogue is still running:
+/// 64 rows, row `i` = position `i / 2` of the block × output tile `i % 2`.
+struct Pending {
+    pair: usize,
+    q: usize,
+    /// Bit `p`: position `q + p` is an interior pixel below `q1` (the others are skipped).
+    live: u32,
+    next_row: usize,
+}
+
+impl Pending {
+    fn new(j: &RawJob, pair: usize, q: usize, q1: usize) -> Self {
+        // The column of each position in the padded image, stepped instead of divided.
+        let mut col = q % j.row_px;
+        let mut live = 0u32;
+        for p in 0..32 {
+            if q + p < q1 && col != 0 && col <= j.w {
+                live |= 1 << p;
+            }
+            col = if col + 1 == j.row_px { 0 } else { col + 1 };
+        }
+        Pending { pair, q, live, next_row: 0 }
+    }
+}
+
+/// 64-byte aligned accumulator scratch: four 16×16 f32 tiles.
+#[repr(C, align(64))]
+struct Scratch([f32; 1024]);
+
 /// Runs output positions `q0..q1` (one image, interior rows) for every output tile.
+///
+/// The epilogue of a register block runs interleaved with the next block's tile loop, a few
+/// rows per k-step: the tile unit works asynchronously, so the vector epilogue fills its
+/// `tdpbf16ps` latency instead of leaving the tiles idle while 64 rows are finished.
 ///
 /// # Safety
 /// The contract of [`super::kernels::run_range`], with `j.inp` pointing at a bf16 copy laid
@@ -186,8 +219,15 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
         let (pass, kb) = (k / wts.kb, k % wts.kb);
         kb * 64 + if wts.plan[pass].0 { j.in_lo * 2 } else { 0 }
     };
+    // Epilogue rows per k-step, so a block's 64 rows finish within the next block's loop.
+    let rows_per_step = 64usize.div_ceil(9 * kk);
+    // With two or more output-tile pairs every block streams all the weights through L1 and
+    // evicts the input rows the next pair reuses; the non-temporal load keeps them out of L1
+    // (measured ~7 % on 192→64; with one pair the weights partly stay in L1, and it loses).
+    let stream_b = wts.tiles >= 4;
     let inp = j.inp as *const u8;
-    let mut scratch = [0f32; 4 * 256];
+    let mut scratch = Scratch([0f32; 1024]);
+    let mut pending: Option<Pending> = None;
     let cfg = TileConfig::full();
     // SAFETY: loads a valid palette-1 configuration (permission granted in `available`).
     unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
@@ -198,7 +238,9 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
         for pair in 0..wts.tiles / 2 {
             // SAFETY: tile instructions on the configured tiles; every address is inside the
             // input copy (positions q..q+32 of interior rows plus tap offsets stay in the padded
-            // buffer and its slack) or the packed weights (k < kk, tile < tiles).
+            // buffer and its slack) or the packed weights (k < kk, tile < tiles). The pending
+            // epilogue reads the scratch, which the tile stores below rewrite only after it
+            // finished.
             unsafe {
                 asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
                 for t in 0..9 {
@@ -208,26 +250,22 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
                     let b1 = wts.w.as_ptr().add(((2 * pair + 1) * 9 + t) * kk * 512) as *const u8;
                     for k in 0..kk {
                         let off = a_off(k);
-                        asm!(
-                            "tileloadd tmm4, [{a0} + {s}]",
-                            "tileloadd tmm5, [{a1} + {s}]",
-                            "tileloadd tmm6, [{b0} + {s64}]",
-                            "tileloadd tmm7, [{b1} + {s64}]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0.add(off),
-                            a1 = in(reg) a1.add(off),
-                            b0 = in(reg) b0.add(k * 1024),
-                            b1 = in(reg) b1.add(k * 1024),
-                            s = in(reg) stride,
-                            s64 = in(reg) 64usize,
-                            options(nostack, readonly),
-                        );
+                        let (a0, a1) = (a0.add(off), a1.add(off));
+                        let (b0, b1) = (b0.add(k * 1024), b1.add(k * 1024));
+                        if stream_b {
+                            k_step::<true>(a0, a1, b0, b1, stride);
+                        } else {
+                            k_step::<false>(a0, a1, b0, b1, stride);
+                        }
+                        if let Some(p) = pending.as_mut() {
+                            epilogue_rows(j, wts, &scratch, p, rows_per_step);
+                        }
                     }
                 }
-                let sp = scratch.as_mut_ptr();
+                if let Some(mut p) = pending.take() {
+                    epilogue_rows(j, wts, &scratch, &mut p, 64);
+                }
+                let sp = scratch.0.as_mut_ptr();
                 asm!(
                     "tilestored [{p0} + {s}], tmm0",
                     "tilestored [{p1} + {s}], tmm1",
@@ -240,24 +278,72 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
                     s = in(reg) 64usize,
                     options(nostack),
                 );
-                epilogue(j, wts, &scratch, pair, q, q1);
             }
+            pending = Some(Pending::new(j, pair, q, q1));
         }
         q += 32;
+    }
+    if let Some(mut p) = pending.take() {
+        // SAFETY: as in the loop.
+        unsafe { epilogue_rows(j, wts, &scratch, &mut p, 64) };
     }
     // SAFETY: releases the tile state configured above.
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// Fused output pass for the four 16×16 accumulator tiles of one register block; also writes
-/// the output's bf16 shadow (the rounded values, pixel stride `cs_out`) when the job has one.
+/// One k-block of the 2×2 register block: two A tiles (positions), two B tiles (output
+/// channels), four `tdpbf16ps`. `STREAM_B` loads B with the non-temporal hint (`tileloaddt1`).
+///
+/// # Safety
+/// Tiles configured by the caller; `a0`/`a1` address 16 rows of `stride` bytes and `b0`/`b1`
+/// 16 rows of 64 bytes of readable memory.
+#[inline(always)]
+unsafe fn k_step<const STREAM_B: bool>(a0: *const u8, a1: *const u8, b0: *const u8, b1: *const u8, stride: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if STREAM_B {
+            asm!(
+                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm5, [{a1} + {s}]",
+                "tileloaddt1 tmm6, [{b0} + {s64}]",
+                "tileloaddt1 tmm7, [{b1} + {s64}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                s = in(reg) stride, s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!(
+                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm5, [{a1} + {s}]",
+                "tileloadd tmm6, [{b0} + {s64}]",
+                "tileloadd tmm7, [{b1} + {s64}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                s = in(reg) stride, s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+    }
+}
+
+/// The fused output pass for up to `rows` more rows of a pending register block; also
+/// writes the output's bf16 shadow (the rounded values, pixel stride `cs_out`) when the job
+/// has one.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-unsafe fn epilogue(j: &RawJob, wts: &AmxWeights, scratch: &[f32; 1024], pair: usize, q: usize, q1: usize) {
+unsafe fn epilogue_rows(j: &RawJob, wts: &AmxWeights, scratch: &Scratch, p: &mut Pending, rows: usize) {
     use std::arch::x86_64::*;
-    for ct in 0..4 {
-        let (pt, ot) = (ct / 2, ct % 2);
-        let oc = (2 * pair + ot) * 16;
-        if oc >= wts.out_c {
+    let end = (p.next_row + rows).min(64);
+    for i in p.next_row..end {
+        let (pos, ot) = (i / 2, i % 2);
+        let oc = (2 * p.pair + ot) * 16;
+        if p.live & (1 << pos) == 0 || oc >= wts.out_c {
             continue;
         }
         let blk = RawBlock {
@@ -271,32 +357,23 @@ unsafe fn epilogue(j: &RawJob, wts: &AmxWeights, scratch: &[f32; 1024], pair: us
             nv: 1,
             lanes: (wts.out_c - oc).min(16),
         };
-        // Column of the row's position in the padded image, stepped instead of divided.
-        let mut col = (q + pt * 16) % j.row_px;
-        for r in 0..16 {
-            let qq = q + pt * 16 + r;
-            if qq >= q1 {
-                break;
-            }
-            let border = col == 0 || col > j.w;
-            col = if col + 1 == j.row_px { 0 } else { col + 1 };
-            if border {
-                continue;
-            }
-            // SAFETY: row r of tile ct lies in the scratch; qq is an interior position of the
-            // validated output (store_vec's contract).
-            unsafe {
-                let acc = _mm512_loadu_ps(scratch.as_ptr().add(ct * 256 + r * 16));
-                // A null f32 output: the conv writes only the shadow (Epilogue::bf16_only).
-                let y = if j.out.is_null() { epilogue_vec(j, &blk, qq, 0, 1, acc) } else { store_vec(j, &blk, qq, 0, 1, acc) };
-                if !j.out_bf.is_null() {
-                    let hi = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y));
-                    let mask = ((1u32 << blk.lanes) - 1) as u16;
-                    _mm256_mask_storeu_epi16(j.out_bf.add(qq * j.cs_out + oc) as *mut i16, mask, hi);
-                }
+        let qq = p.q + pos;
+        // Tile (position half, output tile), row within it.
+        let ct = (pos / 16) * 2 + ot;
+        // SAFETY: the row lies in the scratch; qq is an interior position of the validated
+        // output (store_vec's contract).
+        unsafe {
+            let acc = _mm512_load_ps(scratch.0.as_ptr().add(ct * 256 + (pos % 16) * 16));
+            // A null f32 output: the conv writes only the shadow (Epilogue::bf16_only).
+            let y = if j.out.is_null() { epilogue_vec(j, &blk, qq, 0, 1, acc) } else { store_vec(j, &blk, qq, 0, 1, acc) };
+            if !j.out_bf.is_null() {
+                let hi = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y));
+                let mask = ((1u32 << blk.lanes) - 1) as u16;
+                _mm256_mask_storeu_epi16(j.out_bf.add(qq * j.cs_out + oc) as *mut i16, mask, hi);
             }
         }
     }
+    p.next_row = end;
 }
 
 /// Fills `dst[..pixels·copy_channels]` from `pixels` f32 pixels at `src` (pixel stride
