@@ -209,7 +209,12 @@ fn worker(engine: Arc<dyn Engine>, rx: Receiver<Job>, cfg: BatchConfig, metrics:
     let mut pending: VecDeque<Pending> = VecDeque::new();
     loop {
         if pending.is_empty() {
-            match rx.recv() {
+            let next = rx.try_recv().or_else(|_| {
+                // Nothing queued: let the engine free its scratch memory before waiting.
+                engine.idle();
+                rx.recv()
+            });
+            match next {
                 Ok(job) => pending.push_back(Pending::new(job)),
                 Err(_) => return, // the batcher is gone: shut down
             }
@@ -444,6 +449,59 @@ mod tests {
         let d = submit().expect("slots are free again");
         open.send(()).unwrap();
         d.await.unwrap().unwrap();
+    }
+
+    /// Records forward passes and idle calls, in order; each pass waits for the gate.
+    struct IdleLog {
+        id: EngineId,
+        open: Mutex<std::sync::mpsc::Receiver<()>>,
+        log: Mutex<Vec<&'static str>>,
+    }
+
+    impl Engine for IdleLog {
+        fn id(&self) -> &EngineId {
+            &self.id
+        }
+        fn scale(&self) -> u32 {
+            1
+        }
+        fn tiling(&self) -> Option<Tiling> {
+            None
+        }
+        fn idle(&self) {
+            self.log.lock().unwrap().push("idle");
+        }
+        fn upscale(&self, tiles: &[Tile], _: &[GenParams], _: &dyn RunContext) -> JobResult {
+            self.open.lock().unwrap().recv().unwrap();
+            self.log.lock().unwrap().push("run");
+            Ok(tiles.to_vec())
+        }
+    }
+
+    /// The worker tells the engine it is idle only when nothing is queued: not between two
+    /// queued jobs, and again once the queue drains.
+    #[tokio::test]
+    async fn engine_hears_idle_only_when_the_queue_drains() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let log = Arc::new(IdleLog { id: EngineId::new("idle", "0"), open: Mutex::new(gate), log: Mutex::new(vec![]) });
+        let engine: Arc<dyn Engine> = log.clone();
+        let b = Batcher::start(&[engine.clone()], cfg(1, 0, 4), Arc::new(Metrics::new()));
+        let t = || vec![Tile::new(4, 4, vec![0.0; 48])];
+        let a = b.submit(&*engine, t(), GenParams::default(), CancellationToken::new(), None).unwrap();
+        let c = b.submit(&*engine, t(), GenParams::default(), CancellationToken::new(), None).unwrap();
+        open.send(()).unwrap();
+        open.send(()).unwrap();
+        a.await.unwrap().unwrap();
+        c.await.unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while log.log.lock().unwrap().last() != Some(&"idle") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let events = log.log.lock().unwrap().clone();
+        let runs: Vec<usize> = events.iter().enumerate().filter(|(_, e)| **e == "run").map(|(i, _)| i).collect();
+        assert_eq!(runs.len(), 2, "{events:?}");
+        assert_eq!(runs[1], runs[0] + 1, "idle between two queued jobs: {events:?}");
+        assert_eq!(events.last(), Some(&"idle"), "no idle after the queue drained: {events:?}");
     }
 
     #[tokio::test]

@@ -200,6 +200,10 @@ pub trait Engine: Send + Sync + 'static {
         ctx: &dyn RunContext,
     ) -> Result<Vec<Tile>, InferError>;
 
+    /// Called by a batch worker when its queue has drained, before it waits for work: an
+    /// engine that keeps scratch memory between batches of a burst frees it here.
+    fn idle(&self) {}
+
     /// One small inference so `/readyz` reports ready only once kernels and weights are hot.
     /// Side of a square tile the server times once at warm-up to learn this engine's speed, so
     /// `model=auto` can skip it for inputs it could not finish in time (`Registry::resolve_within`).

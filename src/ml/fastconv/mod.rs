@@ -256,6 +256,19 @@ impl Nhwc {
         Nhwc { n, h, w, c, buf, base, bf16: Vec::new(), bf16_base: 0, bf16_valid: Vec::new(), f32_stale: Vec::new() }
     }
 
+    /// Forgets what the buffer's shadow and f32 values held, for reuse by [`BufferPool`]: the
+    /// interior is then arbitrary until written; the zero border and slack stay zero (no
+    /// operation here writes them).
+    fn reset_for_reuse(&mut self) {
+        self.bf16_valid.clear();
+        self.f32_stale.clear();
+    }
+
+    /// Bytes held (f32 data and bf16 shadow).
+    fn bytes(&self) -> usize {
+        self.buf.len() * 4 + self.bf16.len() * 2
+    }
+
     /// `(n, h, w, c)`.
     pub fn shape(&self) -> (usize, usize, usize, usize) {
         (self.n, self.h, self.w, self.c)
@@ -406,22 +419,38 @@ impl Nhwc {
         &mut self.data_mut()[i..i + c]
     }
 
+    /// Interior pixels of row `y` of image `n`: `w` pixels of `c` channels.
+    fn row(&self, n: usize, y: usize) -> &[f32] {
+        let i = self.index(n, y, 0) * self.c;
+        &self.data()[i..i + self.w * self.c]
+    }
+
+    /// The interior rows of every image as `(image, y, w·c values)`, on rayon's pool: the
+    /// layout passes between convolutions (resizes, residuals, format changes) run on both
+    /// cores like the convolutions, instead of leaving one idle.
+    fn par_rows_mut(&mut self) -> impl ParallelIterator<Item = (usize, usize, &mut [f32])> {
+        let (h, w, c, row_px) = (self.h, self.w, self.c, self.row_px());
+        let len = self.n * self.img_px() * c;
+        self.data_mut()[..len].par_chunks_mut((row_px * c).max(1)).enumerate().filter_map(move |(r, px)| {
+            let (ni, yy) = (r / (h + 2), r % (h + 2));
+            (yy >= 1 && yy <= h).then(|| (ni, yy - 1, &mut px[c..(w + 1) * c]))
+        })
+    }
+
     /// Builds from NCHW data (`data.len() == n·c·h·w`); the channel stride is `c + extra_c`.
     pub fn from_nchw(data: &[f32], n: usize, c: usize, h: usize, w: usize, extra_c: usize) -> Result<Self, FastConvError> {
         if data.len() != n * c * h * w {
             return shape_err(format!("from_nchw: {} values for {n}x{c}x{h}x{w}", data.len()));
         }
         let mut t = Nhwc::zeros(n, h, w, c + extra_c);
-        for ni in 0..n {
-            for y in 0..h {
-                for x in 0..w {
-                    let px = t.pixel_mut(ni, y, x);
-                    for (k, v) in px.iter_mut().take(c).enumerate() {
-                        *v = data[((ni * c + k) * h + y) * w + x];
-                    }
+        let cs = t.c;
+        t.par_rows_mut().for_each(|(ni, y, row)| {
+            for (x, px) in row.chunks_exact_mut(cs).enumerate() {
+                for (k, v) in px[..c].iter_mut().enumerate() {
+                    *v = data[((ni * c + k) * h + y) * w + x];
                 }
             }
-        }
+        });
         Ok(t)
     }
 
@@ -429,18 +458,16 @@ impl Nhwc {
     pub fn to_nchw(&self, c_off: usize, c_len: usize) -> Vec<f32> {
         assert!(c_off + c_len <= self.c, "channel slice out of range");
         self.expect_f32(c_off, c_len);
-        let (n, h, w) = (self.n, self.h, self.w);
-        let mut out = vec![0f32; n * c_len * h * w];
-        for ni in 0..n {
-            for y in 0..h {
-                for x in 0..w {
-                    let px = self.px(ni, y, x);
-                    for k in 0..c_len {
-                        out[((ni * c_len + k) * h + y) * w + x] = px[c_off + k];
-                    }
-                }
+        let (h, w, c) = (self.h, self.w, self.c);
+        let mut out = vec![0f32; self.n * c_len * h * w];
+        // One output row (image, channel, y) per item.
+        out.par_chunks_mut(w.max(1)).enumerate().for_each(|(r, dst)| {
+            let (ni, k, y) = (r / (c_len * h), (r / h) % c_len, r % h);
+            let src = self.row(ni, y);
+            for (x, d) in dst.iter_mut().enumerate() {
+                *d = src[x * c + c_off + k];
             }
-        }
+        });
         out
     }
 
@@ -458,56 +485,161 @@ impl Nhwc {
 
     /// Nearest-neighbour upsampling by an integer `factor` of channels `c_off..c_off+c_len`.
     pub fn upsample_nearest(&self, c_off: usize, c_len: usize, factor: usize) -> Nhwc {
-        assert!(c_off + c_len <= self.c, "channel slice out of range");
-        self.expect_f32(c_off, c_len);
         let mut out = Nhwc::zeros(self.n, self.h * factor, self.w * factor, c_len);
-        for ni in 0..self.n {
-            for y in 0..out.h {
-                for x in 0..out.w {
-                    let src = &self.px(ni, y / factor, x / factor)[c_off..c_off + c_len];
-                    out.pixel_mut(ni, y, x).copy_from_slice(src);
-                }
-            }
-        }
+        self.upsample_nearest_into(c_off, c_len, factor, &mut out);
         out
+    }
+
+    /// [`Nhwc::upsample_nearest`] into `out` (`factor`× this size, `c_len` channels), every
+    /// interior value overwritten.
+    pub fn upsample_nearest_into(&self, c_off: usize, c_len: usize, factor: usize, out: &mut Nhwc) {
+        assert!(c_off + c_len <= self.c, "channel slice out of range");
+        assert!(out.shape() == (self.n, self.h * factor, self.w * factor, c_len), "upsample_nearest_into: shape mismatch");
+        self.expect_f32(c_off, c_len);
+        let c = self.c;
+        out.par_rows_mut().for_each(|(ni, y, dst)| {
+            let src = self.row(ni, y / factor);
+            for (x, d) in dst.chunks_exact_mut(c_len).enumerate() {
+                let s = (x / factor) * c + c_off;
+                d.copy_from_slice(&src[s..s + c_len]);
+            }
+        });
     }
 
     /// PyTorch `pixel_shuffle(r)` of channels `c_off..c_off+c_len` (`c_len = C·r²`): output
     /// channel `k`, sub-pixel `(i, j)` comes from input channel `k·r² + i·r + j`.
     pub fn pixel_shuffle(&self, c_off: usize, c_len: usize, r: usize) -> Nhwc {
-        assert!(c_off + c_len <= self.c && c_len % (r * r) == 0, "bad pixel_shuffle slice");
+        assert!(c_off + c_len <= self.c && c_len.is_multiple_of(r * r), "bad pixel_shuffle slice");
         self.expect_f32(c_off, c_len);
         let co = c_len / (r * r);
         let mut out = Nhwc::zeros(self.n, self.h * r, self.w * r, co);
-        for ni in 0..self.n {
-            for y in 0..out.h {
-                for x in 0..out.w {
-                    let src = self.px(ni, y / r, x / r);
-                    let sub = (y % r) * r + (x % r);
-                    let dst = out.pixel_mut(ni, y, x);
-                    for (k, d) in dst.iter_mut().enumerate() {
-                        *d = src[c_off + k * r * r + sub];
-                    }
+        let c = self.c;
+        out.par_rows_mut().for_each(|(ni, y, dst)| {
+            let src = self.row(ni, y / r);
+            for (x, d) in dst.chunks_exact_mut(co).enumerate() {
+                let s = (x / r) * c + c_off + (y % r) * r + (x % r);
+                for (k, v) in d.iter_mut().enumerate() {
+                    *v = src[s + k * r * r];
                 }
             }
+        });
+        out
+    }
+
+    /// NCHW data of `pixel_shuffle(r)` of channels `c_off..c_off+c_len`, plus, when given,
+    /// the nearest-upsampled `skip` (its first `c_len / r²` channels, `skip` at this buffer's
+    /// size): SRVGGNetCompact's tail in one pass, not three over fresh buffers.
+    pub fn pixel_shuffle_nchw(&self, c_off: usize, c_len: usize, r: usize, skip: Option<&Nhwc>) -> Vec<f32> {
+        assert!(c_off + c_len <= self.c && r >= 1 && c_len.is_multiple_of(r * r), "bad pixel_shuffle slice");
+        self.expect_f32(c_off, c_len);
+        let co = c_len / (r * r);
+        if let Some(s) = skip {
+            assert!((s.n, s.h, s.w) == (self.n, self.h, self.w) && s.c >= co, "pixel_shuffle_nchw: skip shape mismatch");
+            s.expect_f32(0, co);
         }
+        let (oh, ow, c) = (self.h * r, self.w * r, self.c);
+        let mut out = vec![0f32; self.n * co * oh * ow];
+        // One output row (image, channel, y) per item.
+        out.par_chunks_mut(ow.max(1)).enumerate().for_each(|(i, dst)| {
+            let (ni, k, y) = (i / (co * oh), (i / oh) % co, i % oh);
+            let src = self.row(ni, y / r);
+            let base = c_off + k * r * r + (y % r) * r;
+            for (x, d) in dst.iter_mut().enumerate() {
+                *d = src[(x / r) * c + base + x % r];
+            }
+            if let Some(s) = skip {
+                let sr = s.row(ni, y / r);
+                for (x, d) in dst.iter_mut().enumerate() {
+                    *d += sr[(x / r) * s.c + k];
+                }
+            }
+        });
         out
     }
 
     /// `self[.., c_off..c_off+len] += other[.., o_off..o_off+len]` (same n, h, w).
     pub fn add_assign(&mut self, c_off: usize, other: &Nhwc, o_off: usize, len: usize) {
         assert!((self.n, self.h, self.w) == (other.n, other.h, other.w), "add_assign: shape mismatch");
+        self.combine_nearest(c_off, other, o_off, len, 1, |d, s| *d += s);
+    }
+
+    /// `self[.., c_off..c_off+len] = other[.., o_off..o_off+len]` (same n, h, w).
+    pub fn copy_channels(&mut self, c_off: usize, other: &Nhwc, o_off: usize, len: usize) {
+        assert!((self.n, self.h, self.w) == (other.n, other.h, other.w), "copy_channels: shape mismatch");
+        self.combine_nearest(c_off, other, o_off, len, 1, |d, s| *d = s);
+    }
+
+    /// `self[.., c_off..c_off+len] += upsample_nearest(other, factor)[.., o_off..o_off+len]`
+    /// without building the upsampled copy (`self` is `factor`× `other`'s height and width).
+    pub fn add_nearest(&mut self, c_off: usize, other: &Nhwc, o_off: usize, len: usize, factor: usize) {
+        self.combine_nearest(c_off, other, o_off, len, factor, |d, s| *d += s);
+    }
+
+    /// `op(self value, nearest-upsampled other value)` over a channel slice, row-parallel.
+    fn combine_nearest(&mut self, c_off: usize, other: &Nhwc, o_off: usize, len: usize, factor: usize, op: impl Fn(&mut f32, f32) + Sync) {
+        assert!(
+            factor >= 1 && (self.n, self.h, self.w) == (other.n, other.h * factor, other.w * factor),
+            "add_nearest: shape mismatch"
+        );
+        assert!(c_off + len <= self.c && o_off + len <= other.c, "add_nearest: channel slice out of range");
         other.expect_f32(o_off, len);
-        for ni in 0..self.n {
-            for y in 0..self.h {
-                for x in 0..self.w {
-                    let src = &other.px(ni, y, x)[o_off..o_off + len];
-                    for (d, s) in self.pixel_mut(ni, y, x)[c_off..c_off + len].iter_mut().zip(src) {
-                        *d += s;
-                    }
+        let (c, oc) = (self.c, other.c);
+        self.par_rows_mut().for_each(|(ni, y, dst)| {
+            let src = other.row(ni, y / factor);
+            for (x, d) in dst.chunks_exact_mut(c).enumerate() {
+                let s = (x / factor) * oc + o_off;
+                for (d, &s) in d[c_off..c_off + len].iter_mut().zip(&src[s..s + len]) {
+                    op(d, s);
                 }
             }
+        });
+    }
+}
+
+/// Activation buffers a network keeps between forwards, so that a burst of tiles does not
+/// page-fault and zero a few hundred MB per forward (x4plus at 128²: ~62 k faults, measured
+/// with `perf stat -e page-faults`). A taken buffer's interior is arbitrary: the network
+/// writes every channel it reads. Holds at most [`BufferPool::CAP_BYTES`]; the engine empties
+/// it when its queue drains ([`BufferPool::clear`]), so an idle model holds none.
+#[derive(Default)]
+pub struct BufferPool {
+    free: Mutex<Vec<Nhwc>>,
+}
+
+impl BufferPool {
+    /// Most bytes kept between forwards (x4plus, one 128² tile, needs ~350 MB).
+    pub const CAP_BYTES: usize = 1 << 30;
+
+    /// A buffer of this shape: a kept one (interior arbitrary, shadow forgotten), else a new
+    /// zeroed one.
+    pub fn take(&self, n: usize, h: usize, w: usize, c: usize) -> Nhwc {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        match free.iter().position(|b| b.shape() == (n, h, w, c)) {
+            Some(i) => {
+                let mut b = free.swap_remove(i);
+                b.reset_for_reuse();
+                b
+            }
+            None => Nhwc::zeros(n, h, w, c),
         }
+    }
+
+    /// Keeps `b` for a later [`BufferPool::take`], unless that would pass the cap.
+    pub fn give(&self, b: Nhwc) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.iter().map(Nhwc::bytes).sum::<usize>() + b.bytes() <= Self::CAP_BYTES {
+            free.push(b);
+        }
+    }
+
+    /// Drops every kept buffer.
+    pub fn clear(&self) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Bytes kept now.
+    pub fn bytes(&self) -> usize {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).iter().map(Nhwc::bytes).sum()
     }
 }
 

@@ -373,6 +373,38 @@ fn pixel_shuffle_and_upsample() {
     assert_eq!(a.pixel(0, 0, 0)[0], data[2] + data[4]);
 }
 
+/// The row-parallel layout passes agree with their definitions on several images, odd sizes
+/// and channel slices: NCHW round trip, `add_nearest` = upsample + add, and the fused SRVGG
+/// tail `pixel_shuffle_nchw` = shuffle + nearest skip + NCHW.
+#[test]
+fn layout_passes_match_their_definitions() {
+    let (n, h, w, r) = (2, 3, 5, 3);
+    let val = |i: usize| ((i * 37 % 101) as f32) * 0.25 - 7.0;
+    let data: Vec<f32> = (0..n * 20 * h * w).map(val).collect();
+    let t = Nhwc::from_nchw(&data, n, 20, h, w, 3).unwrap();
+    assert_eq!(t.shape(), (n, h, w, 23));
+    assert_eq!(t.to_nchw(0, 20), data);
+    assert_eq!(t.pixel(1, 2, 4)[7], data[((20 + 7) * h + 2) * w + 4]);
+
+    let skip_data: Vec<f32> = (0..n * 4 * h * w).map(|i| val(i + 5)).collect();
+    let skip = Nhwc::from_nchw(&skip_data, n, 4, h, w, 0).unwrap();
+    let mut big = Nhwc::from_nchw(&(0..n * 3 * h * r * w * r).map(|i| val(i + 9)).collect::<Vec<_>>(), n, 3, h * r, w * r, 1).unwrap();
+    let mut want = big.clone();
+    want.add_assign(1, &skip.upsample_nearest(1, 2, r), 0, 2);
+    big.add_nearest(1, &skip, 1, 2, r);
+    assert_eq!(big.to_nchw(0, 4), want.to_nchw(0, 4));
+    let mut copied = big.clone();
+    copied.copy_channels(0, &want, 2, 2);
+    assert_eq!(copied.to_nchw(0, 2), want.to_nchw(2, 2));
+    assert_eq!(copied.to_nchw(2, 2), big.to_nchw(2, 2), "channels outside the slice are kept");
+
+    // Channels 1..19 of `t` are 2 output channels × 3².
+    let mut shuffled = t.pixel_shuffle(1, 18, r);
+    shuffled.add_nearest(0, &skip, 0, 2, r);
+    assert_eq!(t.pixel_shuffle_nchw(1, 18, r, Some(&skip)), shuffled.to_nchw(0, 2));
+    assert_eq!(t.pixel_shuffle_nchw(1, 18, r, None), t.pixel_shuffle(1, 18, r).to_nchw(0, 2));
+}
+
 #[test]
 fn rejects_bad_shapes() {
     assert!(Conv3x3::new(&[0.0; 10], None, 1, 1, Activation::None).is_err());

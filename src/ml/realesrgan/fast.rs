@@ -16,14 +16,15 @@
 //!   [`super::layers::bicubic`].
 //!
 //! A batch of `N` tiles is one pass: every buffer is `N` images deep and the kernels spread
-//! positions × images over rayon's pool.
+//! positions × images over rayon's pool. Buffers come from a [`BufferPool`] kept between
+//! forwards (emptied by [`FastNet::release_buffers`] when the engine goes idle).
 
 use candle_core::{Device, Result, Tensor};
 
 use super::layers::bicubic;
 use super::rrdb::Rrdb;
 use super::srvgg::{Srvgg, SrvggConfig};
-use crate::ml::fastconv::{Backend, Conv3x3, Epilogue, FastConvError, Nhwc, Residual, Winograd};
+use crate::ml::fastconv::{Backend, BufferPool, Conv3x3, Epilogue, FastConvError, Nhwc, Residual, Winograd};
 
 /// Dense-block and RRDB residual scale (as in [`super::rrdb`]).
 const RES_SCALE: f32 = 0.2;
@@ -44,6 +45,8 @@ pub struct FastRrdb {
     up2: Conv3x3,
     hr: Conv3x3,
     last: Conv3x3,
+    /// Activation buffers kept between forwards.
+    pool: BufferPool,
 }
 
 impl FastRrdb {
@@ -72,23 +75,25 @@ impl FastRrdb {
             up2: net.conv_up2.to_fast(e, wino)?,
             hr: net.conv_hr.to_fast(e, wino)?,
             last: net.conv_last.to_fast(e, wino)?,
+            pool: BufferPool::default(),
         })
     }
 
-    /// `x`: `(n, h, w, 3)` → `(n, 4h, 4w, 3)`.
-    pub fn forward(&self, x: &Nhwc) -> std::result::Result<Nhwc, FastConvError> {
+    /// `x`: `(n, h, w, 3)` → NCHW data `(n, 3, 4h, 4w)`.
+    pub fn forward(&self, x: &Nhwc) -> std::result::Result<Vec<f32>, FastConvError> {
         let (n, h, w, _) = x.shape();
         let (f, g) = (self.feat, self.grow);
+        let pool = &self.pool;
         let none = Epilogue::default();
         // x1..x4 are read only by the dense block's own convs: on plain AMX they need only
         // the bf16 shadow (the block input, channels ..f, stays f32 for the residuals).
         let growth = Epilogue { bf16_only: true, ..Epilogue::default() };
-        let mut feat = Nhwc::zeros(n, h, w, f);
+        let mut feat = pool.take(n, h, w, f);
         self.first.forward(x, 0, &mut feat, 0, &none)?;
         // bufs[0..3]: the three dense blocks of the current RRDB (bufs[0][..f] = RRDB input);
         // bufs[3] receives the RRDB output and becomes the next bufs[0].
-        let mut bufs: [Nhwc; 4] = std::array::from_fn(|_| Nhwc::zeros(n, h, w, f + 4 * g));
-        bufs[0].add_assign(0, &feat, 0, f);
+        let mut bufs: [Nhwc; 4] = std::array::from_fn(|_| pool.take(n, h, w, f + 4 * g));
+        bufs[0].copy_channels(0, &feat, 0, f);
         for rrdb in &self.blocks {
             for (d, db) in rrdb.iter().enumerate() {
                 for (k, conv) in db[..4].iter().enumerate() {
@@ -111,22 +116,30 @@ impl FastRrdb {
             }
             bufs.swap(0, 3);
         }
-        let [trunk, ..] = bufs;
-        let mut body = Nhwc::zeros(n, h, w, f);
+        let mut body = pool.take(n, h, w, f);
         let res = [Residual { src: &feat, c_off: 0, weight: 1.0 }];
-        self.body.forward(&trunk, 0, &mut body, 0, &Epilogue { scale: 1.0, residuals: &res, bf16_only: false })?;
-        drop(trunk);
-        let up = body.upsample_nearest(0, f, 2);
-        let mut x1 = Nhwc::zeros(n, 2 * h, 2 * w, f);
+        self.body.forward(&bufs[0], 0, &mut body, 0, &Epilogue { scale: 1.0, residuals: &res, bf16_only: false })?;
+        bufs.into_iter().chain([feat]).for_each(|b| pool.give(b));
+        let mut up = pool.take(n, 2 * h, 2 * w, f);
+        body.upsample_nearest_into(0, f, 2, &mut up);
+        pool.give(body);
+        let mut x1 = pool.take(n, 2 * h, 2 * w, f);
         self.up1.forward(&up, 0, &mut x1, 0, &none)?;
-        let mut up = x1.upsample_nearest(0, f, 2);
-        let mut x2 = Nhwc::zeros(n, 4 * h, 4 * w, f);
+        pool.give(up);
+        let mut up = pool.take(n, 4 * h, 4 * w, f);
+        x1.upsample_nearest_into(0, f, 2, &mut up);
+        pool.give(x1);
+        let mut x2 = pool.take(n, 4 * h, 4 * w, f);
         self.up2.forward(&up, 0, &mut x2, 0, &none)?;
         // `up` (same shape) is free again: conv_hr writes there.
         self.hr.forward(&x2, 0, &mut up, 0, &none)?;
-        let mut out = Nhwc::zeros(n, 4 * h, 4 * w, self.last.out_c());
+        pool.give(x2);
+        let mut out = pool.take(n, 4 * h, 4 * w, self.last.out_c());
         self.last.forward(&up, 0, &mut out, 0, &none)?;
-        Ok(out)
+        pool.give(up);
+        let y = out.to_nchw(0, 3);
+        pool.give(out);
+        Ok(y)
     }
 }
 
@@ -134,6 +147,8 @@ impl FastRrdb {
 pub struct FastSrvgg {
     cfg: SrvggConfig,
     convs: Vec<Conv3x3>,
+    /// Activation buffers kept between forwards.
+    pool: BufferPool,
 }
 
 impl FastSrvgg {
@@ -150,20 +165,21 @@ impl FastSrvgg {
         if convs.len() < 2 {
             return Err("SRVGGNetCompact needs at least two convs".into());
         }
-        Ok(Self { cfg: net.cfg, convs })
+        Ok(Self { cfg: net.cfg, convs, pool: BufferPool::default() })
     }
 
-    /// `x`: `(n, h, w, 3)` → `(n, r·h, r·w, 3)` with `r` the network's upscale (before any
-    /// bicubic resize).
-    pub fn forward(&self, x: &Nhwc) -> std::result::Result<Nhwc, FastConvError> {
+    /// `x`: `(n, h, w, 3)` → NCHW data `(n, 3, r·h, r·w)` with `r` the network's upscale
+    /// (before any bicubic resize).
+    pub fn forward(&self, x: &Nhwc) -> std::result::Result<Vec<f32>, FastConvError> {
         let (n, h, w, _) = x.shape();
         let r = self.cfg.upscale;
         let none = Epilogue::default();
         let (first, rest) = self.convs.split_first().expect("checked in new");
         let (last, body) = rest.split_last().expect("checked in new");
         let f = first.out_c();
-        let mut a = Nhwc::zeros(n, h, w, f);
-        let mut b = Nhwc::zeros(n, h, w, f);
+        let pool = &self.pool;
+        let mut a = pool.take(n, h, w, f);
+        let mut b = pool.take(n, h, w, f);
         first.forward(x, 0, &mut a, 0, &none)?;
         for (i, conv) in body.iter().enumerate() {
             // Body activations that only the next body conv reads need only the bf16 shadow
@@ -172,12 +188,13 @@ impl FastSrvgg {
             conv.forward(&a, 0, &mut b, 0, &ep)?;
             std::mem::swap(&mut a, &mut b);
         }
-        drop(b);
-        let mut lr = Nhwc::zeros(n, h, w, last.out_c());
+        pool.give(b);
+        let mut lr = pool.take(n, h, w, last.out_c());
         last.forward(&a, 0, &mut lr, 0, &none)?;
-        let mut out = lr.pixel_shuffle(0, last.out_c(), r);
-        out.add_assign(0, &x.upsample_nearest(0, 3, r), 0, 3);
-        Ok(out)
+        pool.give(a);
+        let y = lr.pixel_shuffle_nchw(0, last.out_c(), r, Some(x));
+        pool.give(lr);
+        Ok(y)
     }
 }
 
@@ -196,18 +213,33 @@ impl FastNet {
         })
     }
 
+    /// Drops the activation buffers kept between forwards (the engine calls this when its
+    /// queue drains).
+    pub fn release_buffers(&self) {
+        match self {
+            FastNet::Rrdb(net) => net.pool.clear(),
+            FastNet::Srvgg(net) => net.pool.clear(),
+        }
+    }
+
+    /// Bytes of activation buffers kept now.
+    pub fn kept_bytes(&self) -> usize {
+        match self {
+            FastNet::Rrdb(net) => net.pool.bytes(),
+            FastNet::Srvgg(net) => net.pool.bytes(),
+        }
+    }
+
     /// `(N, 3, H, W)` f32 NCHW in, `(N, 3, s·H, s·W)` f32 NCHW out on the CPU (the same contract
     /// as the candle forward).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let input = Nhwc::from_tensor(x, 0)?;
-        let y = match self {
-            FastNet::Rrdb(net) => net.forward(&input),
-            FastNet::Srvgg(net) => net.forward(&input),
-        }
-        .map_err(err)?;
-        let (n, oh, ow, _) = y.shape();
-        let y = y.to_tensor(0, 3, &Device::Cpu)?;
-        debug_assert_eq!(y.dims4()?, (n, 3, oh, ow));
+        let (n, h, w, _) = input.shape();
+        let (y, s) = match self {
+            FastNet::Rrdb(net) => (net.forward(&input).map_err(err)?, 4),
+            FastNet::Srvgg(net) => (net.forward(&input).map_err(err)?, net.cfg.upscale),
+        };
+        let y = Tensor::from_vec(y, (n, 3, s * h, s * w), &Device::Cpu)?;
         match self {
             FastNet::Srvgg(net) if net.cfg.scale as usize != net.cfg.upscale => {
                 bicubic(&y, net.cfg.scale as f32 / net.cfg.upscale as f32)

@@ -246,6 +246,11 @@ impl RealEsrgan {
     }
 
     /// Runs the network on an `(N, 3, H, W)` tensor: fastconv when on, else candle.
+    /// Bytes of fastconv activation buffers kept between forwards (freed by [`Engine::idle`]).
+    pub fn kept_buffer_bytes(&self) -> usize {
+        self.fast.as_ref().map_or(0, FastNet::kept_bytes)
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.fast {
             Some(f) => f.forward(x),
@@ -281,6 +286,12 @@ impl Engine for RealEsrgan {
 
     fn device(&self) -> String {
         crate::ml::device::name(&self.device)
+    }
+
+    fn idle(&self) {
+        if let Some(f) = &self.fast {
+            f.release_buffers();
+        }
     }
 
     fn upscale(&self, tiles: &[Tile], params: &[GenParams], ctx: &dyn RunContext) -> Result<Vec<Tile>, InferError> {

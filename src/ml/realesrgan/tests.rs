@@ -149,6 +149,43 @@ fn run(model: &RealEsrgan, tiles: &[Tile]) -> Vec<Tile> {
     model.upscale(tiles, &params, &Unattended).unwrap()
 }
 
+/// Buffers kept between forwards (`fastconv::BufferPool`) hold the previous forward's values:
+/// a forward on reused buffers must equal one on fresh buffers, for another image of the same
+/// shape, another shape in between, and a batch; `idle` frees them all. On the engine's
+/// default backend (AMX where the CPU has it, with its bf16-only activations).
+fn reused_buffers_change_nothing(stem: &str) {
+    let model = load(stem, None);
+    assert!(model.uses_fastconv(), "{stem}: the CPU default must be fastconv");
+    let a = test_image(19, 14);
+    let mut b = test_image(19, 14);
+    b.data.reverse();
+    let first_a = run(&model, std::slice::from_ref(&a));
+    assert!(model.kept_buffer_bytes() > 0, "{stem}: the forward kept no buffers");
+    let first_b = run(&load(stem, None), std::slice::from_ref(&b));
+    let ab = run(&model, &[a.clone(), b.clone()]);
+    let _other_shape = run(&model, &[test_image(9, 11)]);
+    let again_b = run(&model, std::slice::from_ref(&b));
+    let again_a = run(&model, std::slice::from_ref(&a));
+    assert_eq!(again_a[0].data, first_a[0].data, "{stem}: image a after reuse");
+    assert_eq!(again_b[0].data, first_b[0].data, "{stem}: image b on reused vs fresh buffers");
+    let (_, psnr_a) = compare(&ab[0].data, &first_a[0].data);
+    let (_, psnr_b) = compare(&ab[1].data, &first_b[0].data);
+    assert!(psnr_a >= 80.0 && psnr_b >= 80.0, "{stem}: batch of 2 vs singles {psnr_a:.1} / {psnr_b:.1} dB");
+    model.idle();
+    assert_eq!(model.kept_buffer_bytes(), 0, "{stem}: idle keeps buffers");
+    assert_eq!(run(&model, std::slice::from_ref(&a))[0].data, first_a[0].data);
+}
+
+#[test]
+fn reused_buffers_change_nothing_animevideov3_x4() {
+    reused_buffers_change_nothing("realesr-animevideov3-x4");
+}
+
+#[test]
+fn reused_buffers_change_nothing_x4plus_anime() {
+    reused_buffers_change_nothing("realesrgan-x4plus-anime");
+}
+
 /// The engine's fastconv path vs its candle path through `upscale` (one batched forward pass
 /// each) on the real weights: 16×16 single, 23×17 batch of 2 (odd sizes, N > 1).
 fn fast_vs_candle(stem: &str) {
