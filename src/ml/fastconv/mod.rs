@@ -542,15 +542,14 @@ impl Nhwc {
         // One output row (image, channel, y) per item.
         out.par_chunks_mut(ow.max(1)).enumerate().for_each(|(i, dst)| {
             let (ni, k, y) = (i / (co * oh), (i / oh) % co, i % oh);
-            let src = self.row(ni, y / r);
+            // Each input pixel fills `r` consecutive outputs: channels base..base+r.
             let base = c_off + k * r * r + (y % r) * r;
-            for (x, d) in dst.iter_mut().enumerate() {
-                *d = src[(x / r) * c + base + x % r];
+            for (d, px) in dst.chunks_exact_mut(r).zip(self.row(ni, y / r).chunks_exact(c)) {
+                d.copy_from_slice(&px[base..base + r]);
             }
             if let Some(s) = skip {
-                let sr = s.row(ni, y / r);
-                for (x, d) in dst.iter_mut().enumerate() {
-                    *d += sr[(x / r) * s.c + k];
+                for (d, px) in dst.chunks_exact_mut(r).zip(s.row(ni, y / r).chunks_exact(s.c)) {
+                    d.iter_mut().for_each(|v| *v += px[k]);
                 }
             }
         });

@@ -323,6 +323,9 @@ impl Engine for RealEsrgan {
             return Err(InferError::Model(format!("network produced {ow}×{oh} for a {w}×{h} tile at ×{s}")));
         }
         let out: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        if n == 1 {
+            return Ok(vec![Tile::new(ow as u32, oh as u32, out)]);
+        }
         let per = 3 * oh * ow;
         Ok(out.chunks_exact(per).map(|c| Tile::new(ow as u32, oh as u32, c.to_vec())).collect())
     }
