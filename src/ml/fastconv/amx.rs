@@ -299,36 +299,30 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
 /// 16 rows of 64 bytes of readable memory.
 #[inline(always)]
 unsafe fn k_step<const STREAM_B: bool>(a0: *const u8, a1: *const u8, b0: *const u8, b1: *const u8, stride: usize) {
+    // The two variants differ only in the B load instruction.
+    macro_rules! step {
+        ($b_load:literal) => {
+            asm!(
+                "tileloadd tmm4, [{a0} + {s}]",
+                "tileloadd tmm5, [{a1} + {s}]",
+                concat!($b_load, " tmm6, [{b0} + {s64}]"),
+                concat!($b_load, " tmm7, [{b1} + {s64}]"),
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                s = in(reg) stride, s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            )
+        };
+    }
     // SAFETY: the caller's contract.
     unsafe {
         if STREAM_B {
-            asm!(
-                "tileloadd tmm4, [{a0} + {s}]",
-                "tileloadd tmm5, [{a1} + {s}]",
-                "tileloaddt1 tmm6, [{b0} + {s64}]",
-                "tileloaddt1 tmm7, [{b1} + {s64}]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-                s = in(reg) stride, s64 = in(reg) 64usize,
-                options(nostack, readonly),
-            );
+            step!("tileloaddt1");
         } else {
-            asm!(
-                "tileloadd tmm4, [{a0} + {s}]",
-                "tileloadd tmm5, [{a1} + {s}]",
-                "tileloadd tmm6, [{b0} + {s64}]",
-                "tileloadd tmm7, [{b1} + {s64}]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-                s = in(reg) stride, s64 = in(reg) 64usize,
-                options(nostack, readonly),
-            );
+            step!("tileloadd");
         }
     }
 }
