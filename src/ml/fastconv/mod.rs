@@ -606,7 +606,7 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
-    /// Most bytes kept between forwards (x4plus, one 128² tile, needs ~350 MB).
+    /// Most bytes kept between forwards (x4plus, one 128² tile, keeps ~260 MB).
     pub const CAP_BYTES: usize = 1 << 30;
 
     /// A buffer of this shape: a kept one (interior arbitrary, shadow forgotten), else a new
