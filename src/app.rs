@@ -123,11 +123,18 @@ impl App {
                 let probe = tokio::task::spawn_blocking(move || {
                     engine.warm_up()?;
                     // One timed pass over a probe tile: the speed `model=auto` plans with.
-                    let Some(side) = engine.speed_probe_side() else { return Ok(None) };
-                    let tile = Tile::new(side, side, vec![0.5; 3 * (side * side) as usize]);
-                    let clock = std::time::Instant::now();
-                    engine.upscale(&[tile], &[GenParams::default()], &Unattended)?;
-                    Ok::<_, InferError>(Some((clock.elapsed(), u64::from(side * side))))
+                    let probe = match engine.speed_probe_side() {
+                        Some(side) => {
+                            let tile = Tile::new(side, side, vec![0.5; 3 * (side * side) as usize]);
+                            let clock = std::time::Instant::now();
+                            engine.upscale(&[tile], &[GenParams::default()], &Unattended)?;
+                            Some((clock.elapsed(), u64::from(side * side)))
+                        }
+                        None => None,
+                    };
+                    // No work is queued yet: free what the passes kept until requests come.
+                    engine.idle();
+                    Ok::<_, InferError>(probe)
                 })
                 .await
                 .map_err(|e| StartupError(format!("warm-up of {id} panicked: {e}")))?
