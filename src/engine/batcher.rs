@@ -408,57 +408,20 @@ mod tests {
         assert_eq!(b.depth(), 0);
     }
 
-    /// Blocks each forward pass until the test opens the gate once.
+    /// Blocks each forward pass until the test opens the gate once; logs passes and idle calls
+    /// in order.
     struct Gate {
-        id: EngineId,
-        open: Mutex<std::sync::mpsc::Receiver<()>>,
-    }
-
-    impl Engine for Gate {
-        fn id(&self) -> &EngineId {
-            &self.id
-        }
-        fn scale(&self) -> u32 {
-            1
-        }
-        fn tiling(&self) -> Option<Tiling> {
-            None
-        }
-        fn upscale(&self, tiles: &[Tile], _: &[GenParams], _: &dyn RunContext) -> JobResult {
-            self.open.lock().unwrap().recv().unwrap();
-            Ok(tiles.to_vec())
-        }
-    }
-
-    #[tokio::test]
-    async fn full_queue_refuses_until_answers_free_slots() {
-        let (open, gate) = std::sync::mpsc::channel();
-        let engine: Arc<dyn Engine> = Arc::new(Gate { id: EngineId::new("gate", "0"), open: Mutex::new(gate) });
-        let b = Batcher::start(&[engine.clone()], cfg(1, 0, 2), Arc::new(Metrics::new()));
-        let t = || vec![Tile::new(4, 4, vec![0.0; 48])];
-        let submit = || b.submit(&*engine, t(), GenParams::default(), CancellationToken::new(), None);
-        let a = submit().unwrap();
-        let c = submit().unwrap();
-        assert_eq!(b.depth(), 2);
-        assert!(matches!(submit(), Err(SubmitError::Overloaded(2))));
-        open.send(()).unwrap();
-        open.send(()).unwrap();
-        a.await.unwrap().unwrap();
-        c.await.unwrap().unwrap();
-        assert_eq!(b.depth(), 0);
-        let d = submit().expect("slots are free again");
-        open.send(()).unwrap();
-        d.await.unwrap().unwrap();
-    }
-
-    /// Records forward passes and idle calls, in order; each pass waits for the gate.
-    struct IdleLog {
         id: EngineId,
         open: Mutex<std::sync::mpsc::Receiver<()>>,
         log: Mutex<Vec<&'static str>>,
     }
 
-    impl Engine for IdleLog {
+    fn gate(id: &str) -> (std::sync::mpsc::Sender<()>, Arc<Gate>) {
+        let (open, rx) = std::sync::mpsc::channel();
+        (open, Arc::new(Gate { id: EngineId::new(id, "0"), open: Mutex::new(rx), log: Mutex::new(vec![]) }))
+    }
+
+    impl Engine for Gate {
         fn id(&self) -> &EngineId {
             &self.id
         }
@@ -478,12 +441,32 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn full_queue_refuses_until_answers_free_slots() {
+        let (open, gate) = gate("gate");
+        let engine: Arc<dyn Engine> = gate;
+        let b = Batcher::start(&[engine.clone()], cfg(1, 0, 2), Arc::new(Metrics::new()));
+        let t = || vec![Tile::new(4, 4, vec![0.0; 48])];
+        let submit = || b.submit(&*engine, t(), GenParams::default(), CancellationToken::new(), None);
+        let a = submit().unwrap();
+        let c = submit().unwrap();
+        assert_eq!(b.depth(), 2);
+        assert!(matches!(submit(), Err(SubmitError::Overloaded(2))));
+        open.send(()).unwrap();
+        open.send(()).unwrap();
+        a.await.unwrap().unwrap();
+        c.await.unwrap().unwrap();
+        assert_eq!(b.depth(), 0);
+        let d = submit().expect("slots are free again");
+        open.send(()).unwrap();
+        d.await.unwrap().unwrap();
+    }
+
     /// The worker tells the engine it is idle only when nothing is queued: not between two
     /// queued jobs, and again once the queue drains.
     #[tokio::test]
     async fn engine_hears_idle_only_when_the_queue_drains() {
-        let (open, gate) = std::sync::mpsc::channel();
-        let log = Arc::new(IdleLog { id: EngineId::new("idle", "0"), open: Mutex::new(gate), log: Mutex::new(vec![]) });
+        let (open, log) = gate("idle");
         let engine: Arc<dyn Engine> = log.clone();
         let b = Batcher::start(&[engine.clone()], cfg(1, 0, 4), Arc::new(Metrics::new()));
         let t = || vec![Tile::new(4, 4, vec![0.0; 48])];

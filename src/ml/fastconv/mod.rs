@@ -578,9 +578,9 @@ impl Nhwc {
     fn combine_nearest(&mut self, c_off: usize, other: &Nhwc, o_off: usize, len: usize, factor: usize, op: impl Fn(&mut f32, f32) + Sync) {
         assert!(
             factor >= 1 && (self.n, self.h, self.w) == (other.n, other.h * factor, other.w * factor),
-            "add_nearest: shape mismatch"
+            "add_assign/copy_channels/add_nearest: shape mismatch"
         );
-        assert!(c_off + len <= self.c && o_off + len <= other.c, "add_nearest: channel slice out of range");
+        assert!(c_off + len <= self.c && o_off + len <= other.c, "add_assign/copy_channels/add_nearest: channel slice out of range");
         other.expect_f32(o_off, len);
         let (c, oc) = (self.c, other.c);
         self.par_rows_mut().for_each(|(ni, y, dst)| {
