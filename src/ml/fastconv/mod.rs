@@ -39,6 +39,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+mod amx_wino;
 mod avx512;
 mod kernels;
 mod portable;
@@ -182,10 +183,24 @@ pub enum Winograd {
 /// 16→64 at 1.8×, 64→3 at 2.6× (the output channel count does not matter much).
 pub const WINOGRAD_MIN_IN_C: usize = 8;
 
-/// Smallest number of 4×4 output tiles (over all images) for which [`Winograd::Auto`] runs
+/// Smallest number of 4×4 output tiles per image for which [`Winograd::Auto`] runs
 /// Winograd: the GEMM computes `P` (6–16) tiles at a time, so a map of one or two tiles wastes
 /// most of it (4×4 maps measured 0.5–0.9× the direct kernel, 8×8 1.1–3×).
 pub const WINOGRAD_MIN_TILES: usize = 4;
+
+/// Smallest input channel count for which [`Winograd::Auto`] runs the AMX bf16 backend's
+/// Winograd F(2×2, 3×3): one full 32-channel k-block.
+pub const AMX_WINOGRAD_MIN_IN_C: usize = 32;
+
+/// Smallest output channel count for which [`Winograd::Auto`] runs the AMX Winograd kernel.
+/// Its input transform costs the same whatever the output width, so it pays from two output
+/// tile pairs on (in-process A/B at 128²: 64→64 and 192→64 run in 0.65–0.85× the direct
+/// kernel's time, 64→32 and 128→32 in 1.0–1.6×).
+pub const AMX_WINOGRAD_MIN_OUT_C: usize = 64;
+
+/// Smallest number of 2×2 output tiles per image for which [`Winograd::Auto`] runs the
+/// AMX Winograd kernel: its register block computes 32 tiles at a time.
+pub const AMX_WINOGRAD_MIN_TILES: usize = 32;
 
 impl Winograd {
     /// `UPRES_FASTCONV_WINOGRAD`: `on`/`auto`/`1` → [`Winograd::Auto`], `always` →
@@ -208,13 +223,17 @@ impl Winograd {
 
     /// Whether a conv with `in_c → out_c` channels on `backend` runs Winograd under this mode.
     pub fn pays(self, backend: Backend, in_c: usize, out_c: usize) -> bool {
-        let _ = out_c;
-        backend == Backend::Avx512
-            && match self {
-                Winograd::Off => false,
-                Winograd::Auto => in_c >= WINOGRAD_MIN_IN_C,
-                Winograd::Always => true,
-            }
+        let auto = match backend {
+            Backend::Avx512 => in_c >= WINOGRAD_MIN_IN_C,
+            #[cfg(target_arch = "x86_64")]
+            Backend::AmxBf16 => in_c >= AMX_WINOGRAD_MIN_IN_C && out_c >= AMX_WINOGRAD_MIN_OUT_C,
+            _ => return false,
+        };
+        match self {
+            Winograd::Off => false,
+            Winograd::Auto => auto,
+            Winograd::Always => true,
+        }
     }
 }
 
@@ -774,15 +793,18 @@ impl Conv3x3 {
                 Backend::AmxBf16x2 => &[(false, false), (true, false)],
                 _ => &[(false, false)],
             };
-            let wts = amx::AmxWeights::pack(weight, &bias_v, &slope, in_c, out_c, plan);
+            let mut wts = amx::AmxWeights::pack(weight, &bias_v, &slope, in_c, out_c, plan);
+            if use_wino {
+                wts = wts.with_winograd(weight, in_c);
+            }
             return Ok(Conv3x3 {
                 in_c,
                 out_c,
                 blocks: Vec::new(),
                 amx: Some(wts),
                 backend,
-                winograd: false,
-                wino_mode: Winograd::Off,
+                winograd: use_wino,
+                wino_mode: winograd,
             });
         }
         // Split the 16-channel vectors into blocks of at most MAX_NV, as evenly as possible.
@@ -1067,7 +1089,8 @@ impl Conv3x3 {
         if let Some(wts) = &self.amx {
             return self.run_amx(wts, geom, (inp, cs_in, shadow_in), out_ptr, cs_out, rr, res.len(), scale, shadow_out);
         }
-        let tiles = n * h.div_ceil(4) * w.div_ceil(4);
+        // Per image, so that a batch runs the kernel each of its images would run alone.
+        let tiles = h.div_ceil(4) * w.div_ceil(4);
         if self.winograd && (self.wino_mode == Winograd::Always || tiles >= WINOGRAD_MIN_TILES) {
             let job = winograd::WinoJob {
                 inp,
@@ -1215,6 +1238,24 @@ impl Conv3x3 {
             row_px,
             w,
         };
+        // Per image, as in `run`.
+        let wino_tiles = h.div_ceil(2) * w.div_ceil(2);
+        if let Some(wino) = wts.winograd().filter(|_| self.wino_mode == Winograd::Always || wino_tiles >= AMX_WINOGRAD_MIN_TILES) {
+            amx_wino::run(&job, wts, wino, &amx_wino::WinoGeom { n, h, w, c_in: self.in_c });
+        } else {
+            self.run_amx_direct(&job, wts, geom);
+        }
+        if !scratch.is_empty() {
+            if let Ok(mut p) = BF16_POOL.lock() {
+                p.push(scratch);
+            }
+        }
+    }
+
+    /// The direct AMX kernel over every interior position: 256-position chunks × images.
+    #[cfg(target_arch = "x86_64")]
+    fn run_amx_direct(&self, job: &RawJob, wts: &amx::AmxWeights, (n, h, w): (usize, usize, usize)) {
+        let row_px = w + 2;
         let first = row_px + 1;
         let end = (h + 1) * row_px - 1;
         let per_img = (end - first).div_ceil(amx::CHUNK);
@@ -1222,14 +1263,9 @@ impl Conv3x3 {
             let base = (item / per_img) * (h + 2) * row_px;
             let q0 = base + first + (item % per_img) * amx::CHUNK;
             let q1 = (q0 + amx::CHUNK).min(base + end);
-            kernels::run_amx(&job, wts, q0, q1);
+            kernels::run_amx(job, wts, q0, q1);
         };
         (0..n * per_img).into_par_iter().for_each(work);
-        if !scratch.is_empty() {
-            if let Ok(mut p) = BF16_POOL.lock() {
-                p.push(scratch);
-            }
-        }
     }
 }
 

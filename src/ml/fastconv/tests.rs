@@ -632,6 +632,141 @@ fn winograd_switch_and_heuristic() {
         }
         assert_eq!(outs[0], outs[1], "Auto must run the direct kernel on a 2-tile map");
     }
+    // The AMX bf16 backend: Winograd F(2×2) from one k-block in and two output-tile pairs out;
+    // the split modes keep their direct kernel.
+    let amx = Backend::AmxBf16.supported();
+    assert_eq!(mk(64, 64, Backend::AmxBf16, Winograd::Auto), amx);
+    assert_eq!(mk(AMX_WINOGRAD_MIN_IN_C, AMX_WINOGRAD_MIN_OUT_C, Backend::AmxBf16, Winograd::Auto), amx);
+    assert!(!mk(64, 32, Backend::AmxBf16, Winograd::Auto), "one output-tile pair: direct pays better");
+    assert!(!mk(16, 64, Backend::AmxBf16, Winograd::Auto), "a partial k-block: direct");
+    assert_eq!(mk(16, 32, Backend::AmxBf16, Winograd::Always), amx);
+    for b in [Backend::AmxBf16x2, Backend::AmxBf16x3] {
+        if b.supported() {
+            assert!(!mk(64, 64, b, Winograd::Always), "{b:?}");
+        }
+    }
+    // Auto keeps images of fewer than AMX_WINOGRAD_MIN_TILES 2×2 tiles on the direct kernel,
+    // counted per image: a batch runs what each of its images would run alone.
+    if amx {
+        let mut rng = Rng(78);
+        let wt = rng.vec(64 * 64 * 9);
+        let x = random_nhwc(&mut rng, 3, 5, 6, 64); // 3×3 = 9 tiles per image, 27 in the batch
+        let mut outs = Vec::new();
+        for mode in [Winograd::Off, Winograd::Auto, Winograd::Always] {
+            let c = Conv3x3::with_options(&wt, None, 64, 64, Activation::None, Backend::AmxBf16, mode).unwrap();
+            let mut out = Nhwc::zeros(3, 5, 6, 64);
+            c.forward(&x, 0, &mut out, 0, &Epilogue::default()).unwrap();
+            outs.push(out.to_nchw(0, 64));
+        }
+        assert_eq!(outs[0], outs[1], "Auto must run the direct kernel on a 9-tile image");
+        assert_ne!(outs[0], outs[2], "Always runs Winograd (other rounding)");
+    }
     // with_backend is explicit: no Winograd whatever the environment says.
     assert!(!Conv3x3::with_backend(&wt, None, 64, 64, Activation::None, Backend::Avx512).unwrap().uses_winograd());
+}
+
+/// AMX Winograd F(2×2, 3×3) tolerance factor on Σ|w·x|+|b|+|residual terms|: `V` and `U` are
+/// rounded to bf16 after the transforms (sums of up to 4 inputs, 9 weights), so the error is a
+/// small multiple of the direct bf16 kernel's: measured max ≈ 2e-3 on these shapes (direct
+/// ≈ 7e-4); the bound leaves 5× margin.
+const AMX_WINO_TOL: f64 = 1e-2;
+
+#[test]
+fn amx_winograd_matches_reference_on_random_shapes() {
+    if !Backend::AmxBf16.supported() {
+        return;
+    }
+    let mut rng = Rng(0xa3f0_5eed);
+    // (n, h, w, in_c, out_c): odd sizes (partial 2×2 tiles), 1×1 and 1-row maps, rows of more
+    // than one 64-tile segment, channel counts off the k-block and tile widths, batches, and
+    // Real-ESRGAN's shapes.
+    let shapes = [
+        (1, 1, 1, 32, 16),
+        (2, 5, 7, 17, 33),
+        (1, 3, 140, 35, 48),
+        (3, 13, 9, 64, 16),
+        (1, 9, 13, 64, 64),
+        (2, 6, 11, 96, 32),
+        (1, 10, 7, 128, 32),
+        (1, 11, 10, 160, 32),
+        (2, 2, 3, 192, 64),
+        (1, 7, 5, 64, 3),
+        (2, 17, 19, 64, 64),
+        (1, 1, 70, 40, 24),
+    ];
+    let (mut worst_w, mut worst_d) = (0f64, 0f64);
+    for (si, &(n, h, w, in_c, out_c)) in shapes.iter().enumerate() {
+        let in_off = (si / 2) % 3;
+        let x = random_nhwc(&mut rng, n, h, w, in_c + si % 3 + in_off);
+        let wt = rng.vec(out_c * in_c * 9);
+        let bias = rng.vec(out_c);
+        let slopes = match si % 3 {
+            0 => vec![1.0; out_c],
+            1 => vec![0.2; out_c],
+            _ => rng.vec(out_c),
+        };
+        let act = match si % 3 {
+            0 => Activation::None,
+            1 => Activation::LeakyRelu(0.2),
+            _ => Activation::PRelu(slopes.clone()),
+        };
+        let r1 = random_nhwc(&mut rng, n, h, w, out_c + 2);
+        let (scale, res): (f32, Vec<(&Nhwc, usize, f32)>) = match si % 4 {
+            0 => (1.0, vec![]),
+            1 => (0.2, vec![(&r1, 1, 1.0)]),
+            2 => (0.04, vec![(&r1, 0, 0.2), (&r1, 2, 1.0)]),
+            _ => (1.0, vec![(&r1, 2, 1.0)]),
+        };
+        // The reference reads the bf16-rounded input: both kernels read the bf16 shadow.
+        let mut xr = x.clone();
+        for ni in 0..n {
+            for y in 0..h {
+                for xx in 0..w {
+                    for v in xr.pixel_mut(ni, y, xx) {
+                        *v = super::amx::bf16_to_f32(super::f32_to_bf16(*v));
+                    }
+                }
+            }
+        }
+        let want = reference(&xr, in_off, &wt, &bias, in_c, out_c, &slopes, scale, &res);
+        let residuals: Vec<Residual> = res.iter().map(|&(src, c_off, weight)| Residual { src, c_off, weight }).collect();
+        let ep = Epilogue { scale, residuals: &residuals, bf16_only: false };
+        let out_off = (si + 1) % 3;
+        for mode in [Winograd::Always, Winograd::Off] {
+            let conv = Conv3x3::with_options(&wt, Some(&bias), in_c, out_c, act.clone(), Backend::AmxBf16, mode).unwrap();
+            assert_eq!(conv.uses_winograd(), mode == Winograd::Always);
+            let mut out = Nhwc::zeros(n, h, w, out_c + out_off + 1);
+            conv.forward(&x, in_off, &mut out, out_off, &ep).unwrap();
+            let what = format!("AMX {mode:?} shape {si} {n}x{h}x{w} {in_c}->{out_c}");
+            check(&out, out_off, out_c, &want, if mode == Winograd::Off { tol(Backend::AmxBf16) } else { AMX_WINO_TOL }, &what);
+            let e = max_rel_err(&out, out_off, out_c, &want);
+            if mode == Winograd::Off {
+                worst_d = worst_d.max(e);
+            } else {
+                worst_w = worst_w.max(e);
+            }
+            for ni in 0..n {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let px = out.pixel(ni, y, xx);
+                        assert!(px[..out_off].iter().chain(&px[out_off + out_c..]).all(|&v| v == 0.0), "{what}: wrote outside the slice");
+                    }
+                }
+            }
+            for ni in 0..n {
+                let img = ni * (h + 2) * (w + 2);
+                for q in (0..w + 2).chain((h + 1) * (w + 2)..(h + 2) * (w + 2)) {
+                    assert!(out.data()[(img + q) * out.c..(img + q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
+                }
+                for y in 0..h + 2 {
+                    for q in [img + y * (w + 2), img + y * (w + 2) + w + 1] {
+                        assert!(out.data()[q * out.c..(q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
+                    }
+                }
+            }
+            let tail = n * (h + 2) * (w + 2) * out.c;
+            assert!(out.data()[tail..].iter().all(|&v| v == 0.0), "{what}: wrote past the last image");
+        }
+    }
+    println!("AMX max |err|/Σ|terms|: winograd {worst_w:.2e}, direct {worst_d:.2e} (bounds {AMX_WINO_TOL:.1e}, {:.1e})", tol(Backend::AmxBf16));
 }

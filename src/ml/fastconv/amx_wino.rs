@@ -1,0 +1,321 @@
+//! Winograd F(2×2, 3×3) on the AMX tile unit, for the plain bf16 backend.
+//!
+//! Why: on this machine a `tileloadd` costs about as much as two `tdpbf16ps` (measured ~21 ns
+//! per 1 KB tile against ~7.5 ns per `tdpbf16ps` on one core), and the direct kernel needs one
+//! tile load per `tdpbf16ps`, so it is bound by tile loads. Winograd F(2×2, 3×3) does 16
+//! multiply-adds per 4 outputs instead of 36: 2.25× fewer tile loads and `tdpbf16ps`, plus
+//! input and output transforms on the (otherwise idle) AVX-512 units.
+//!
+//! Per 2×2 output tile and channel: `V = Bᵀ d B` of the 4×4 input patch `d` (f32 from the bf16
+//! input, rounded to bf16 once), per transform point `ξ` (16) a GEMM over channels
+//! `M[ξ] = V[ξ] · U[ξ]` on the tiles (`U = G g Gᵀ`, packed once in bf16 in the direct kernel's
+//! VNNI layout with `ξ` in place of the tap), then `Y = Aᵀ M A` and the same fused epilogue as
+//! the direct kernel (`amx::finish`). F(2×2) rather than F(4×4) because its transforms only
+//! add and subtract (and halve the weights), so bf16 rounding of `V` and `U` costs about what
+//! rounding the input and weights costs the direct kernel; F(4×4)'s transforms amplify it.
+//!
+//! Work items are segments of at most [`SEG_TILES`] tiles of one tile row of one image. A
+//! segment's `V` lives in a per-thread scratch; the GEMM runs in register blocks of 32 tiles ×
+//! 32 output channels (2×2 tiles of 16, like the direct kernel), `tilestored` into one of two
+//! `M` buffers, and the output transform of the previous block runs a few tiles per `ξ` inside
+//! the next block's tile loop, as the direct kernel's epilogue does.
+// Unsafe is needed for inline assembly (the AMX intrinsics are not stable in Rust), SIMD
+// intrinsics on raw pointers and `#[target_feature]` calls; the crate root denies it elsewhere.
+#![allow(unsafe_code)]
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use super::amx::{finish, k_step, AmxWeights, TileConfig, TileConsts};
+use super::kernels::RawJob;
+
+/// Transform points per tile (4×4).
+const XI: usize = 16;
+/// Most tiles per work item (two 32-tile register blocks).
+const SEG_TILES: usize = 64;
+/// Floats per `M` buffer: 16 points × four 16×16 accumulator tiles.
+const M_FLOATS: usize = XI * 1024;
+
+/// `G` (4×3) for the points 0, 1, −1, ∞ (weight transform `U = G g Gᵀ`).
+const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+
+/// Packs OIHW weights as `[output tile][ξ 16][k-block][16 channel pairs][16 out][2]` bf16:
+/// `U = G g Gᵀ` computed in f64 and rounded once.
+pub(super) fn pack(weight: &[f32], in_c: usize, out_c: usize, tiles: usize, kb: usize) -> Vec<u16> {
+    let mut w = vec![0u16; tiles * XI * kb * 512];
+    for o in 0..out_c {
+        let (tile, oo) = (o / 16, o % 16);
+        for i in 0..in_c {
+            let g = &weight[(o * in_c + i) * 9..(o * in_c + i + 1) * 9];
+            for (r, gr) in G.iter().enumerate() {
+                for (c, gc) in G.iter().enumerate() {
+                    // U[r][c] = Σ_a Σ_b G[r][a] g[a][b] G[c][b]
+                    let mut u = 0f64;
+                    for a in 0..3 {
+                        for b in 0..3 {
+                            u += gr[a] * f64::from(g[a * 3 + b]) * gc[b];
+                        }
+                    }
+                    let xi = r * 4 + c;
+                    let (k, ii) = (i / 32, i % 32);
+                    w[(((tile * XI + xi) * kb + k) * 16 + ii / 2) * 32 + oo * 2 + ii % 2] = super::f32_to_bf16(u as f32);
+                }
+            }
+        }
+    }
+    w
+}
+
+/// Geometry of one call.
+pub(super) struct WinoGeom {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Input channels the weights use (the rest of each k-block is read as zero).
+    pub c_in: usize,
+}
+
+thread_local! {
+    /// Per-thread `V` and `M` scratch (u16 units), grown to the largest call seen and reused.
+    static SCRATCH: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs the convolution: `j` as for the direct AMX kernel (`j.inp` the bf16 input, `j.cs_in`
+/// its pixel stride in elements), `wino` from [`pack`] with `wts`'s tiles and k-blocks.
+///
+/// Contract (module-private): as [`super::amx::run_range`] for every interior position of the
+/// `n` images, with AMX [`super::amx::available`].
+pub(super) fn run(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom) {
+    use rayon::prelude::*;
+    let tiles_x = g.w.div_ceil(2);
+    let segs = tiles_x.div_ceil(SEG_TILES);
+    let rows = g.h.div_ceil(2);
+    let kc = wts.kb() * 32;
+    // V: SEG_TILES rows of `tile_stride` bf16; then two M buffers of f32, 64-byte aligned.
+    let v_len = SEG_TILES * tile_stride(kc);
+    let need = v_len + 2 * 2 * M_FLOATS + 64;
+    let work = |item: usize| {
+        let (img, rest) = (item / (rows * segs), item % (rows * segs));
+        let (ty, seg) = (rest / segs, rest % segs);
+        let tx0 = seg * SEG_TILES;
+        let nt = (tiles_x - tx0).min(SEG_TILES);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < need {
+                s.resize(need, 0);
+            }
+            let base = s.as_ptr().align_offset(64).min(31);
+            let v = s[base..].as_mut_ptr();
+            // SAFETY: v_len u16 of V then 2·M_FLOATS f32 (4·M_FLOATS u16) fit in `need − 64`
+            // after the alignment offset; the contract covers the rest.
+            unsafe {
+                let m = v.add(v_len) as *mut f32;
+                segment(j, wts, wino, g, img, ty, tx0, nt, v, m);
+            }
+        });
+    };
+    (0..g.n * rows * segs).into_par_iter().for_each(work);
+}
+
+/// A register block whose output transform is still running (from `M` buffer `buf`).
+struct Pending {
+    tx0: usize,
+    /// Valid tiles of the block (≤ 32).
+    nt: usize,
+    buf: usize,
+    tiles: [Option<TileConsts>; 2],
+    next: usize,
+}
+
+/// One segment: input transform of `nt` tiles from `tx0` in tile row `ty`, then per register
+/// block and output-tile pair the 16 GEMMs, with the previous block's output transform
+/// interleaved.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img: usize, ty: usize, tx0: usize, nt: usize, v: *mut u16, m: *mut f32) {
+    let kb = wts.kb();
+    let kc = kb * 32;
+    let ntp = nt.div_ceil(32) * 32;
+    let row_px = g.w + 2;
+    let img_base = img * (g.h + 2) * row_px;
+    // SAFETY (whole body): every V row written or read is < ntp ≤ SEG_TILES per plane; the
+    // weights hold tiles·16·kb·512 values; M buffers hold M_FLOATS each; input pixels are
+    // checked against the padded image in `input_tile`.
+    unsafe {
+        let ts = tile_stride(kc);
+        // One instance per channel count, so that the transform's offsets are constants.
+        match kb {
+            1 => input_tiles::<32>(j, g, kc, img_base, ty, tx0, nt, ntp, v),
+            2 => input_tiles::<64>(j, g, kc, img_base, ty, tx0, nt, ntp, v),
+            3 => input_tiles::<96>(j, g, kc, img_base, ty, tx0, nt, ntp, v),
+            4 => input_tiles::<128>(j, g, kc, img_base, ty, tx0, nt, ntp, v),
+            5 => input_tiles::<160>(j, g, kc, img_base, ty, tx0, nt, ntp, v),
+            6 => input_tiles::<192>(j, g, kc, img_base, ty, tx0, nt, ntp, v),
+            _ => input_tiles::<0>(j, g, kc, img_base, ty, tx0, nt, ntp, v),
+        }
+        // Rows per ξ step so that a block's 64 (tile, output tile) rows finish in the next
+        // block's 16 steps.
+        let per_step = 64usize.div_ceil(XI);
+        let cfg = TileConfig::full();
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        let stride = ts * 2;
+        let mut pending: Option<Pending> = None;
+        let mut buf = 0;
+        for blk in 0..ntp / 32 {
+            for pair in 0..wts.tiles() / 2 {
+                let mb = m.add(buf * M_FLOATS);
+                for xi in 0..XI {
+                    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                    let a0 = v.add(blk * 32 * ts + xi * kc) as *const u8;
+                    let a1 = a0.add(16 * stride);
+                    let b0 = wino.as_ptr().add((2 * pair) * XI * kb * 512 + xi * kb * 512) as *const u8;
+                    let b1 = wino.as_ptr().add((2 * pair + 1) * XI * kb * 512 + xi * kb * 512) as *const u8;
+                    for k in 0..kb {
+                        k_step::<false>(a0.add(k * 64), a1.add(k * 64), b0.add(k * 1024), b1.add(k * 1024), stride);
+                    }
+                    let sp = mb.add(xi * 1024);
+                    asm!(
+                        "tilestored [{p0} + {s}], tmm0",
+                        "tilestored [{p1} + {s}], tmm1",
+                        "tilestored [{p2} + {s}], tmm2",
+                        "tilestored [{p3} + {s}], tmm3",
+                        p0 = in(reg) sp,
+                        p1 = in(reg) sp.add(256),
+                        p2 = in(reg) sp.add(512),
+                        p3 = in(reg) sp.add(768),
+                        s = in(reg) 64usize,
+                        options(nostack),
+                    );
+                    if let Some(p) = pending.as_mut() {
+                        output_rows(j, g, img_base, ty, m, p, per_step);
+                    }
+                }
+                if let Some(mut p) = pending.take() {
+                    output_rows(j, g, img_base, ty, m, &mut p, 64);
+                }
+                pending = Some(Pending {
+                    tx0: tx0 + blk * 32,
+                    nt: (nt - blk * 32).min(32),
+                    buf,
+                    tiles: super::amx::tile_consts(wts, pair),
+                    next: 0,
+                });
+                buf ^= 1;
+            }
+        }
+        if let Some(mut p) = pending.take() {
+            output_rows(j, g, img_base, ty, m, &mut p, 64);
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+/// u16 between consecutive tiles' `V` rows: 16 points × `kc` channels, plus a cache line so
+/// that the 16 rows of an A tile do not all fall into the same two L1 sets.
+fn tile_stride(kc: usize) -> usize {
+    XI * kc + 32
+}
+
+/// `V = Bᵀ d B` for tiles `tx0..tx0+nt` of tile row `ty` into rows `0..nt` of `v` (`[tile][ξ][kc]`,
+/// [`tile_stride`] apart); rows `nt..ntp` get zeros. Input pixels outside the padded image
+/// read as zero, as do channels past `c_in` in the last k-block. Neighbouring tiles share two
+/// input columns, so each column's `Bᵀ d` is computed once and slid along. `KC` is `kc` as a
+/// constant (0: run-time only), so that the 16 row offsets are immediates.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_tiles<const KC: usize>(j: &RawJob, g: &WinoGeom, kc: usize, img_base: usize, ty: usize, tx0: usize, nt: usize, ntp: usize, v: *mut u16) {
+    // KC: the channel count as a constant (0: only known at run time, `kc`).
+    let kc = if KC == 0 { kc } else { KC };
+    let row_px = g.w + 2;
+    let ts = tile_stride(kc);
+    // SAFETY (whole body): loads are of padded-image pixels (row ≤ h+1, column ≤ w+1) of the
+    // input, whose pixel holds `kc` readable channels (the direct kernel's k-block reads);
+    // stores stay in rows < ntp ≤ SEG_TILES of `v`.
+    unsafe {
+        for t in nt..ntp {
+            std::ptr::write_bytes(v.add(t * ts), 0, XI * kc);
+        }
+        let src = j.inp as *const u16;
+        // Padded rows of the tile row; rows past the image read as zero.
+        let rows: [Option<*const u16>; 4] =
+            std::array::from_fn(|r| (2 * ty + r <= g.h + 1).then(|| src.add((img_base + (2 * ty + r) * row_px) * j.cs_in)));
+        for c0 in (0..kc).step_by(16) {
+            let mask = (((1u32 << g.c_in.saturating_sub(c0).min(16)) - 1) & 0xffff) as u16;
+            // Bᵀ d of padded column x: one vector per transformed row.
+            let column = |x: usize| -> [__m512; 4] {
+                let mut d = [_mm512_setzero_ps(); 4];
+                if x <= g.w + 1 && mask != 0 {
+                    for (dr, row) in d.iter_mut().zip(rows) {
+                        if let Some(row) = row {
+                            let b = _mm256_maskz_loadu_epi16(mask, row.add(x * j.cs_in + c0) as *const i16);
+                            *dr = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(b)));
+                        }
+                    }
+                }
+                [_mm512_sub_ps(d[0], d[2]), _mm512_add_ps(d[1], d[2]), _mm512_sub_ps(d[2], d[1]), _mm512_sub_ps(d[1], d[3])]
+            };
+            let (mut a, mut b) = (column(2 * tx0), column(2 * tx0 + 1));
+            for t in 0..nt {
+                let x = 2 * (tx0 + t);
+                let (c, d) = (column(x + 2), column(x + 3));
+                let out = v.add(t * ts + c0);
+                for r in 0..4 {
+                    // V = t B, columns as the rows above.
+                    let vr = [_mm512_sub_ps(a[r], c[r]), _mm512_add_ps(b[r], c[r]), _mm512_sub_ps(c[r], b[r]), _mm512_sub_ps(b[r], d[r])];
+                    for (cc, x) in vr.iter().enumerate() {
+                        let h = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(*x));
+                        _mm256_storeu_si256(out.add((r * 4 + cc) * kc) as *mut __m256i, h);
+                    }
+                }
+                (a, b) = (c, d);
+            }
+        }
+    }
+}
+
+/// Output transform `Y = Aᵀ M A` and the fused epilogue for up to `rows` more (tile, output
+/// tile) rows of a pending block; row `i` = tile `i / 2` × output tile `i % 2`.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+unsafe fn output_rows(j: &RawJob, g: &WinoGeom, img_base: usize, ty: usize, m: *const f32, p: &mut Pending, rows: usize) {
+    let end = (p.next + rows).min(64);
+    let row_px = g.w + 2;
+    for i in p.next..end {
+        let (t, ot) = (i / 2, i % 2);
+        let Some(tc) = p.tiles[ot] else { continue };
+        if t >= p.nt {
+            continue;
+        }
+        // Accumulator tile (tile half, output tile), row within it.
+        let ct = (t / 16) * 2 + ot;
+        // SAFETY: M buffer `p.buf` holds 16 planes of four 16×16 tiles; the stores go to
+        // interior pixels (y < h, x < w) of the validated output (finish's contract).
+        unsafe {
+            let mb = m.add(p.buf * M_FLOATS + ct * 256 + (t % 16) * 16);
+            let mx = |xi: usize| _mm512_load_ps(mb.add(xi * 1024));
+            // Rows: s = Aᵀ M (2×4), Aᵀ = [1 1 1 0; 0 1 −1 −1].
+            let mut s = [[_mm512_setzero_ps(); 4]; 2];
+            for c in 0..4 {
+                let (m0, m1, m2, m3) = (mx(c), mx(4 + c), mx(8 + c), mx(12 + c));
+                s[0][c] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                s[1][c] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            }
+            let tx = p.tx0 + t;
+            for (r, sr) in s.iter().enumerate() {
+                let y = 2 * ty + r;
+                if y >= g.h {
+                    continue;
+                }
+                let ys = [_mm512_add_ps(_mm512_add_ps(sr[0], sr[1]), sr[2]), _mm512_sub_ps(_mm512_sub_ps(sr[1], sr[2]), sr[3])];
+                for (c, acc) in ys.iter().enumerate() {
+                    let x = 2 * tx + c;
+                    if x >= g.w {
+                        continue;
+                    }
+                    finish(j, &tc, img_base + (y + 1) * row_px + x + 1, *acc);
+                }
+            }
+        }
+    }
+    p.next = end;
+}
