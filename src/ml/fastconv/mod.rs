@@ -29,13 +29,14 @@
 //!   precision modes), with an aligned bf16 shadow kept on [`Nhwc`] so chained AMX convs skip
 //!   conversion, and [`Epilogue::bf16_only`] for activations only AMX convs read.
 //! * **Winograd** — F(4×4, 3×3) path for the fp32 AVX-512 backend (`winograd.rs`,
-//!   [`Winograd`]): 4× fewer multiply-adds, same API and epilogue. The Real-ESRGAN engine runs
-//!   it where it pays ([`Winograd::Auto`]); [`Conv3x3::new`] only with
-//!   `UPRES_FASTCONV_WINOGRAD=on`, or via [`Conv3x3::with_options`].
+//!   [`Winograd`]): 4× fewer multiply-adds, same API and epilogue; and F(2×2, 3×3) on the AMX
+//!   tiles for the plain bf16 backend (`amx_wino.rs`): 2.25× fewer tile loads and
+//!   `tdpbf16ps`. The Real-ESRGAN engine runs them where they pay ([`Winograd::Auto`]);
+//!   [`Conv3x3::new`] only with `UPRES_FASTCONV_WINOGRAD=on`, or via [`Conv3x3::with_options`].
 //!
 //! Tolerances (see the tests): fp32 backends within `1e-5·Σ|w·x| + 1e-6` of an f64
 //! reference per output; bf16 within `1.6e-2·Σ|w·x| + 1e-6`; AMX bf16x2 `4e-3`, bf16x3 `2e-5`;
-//! Winograd `5e-5`.
+//! Winograd `5e-5`, AMX Winograd `1e-2`.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -165,14 +166,17 @@ impl Backend {
     }
 }
 
-/// Whether a convolution uses the Winograd F(4×4, 3×3) path (fp32 AVX-512 backend only; any
-/// other backend ignores it and runs its direct kernel).
+/// Whether a convolution uses a Winograd path: F(4×4, 3×3) on the fp32 AVX-512 backend,
+/// F(2×2, 3×3) on the plain AMX bf16 backend; any other backend ignores it and runs its direct
+/// kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Winograd {
     /// Direct convolution only.
     Off,
-    /// Winograd where it pays ([`Winograd::pays`]: at least [`WINOGRAD_MIN_IN_C`] input
-    /// channels; at run time at least [`WINOGRAD_MIN_TILES`] tiles), direct elsewhere.
+    /// Winograd where it pays ([`Winograd::pays`]: fp32 from [`WINOGRAD_MIN_IN_C`] input
+    /// channels, AMX from [`AMX_WINOGRAD_MIN_IN_C`] in and [`AMX_WINOGRAD_MIN_OUT_C`] out; at
+    /// run time from [`WINOGRAD_MIN_TILES`] / [`AMX_WINOGRAD_MIN_TILES`] tiles per image),
+    /// direct elsewhere.
     Auto,
     /// Winograd for every shape (tests, measurements).
     Always,
@@ -758,8 +762,8 @@ impl Conv3x3 {
     }
 
     /// As [`Conv3x3::with_backend`] with an explicit Winograd mode: the conv runs Winograd
-    /// F(4×4, 3×3) when `winograd.pays(backend, in_c, out_c)` (fp32 AVX-512 only), else the
-    /// backend's direct kernel. See [`Conv3x3::uses_winograd`].
+    /// Winograd (F(4×4, 3×3) fp32 or F(2×2, 3×3) AMX) when `winograd.pays(backend, in_c,
+    /// out_c)`, else the backend's direct kernel. See [`Conv3x3::uses_winograd`].
     pub fn with_options(
         weight: &[f32],
         bias: Option<&[f32]>,
@@ -898,9 +902,9 @@ impl Conv3x3 {
         self.backend
     }
 
-    /// Whether [`Conv3x3::forward`] runs the Winograd F(4×4, 3×3) kernel (under
-    /// [`Winograd::Auto`], maps of fewer than [`WINOGRAD_MIN_TILES`] 4×4 tiles still run the
-    /// direct kernel).
+    /// Whether [`Conv3x3::forward`] runs a Winograd kernel (under [`Winograd::Auto`], images
+    /// of fewer than [`WINOGRAD_MIN_TILES`] 4×4 tiles, or [`AMX_WINOGRAD_MIN_TILES`] 2×2 tiles
+    /// on AMX, still run the direct kernel).
     pub fn uses_winograd(&self) -> bool {
         self.winograd
     }
