@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! cargo run --release --bin realesrgan-bench -- [--models DIR] [--sizes 64,128,256] [--runs N]
-//!     [--only STEM,…] [--torch .venv/bin/python] [--ncnn .venv/bin/python] [--threads N]
+//!     [--rounds R] [--only STEM,…] [--torch .venv/bin/python] [--ncnn .venv/bin/python] [--threads N]
 //! ```
+//! With `--rounds R` every model's sequence (upres, then each peer, each `--runs` timed runs)
+//! runs R times in turn and each configuration keeps its best run over all rounds: on a host
+//! whose throughput swings within seconds, every runtime then gets samples spread over the same
+//! minutes rather than one stretch each.
 //! Each image is one forward pass over a `size`×`size` input (no tiling, batch 1), the same
 //! synthetic image in every runtime. The first pass per model, size and configuration is a warm-up
 //! and is not timed. FLOPs count convolutions only (2 per MAC). Every runtime gets `--threads`.
@@ -28,6 +32,8 @@ struct Args {
     models: PathBuf,
     sizes: Vec<u32>,
     runs: u32,
+    /// Repetitions of each model's upres-then-peers sequence.
+    rounds: u32,
     only: Option<Vec<String>>,
     ncnn: Option<String>,
     torch: Option<String>,
@@ -41,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         models: "models".into(),
         sizes: vec![64, 128, 256],
         runs: 3,
+        rounds: 1,
         only: None,
         ncnn: None,
         torch: None,
@@ -56,19 +63,21 @@ fn parse_args() -> Result<Args, String> {
                 a.sizes = val()?.split(',').map(|s| s.parse().map_err(|_| format!("bad size {s}"))).collect::<Result<_, _>>()?
             }
             "--runs" => a.runs = val()?.parse().map_err(|_| "bad --runs")?,
+            "--rounds" => a.rounds = val()?.parse().map_err(|_| "bad --rounds")?,
             "--only" => a.only = Some(val()?.split(',').map(str::to_string).collect()),
             "--ncnn" => a.ncnn = Some(val()?),
             "--torch" => a.torch = Some(val()?),
             "--threads" => a.threads = val()?.parse().map_err(|_| "bad --threads")?,
             "--no-fp32" => a.no_fp32 = true,
             "-h" | "--help" => {
-                println!("realesrgan-bench [--models DIR] [--sizes 64,128,256] [--runs N] [--only STEM,...] [--torch PYTHON] [--ncnn PYTHON] [--threads N] [--no-fp32]");
+                println!("realesrgan-bench [--models DIR] [--sizes 64,128,256] [--runs N] [--rounds R] [--only STEM,...] [--torch PYTHON] [--ncnn PYTHON] [--threads N] [--no-fp32]");
                 std::process::exit(0);
             }
             f => return Err(format!("unknown flag {f}")),
         }
     }
     a.runs = a.runs.max(1);
+    a.rounds = a.rounds.max(1);
     Ok(a)
 }
 
@@ -250,12 +259,14 @@ fn main() {
     } else {
         "candle".to_string()
     };
-    println!("# realesrgan-bench: {path} CPU (UPRES_FASTCONV=off for candle), {} threads, {} timed runs, untiled, batch 1", a.threads, a.runs);
+    println!("# realesrgan-bench: {path} CPU (UPRES_FASTCONV=off for candle), {} threads, {} timed runs × {} rounds, untiled, batch 1", a.threads, a.runs, a.rounds);
     let helpers: Vec<(&str, &Helper)> =
         [(a.torch.as_deref(), &TORCH), (a.ncnn.as_deref(), &NCNN)].into_iter().filter_map(|(py, h)| Some((py?, h))).collect();
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     // Model by model, upres then each peer, so that load from other processes on a shared
-    // machine spreads over all columns rather than hitting one runtime.
+    // machine spreads over all columns rather than hitting one runtime; `--rounds` repeats that
+    // sequence and keeps each configuration's best.
+    let best = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| o.min(new)));
     for k in &stems {
         let mut model = match RealEsrgan::load(&a.models, k, &device, None) {
             Ok(m) => m,
@@ -268,31 +279,43 @@ fn main() {
         use upres::ml::fastconv::Winograd;
         let fp32 = upres::ml::fastconv::Backend::best_fp32();
         let (default, default_wino) = (model.fastconv_backend(), model.fastconv_winograd());
-        for &size in &a.sizes {
-            let img = image(size);
-            let (ms, out) = time(&model, &img, a.runs);
-            let (ms_fp32, psnr) = if fast && !a.no_fp32 && (default != fp32 || default_wino != Winograd::Off) {
-                model.set_fastconv_backend(fp32).expect("fp32 backend");
-                model.set_fastconv_winograd(Winograd::Off).expect("direct kernel");
-                let (ms32, out32) = time(&model, &img, a.runs);
-                model.set_fastconv_backend(default).expect("default backend");
-                model.set_fastconv_winograd(default_wino).expect("default Winograd mode");
-                eprintln!("upres (fastconv {fp32:?} direct) {} {size}: {ms32:.1} ms", k.stem);
-                (Some(ms32), Some(psnr8(&out.data, &out32.data)))
-            } else {
-                (None, None)
-            };
-            let flops = model.flops(size as usize, size as usize) as f64;
-            rows.push(Row { stem: k.stem, size, scale: model.scale(), ms, ms_fp32, psnr, flops, peers: [None; PEERS.len()] });
-            eprintln!("upres ({path}) {} {size}: {ms:.1} ms", k.stem);
-        }
-        drop(model);
-        for (python, helper) in &helpers {
-            for t in peer_times(python, helper, &a, k.stem) {
-                let col = PEERS.iter().position(|p| p.runtime == t.runtime && p.mode == t.mode);
-                let row = rows[first..].iter_mut().find(|r| r.size == t.size);
-                if let (Some(col), Some(row)) = (col, row) {
-                    row.peers[col] = Some(t.ms);
+        for round in 0..a.rounds {
+            for &size in &a.sizes {
+                let img = image(size);
+                let (ms, out) = time(&model, &img, a.runs);
+                let (ms_fp32, psnr) = if fast && !a.no_fp32 && (default != fp32 || default_wino != Winograd::Off) {
+                    model.set_fastconv_backend(fp32).expect("fp32 backend");
+                    model.set_fastconv_winograd(Winograd::Off).expect("direct kernel");
+                    let (ms32, out32) = time(&model, &img, a.runs);
+                    model.set_fastconv_backend(default).expect("default backend");
+                    model.set_fastconv_winograd(default_wino).expect("default Winograd mode");
+                    eprintln!("upres (fastconv {fp32:?} direct) {} {size}: {ms32:.1} ms", k.stem);
+                    (Some(ms32), Some(psnr8(&out.data, &out32.data)))
+                } else {
+                    (None, None)
+                };
+                eprintln!("upres ({path}) {} {size}: {ms:.1} ms (round {})", k.stem, round + 1);
+                match rows[first..].iter_mut().find(|r| r.size == size) {
+                    Some(r) => {
+                        r.ms = r.ms.min(ms);
+                        r.ms_fp32 = ms_fp32.and_then(|m| best(r.ms_fp32, m));
+                        r.psnr = psnr.or(r.psnr);
+                    }
+                    None => {
+                        let flops = model.flops(size as usize, size as usize) as f64;
+                        rows.push(Row { stem: k.stem, size, scale: model.scale(), ms, ms_fp32, psnr, flops, peers: [None; PEERS.len()] });
+                    }
+                }
+            }
+            // The peers run with none of upres's buffers held.
+            model.idle();
+            for (python, helper) in &helpers {
+                for t in peer_times(python, helper, &a, k.stem) {
+                    let col = PEERS.iter().position(|p| p.runtime == t.runtime && p.mode == t.mode);
+                    let row = rows[first..].iter_mut().find(|r| r.size == t.size);
+                    if let (Some(col), Some(row)) = (col, row) {
+                        row.peers[col] = best(row.peers[col], t.ms);
+                    }
                 }
             }
         }
