@@ -40,8 +40,12 @@ use super::kernels::RawJob;
 const XI: usize = 16;
 /// Most tiles per work item (two 32-tile register blocks).
 const SEG_TILES: usize = 64;
-/// Floats per `M` buffer: 16 points × four 16×16 accumulator tiles.
-const M_FLOATS: usize = XI * 1024;
+/// Floats between the `M` planes of consecutive points: four 16×16 accumulator tiles plus a
+/// cache line, so that the output transform's 16 loads of one row (one per point) do not all
+/// fall into one L1 set, as a 4 KB stride would.
+const M_PLANE: usize = 1024 + 16;
+/// Floats per `M` buffer.
+const M_FLOATS: usize = XI * M_PLANE;
 
 /// `G` (4×3) for the points 0, 1, −1, ∞ (weight transform `U = G g Gᵀ`).
 const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
@@ -180,7 +184,7 @@ unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img:
                     for k in 0..kb {
                         k_step::<false>(a0.add(k * 64), a1.add(k * 64), b0.add(k * 1024), b1.add(k * 1024), stride);
                     }
-                    let sp = mb.add(xi * 1024);
+                    let sp = mb.add(xi * M_PLANE);
                     asm!(
                         "tilestored [{p0} + {s}], tmm0",
                         "tilestored [{p1} + {s}], tmm1",
@@ -298,7 +302,7 @@ unsafe fn output_rows(j: &RawJob, g: &WinoGeom, img_base: usize, ty: usize, m: *
         // interior pixels (y < h, x < w) of the validated output (finish's contract).
         unsafe {
             let mb = m.add(p.buf * M_FLOATS + ct * 256 + (t % 16) * 16);
-            let mx = |xi: usize| _mm512_load_ps(mb.add(xi * 1024));
+            let mx = |xi: usize| _mm512_load_ps(mb.add(xi * M_PLANE));
             // Rows: s = Aᵀ M (2×4), Aᵀ = [1 1 1 0; 0 1 −1 −1].
             let mut s = [[_mm512_setzero_ps(); 4]; 2];
             for c in 0..4 {
