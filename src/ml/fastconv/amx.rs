@@ -320,19 +320,7 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
                 if let Some(mut p) = pending.take() {
                     epilogue_rows(j, &scratch, &mut p, 64);
                 }
-                let sp = scratch.0.as_mut_ptr();
-                asm!(
-                    "tilestored [{p0} + {s}], tmm0",
-                    "tilestored [{p1} + {s}], tmm1",
-                    "tilestored [{p2} + {s}], tmm2",
-                    "tilestored [{p3} + {s}], tmm3",
-                    p0 = in(reg) sp,
-                    p1 = in(reg) sp.add(256),
-                    p2 = in(reg) sp.add(512),
-                    p3 = in(reg) sp.add(768),
-                    s = in(reg) 64usize,
-                    options(nostack),
-                );
+                store_accumulators(scratch.0.as_mut_ptr());
             }
             pending = Some(Pending::new(j, wts, pair, q, q1));
         }
@@ -344,6 +332,29 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
     }
     // SAFETY: releases the tile state configured above.
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// Stores the four accumulator tiles `tmm0–3` as consecutive 16×16 f32 tiles at `sp`.
+///
+/// # Safety
+/// Tiles configured by the caller; `sp` addresses 1024 writable f32.
+#[inline(always)]
+pub(super) unsafe fn store_accumulators(sp: *mut f32) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!(
+            "tilestored [{p0} + {s}], tmm0",
+            "tilestored [{p1} + {s}], tmm1",
+            "tilestored [{p2} + {s}], tmm2",
+            "tilestored [{p3} + {s}], tmm3",
+            p0 = in(reg) sp,
+            p1 = in(reg) sp.add(256),
+            p2 = in(reg) sp.add(512),
+            p3 = in(reg) sp.add(768),
+            s = in(reg) 64usize,
+            options(nostack),
+        );
+    }
 }
 
 /// One k-block of the 2×2 register block: two A tiles (positions), two B tiles (output

@@ -33,7 +33,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::amx::{finish, k_step, AmxWeights, TileConfig, TileConsts};
+use super::amx::{finish, k_step, store_accumulators, AmxWeights, TileConfig, TileConsts};
 use super::kernels::RawJob;
 
 /// Transform points per tile (4×4).
@@ -184,19 +184,7 @@ unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img:
                     for k in 0..kb {
                         k_step::<false>(a0.add(k * 64), a1.add(k * 64), b0.add(k * 1024), b1.add(k * 1024), stride);
                     }
-                    let sp = mb.add(xi * M_PLANE);
-                    asm!(
-                        "tilestored [{p0} + {s}], tmm0",
-                        "tilestored [{p1} + {s}], tmm1",
-                        "tilestored [{p2} + {s}], tmm2",
-                        "tilestored [{p3} + {s}], tmm3",
-                        p0 = in(reg) sp,
-                        p1 = in(reg) sp.add(256),
-                        p2 = in(reg) sp.add(512),
-                        p3 = in(reg) sp.add(768),
-                        s = in(reg) 64usize,
-                        options(nostack),
-                    );
+                    store_accumulators(mb.add(xi * M_PLANE));
                     if let Some(p) = pending.as_mut() {
                         output_rows(j, g, img_base, ty, m, p, per_step);
                     }

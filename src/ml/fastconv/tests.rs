@@ -442,6 +442,33 @@ fn random_nhwc(rng: &mut Rng, n: usize, h: usize, w: usize, c: usize) -> Nhwc {
     t
 }
 
+/// Asserts that a conv into channels `out_off..out_off+out_c` of a zeroed `out` left every other
+/// channel, the border (top row, left column, bottom row, right column) and the slack zero.
+fn assert_only_slice_written(out: &Nhwc, out_off: usize, out_c: usize, what: &str) {
+    let (n, h, w, _) = out.shape();
+    for ni in 0..n {
+        for y in 0..h {
+            for xx in 0..w {
+                let px = out.pixel(ni, y, xx);
+                assert!(px[..out_off].iter().chain(&px[out_off + out_c..]).all(|&v| v == 0.0), "{what}: wrote outside the slice");
+            }
+        }
+    }
+    for ni in 0..n {
+        let img = ni * (h + 2) * (w + 2);
+        for q in (0..w + 2).chain((h + 1) * (w + 2)..(h + 2) * (w + 2)) {
+            assert!(out.data()[(img + q) * out.c..(img + q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
+        }
+        for y in 0..h + 2 {
+            for q in [img + y * (w + 2), img + y * (w + 2) + w + 1] {
+                assert!(out.data()[q * out.c..(q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
+            }
+        }
+    }
+    let tail = n * (h + 2) * (w + 2) * out.c;
+    assert!(out.data()[tail..].iter().all(|&v| v == 0.0), "{what}: wrote past the last image");
+}
+
 /// Largest |got − want| / (Σ|terms|) over an output slice.
 fn max_rel_err(out: &Nhwc, out_off: usize, out_c: usize, want: &[(f64, f64)]) -> f64 {
     let (n, h, w, _) = out.shape();
@@ -529,28 +556,7 @@ fn winograd_matches_reference_on_random_shapes() {
             } else {
                 worst_w = worst_w.max(e);
             }
-            for ni in 0..n {
-                for y in 0..h {
-                    for xx in 0..w {
-                        let px = out.pixel(ni, y, xx);
-                        assert!(px[..out_off].iter().chain(&px[out_off + out_c..]).all(|&v| v == 0.0), "{what}: wrote outside the slice");
-                    }
-                }
-            }
-            // The border (top row, left column, bottom row, right column) and the slack stay zero.
-            for ni in 0..n {
-                let img = ni * (h + 2) * (w + 2);
-                for q in (0..w + 2).chain((h + 1) * (w + 2)..(h + 2) * (w + 2)) {
-                    assert!(out.data()[(img + q) * out.c..(img + q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
-                }
-                for y in 0..h + 2 {
-                    for q in [img + y * (w + 2), img + y * (w + 2) + w + 1] {
-                        assert!(out.data()[q * out.c..(q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
-                    }
-                }
-            }
-            let tail = n * (h + 2) * (w + 2) * out.c;
-            assert!(out.data()[tail..].iter().all(|&v| v == 0.0), "{what}: wrote past the last image");
+            assert_only_slice_written(&out, out_off, out_c, &what);
         }
     }
     println!("max |err|/Σ|terms|: winograd {worst_w:.2e}, direct {worst_d:.2e} (bounds {WINO_TOL:.0e}, {:.0e})", tol(Backend::Avx512));
@@ -745,27 +751,7 @@ fn amx_winograd_matches_reference_on_random_shapes() {
             } else {
                 worst_w = worst_w.max(e);
             }
-            for ni in 0..n {
-                for y in 0..h {
-                    for xx in 0..w {
-                        let px = out.pixel(ni, y, xx);
-                        assert!(px[..out_off].iter().chain(&px[out_off + out_c..]).all(|&v| v == 0.0), "{what}: wrote outside the slice");
-                    }
-                }
-            }
-            for ni in 0..n {
-                let img = ni * (h + 2) * (w + 2);
-                for q in (0..w + 2).chain((h + 1) * (w + 2)..(h + 2) * (w + 2)) {
-                    assert!(out.data()[(img + q) * out.c..(img + q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
-                }
-                for y in 0..h + 2 {
-                    for q in [img + y * (w + 2), img + y * (w + 2) + w + 1] {
-                        assert!(out.data()[q * out.c..(q + 1) * out.c].iter().all(|&v| v == 0.0), "{what}: wrote the border");
-                    }
-                }
-            }
-            let tail = n * (h + 2) * (w + 2) * out.c;
-            assert!(out.data()[tail..].iter().all(|&v| v == 0.0), "{what}: wrote past the last image");
+            assert_only_slice_written(&out, out_off, out_c, &what);
         }
     }
     println!("AMX max |err|/Σ|terms|: winograd {worst_w:.2e}, direct {worst_d:.2e} (bounds {AMX_WINO_TOL:.1e}, {:.1e})", tol(Backend::AmxBf16));
