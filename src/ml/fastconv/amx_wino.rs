@@ -292,12 +292,13 @@ unsafe fn output_rows(j: &RawJob, g: &WinoGeom, img_base: usize, ty: usize, m: *
             let mb = m.add(p.buf * M_FLOATS + ct * 256 + (t % 16) * 16);
             let mx = |xi: usize| _mm512_load_ps(mb.add(xi * M_PLANE));
             // Rows: s = Aᵀ M (2×4), Aᵀ = [1 1 1 0; 0 1 −1 −1].
-            let mut s = [[_mm512_setzero_ps(); 4]; 2];
-            for c in 0..4 {
+            let (mut s0, mut s1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+            for (c, (a, b)) in s0.iter_mut().zip(&mut s1).enumerate() {
                 let (m0, m1, m2, m3) = (mx(c), mx(4 + c), mx(8 + c), mx(12 + c));
-                s[0][c] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-                s[1][c] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+                *a = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                *b = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
             }
+            let s = [s0, s1];
             let tx = p.tx0 + t;
             for (r, sr) in s.iter().enumerate() {
                 let y = 2 * ty + r;
