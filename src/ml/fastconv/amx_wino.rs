@@ -149,9 +149,9 @@ unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img:
     let ntp = nt.div_ceil(32) * 32;
     let row_px = g.w + 2;
     let img_base = img * (g.h + 2) * row_px;
-    // SAFETY (whole body): every V row written or read is < ntp ≤ SEG_TILES per plane; the
-    // weights hold tiles·16·kb·512 values; M buffers hold M_FLOATS each; input pixels are
-    // checked against the padded image in `input_tile`.
+    // SAFETY (whole body): every V row written or read is < ntp ≤ SEG_TILES; the weights hold
+    // tiles·16·kb·512 values; M buffers hold M_FLOATS each; input pixels are checked against
+    // the padded image in `input_tiles`.
     unsafe {
         let ts = tile_stride(kc);
         // One instance per channel count, so that the transform's offsets are constants.
