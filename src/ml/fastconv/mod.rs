@@ -36,7 +36,7 @@
 //!
 //! Tolerances (see the tests): fp32 backends within `1e-5·Σ|w·x| + 1e-6` of an f64
 //! reference per output; bf16 within `1.6e-2·Σ|w·x| + 1e-6`; AMX bf16x2 `4e-3`, bf16x3 `2e-5`;
-//! Winograd `5e-5`, AMX Winograd `1e-2`.
+//! Winograd `5e-5`, AMX Winograd `1.6e-2`.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;

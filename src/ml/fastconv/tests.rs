@@ -38,6 +38,19 @@ fn tol(b: Backend) -> f64 {
     }
 }
 
+/// Case `k`'s activation (none, LeakyReLU 0.2, random PReLU, in turn) and its per-channel
+/// negative slopes for [`reference`].
+fn random_activation(rng: &mut Rng, k: usize, out_c: usize) -> (Activation, Vec<f32>) {
+    match k % 3 {
+        0 => (Activation::None, vec![1.0; out_c]),
+        1 => (Activation::LeakyRelu(0.2), vec![0.2; out_c]),
+        _ => {
+            let v = rng.vec(out_c);
+            (Activation::PRelu(v.clone()), v)
+        }
+    }
+}
+
 /// Reference: returns (value, Σ|terms|) per output, NCHW-indexed [n][o][y][x].
 #[allow(clippy::too_many_arguments)]
 fn reference(
@@ -142,16 +155,7 @@ fn matches_reference_on_random_shapes() {
         };
         let wt = rng.vec(out_c * in_c * 9);
         let bias = rng.vec(out_c);
-        let act = match si % 3 {
-            0 => Activation::None,
-            1 => Activation::LeakyRelu(0.2),
-            _ => Activation::PRelu(rng.vec(out_c)),
-        };
-        let slopes: Vec<f32> = match &act {
-            Activation::None => vec![1.0; out_c],
-            Activation::LeakyRelu(s) => vec![*s; out_c],
-            Activation::PRelu(v) => v.clone(),
-        };
+        let (act, slopes) = random_activation(&mut rng, si, out_c);
         let mut r1 = Nhwc::zeros(n, h, w, out_c + 2);
         for ni in 0..n {
             for y in 0..h {
@@ -469,6 +473,26 @@ fn assert_only_slice_written(out: &Nhwc, out_off: usize, out_c: usize, what: &st
     assert!(out.data()[tail..].iter().all(|&v| v == 0.0), "{what}: wrote past the last image");
 }
 
+/// (n, h, w, in_c, out_c) for the Winograd tests: sizes not multiples of 4 or 2 (partial edge
+/// tiles), 1×1 and 1-row maps, channel counts off the vector width, batches, Real-ESRGAN's
+/// shapes.
+const WINOGRAD_SHAPES: [(usize, usize, usize, usize, usize); 14] = [
+    (1, 1, 1, 3, 5),
+    (2, 5, 7, 17, 33),
+    (1, 3, 40, 35, 48),
+    (3, 13, 9, 16, 16),
+    (1, 9, 13, 64, 64),
+    (2, 6, 11, 96, 32),
+    (1, 10, 7, 128, 32),
+    (1, 11, 10, 160, 32),
+    (2, 2, 3, 192, 64),
+    (1, 7, 5, 64, 3),
+    (1, 1, 30, 8, 80),
+    (1, 12, 12, 3, 64),
+    (1, 8, 9, 64, 48),
+    (2, 17, 19, 64, 64),
+];
+
 /// Largest |got − want| / (Σ|terms|) over an output slice.
 fn max_rel_err(out: &Nhwc, out_off: usize, out_c: usize, want: &[(f64, f64)]) -> f64 {
     let (n, h, w, _) = out.shape();
@@ -496,41 +520,14 @@ fn winograd_matches_reference_on_random_shapes() {
         return;
     }
     let mut rng = Rng(0x5eed_1234_abcd);
-    // (n, h, w, in_c, out_c): sizes not multiples of 4 (partial edge tiles), 1×1 and 1-row
-    // maps, channel counts off the vector width, batches, Real-ESRGAN's shapes.
-    let shapes = [
-        (1, 1, 1, 3, 5),
-        (2, 5, 7, 17, 33),
-        (1, 3, 40, 35, 48),
-        (3, 13, 9, 16, 16),
-        (1, 9, 13, 64, 64),
-        (2, 6, 11, 96, 32),
-        (1, 10, 7, 128, 32),
-        (1, 11, 10, 160, 32),
-        (2, 2, 3, 192, 64),
-        (1, 7, 5, 64, 3),
-        (1, 1, 30, 8, 80),
-        (1, 12, 12, 3, 64),
-        (1, 8, 9, 64, 48),
-        (2, 17, 19, 64, 64),
-    ];
     let (mut worst_w, mut worst_d) = (0f64, 0f64);
-    for (si, &(n, h, w, in_c, out_c)) in shapes.iter().enumerate() {
+    for (si, &(n, h, w, in_c, out_c)) in WINOGRAD_SHAPES.iter().enumerate() {
         let extra_in = si % 3;
         let in_off = (si / 2) % 3;
         let x = random_nhwc(&mut rng, n, h, w, in_c + extra_in + in_off);
         let wt = rng.vec(out_c * in_c * 9);
         let bias = rng.vec(out_c);
-        let act = match si % 3 {
-            0 => Activation::None,
-            1 => Activation::LeakyRelu(0.2),
-            _ => Activation::PRelu(rng.vec(out_c)),
-        };
-        let slopes: Vec<f32> = match &act {
-            Activation::None => vec![1.0; out_c],
-            Activation::LeakyRelu(s) => vec![*s; out_c],
-            Activation::PRelu(v) => v.clone(),
-        };
+        let (act, slopes) = random_activation(&mut rng, si, out_c);
         let r1 = random_nhwc(&mut rng, n, h, w, out_c + 2);
         let (scale, res): (f32, Vec<(&Nhwc, usize, f32)>) = match si % 4 {
             0 => (1.0, vec![]),
@@ -672,10 +669,11 @@ fn winograd_switch_and_heuristic() {
 }
 
 /// AMX Winograd F(2×2, 3×3) tolerance factor on Σ|w·x|+|b|+|residual terms|: `V` and `U` are
-/// rounded to bf16 after the transforms (sums of up to 4 inputs, 9 weights), so the error is a
-/// small multiple of the direct bf16 kernel's: measured max ≈ 2e-3 on these shapes (direct
-/// ≈ 7e-4); the bound leaves 5× margin.
-const AMX_WINO_TOL: f64 = 1e-2;
+/// rounded to bf16 after the transforms (sums of up to 4 inputs, 9 weights). Measured max on
+/// these shapes: ≤ 2.4e-3 with 8 or more input channels (direct AMX ≤ 1.7e-3), 5.9e-3 on
+/// 3→64, where few terms make the relative error large (`Winograd::Auto` never runs it below
+/// 32 input channels). The bound is the direct bf16 kernel's, 2.7× above the worst case.
+const AMX_WINO_TOL: f64 = 1.6e-2;
 
 #[test]
 fn amx_winograd_matches_reference_on_random_shapes() {
@@ -683,39 +681,17 @@ fn amx_winograd_matches_reference_on_random_shapes() {
         return;
     }
     let mut rng = Rng(0xa3f0_5eed);
-    // (n, h, w, in_c, out_c): odd sizes (partial 2×2 tiles), 1×1 and 1-row maps, rows of more
-    // than one 64-tile segment, channel counts off the k-block and tile widths, batches, and
-    // Real-ESRGAN's shapes.
-    let shapes = [
-        (1, 1, 1, 32, 16),
-        (2, 5, 7, 17, 33),
-        (1, 3, 140, 35, 48),
-        (3, 13, 9, 64, 16),
-        (1, 9, 13, 64, 64),
-        (2, 6, 11, 96, 32),
-        (1, 10, 7, 128, 32),
-        (1, 11, 10, 160, 32),
-        (2, 2, 3, 192, 64),
-        (1, 7, 5, 64, 3),
-        (2, 17, 19, 64, 64),
-        (1, 1, 70, 40, 24),
-    ];
+    // The fp32 Winograd shapes, plus: a full k-block on a 1×1 map, rows of more than one
+    // 64-tile segment, and channel counts off the k-block and tile widths.
+    let extra = [(1, 1, 1, 32, 16), (1, 3, 140, 35, 48), (3, 13, 9, 64, 16), (1, 1, 70, 40, 24)];
+    let shapes: Vec<_> = WINOGRAD_SHAPES.iter().chain(&extra).copied().collect();
     let (mut worst_w, mut worst_d) = (0f64, 0f64);
     for (si, &(n, h, w, in_c, out_c)) in shapes.iter().enumerate() {
         let in_off = (si / 2) % 3;
         let x = random_nhwc(&mut rng, n, h, w, in_c + si % 3 + in_off);
         let wt = rng.vec(out_c * in_c * 9);
         let bias = rng.vec(out_c);
-        let slopes = match si % 3 {
-            0 => vec![1.0; out_c],
-            1 => vec![0.2; out_c],
-            _ => rng.vec(out_c),
-        };
-        let act = match si % 3 {
-            0 => Activation::None,
-            1 => Activation::LeakyRelu(0.2),
-            _ => Activation::PRelu(slopes.clone()),
-        };
+        let (act, slopes) = random_activation(&mut rng, si, out_c);
         let r1 = random_nhwc(&mut rng, n, h, w, out_c + 2);
         let (scale, res): (f32, Vec<(&Nhwc, usize, f32)>) = match si % 4 {
             0 => (1.0, vec![]),
