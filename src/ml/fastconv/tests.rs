@@ -493,6 +493,34 @@ const WINOGRAD_SHAPES: [(usize, usize, usize, usize, usize); 14] = [
     (2, 17, 19, 64, 64),
 ];
 
+/// Runs `conv(Winograd::Always)` and `conv(Winograd::Off)` on `x` into a fresh output slice
+/// and checks each against `want` within its tolerance (`tols`: Winograd, direct) and that
+/// nothing outside the slice was written; returns their largest relative errors.
+#[allow(clippy::too_many_arguments)]
+fn winograd_and_direct(
+    conv: impl Fn(Winograd) -> Conv3x3,
+    x: &Nhwc,
+    in_off: usize,
+    out_off: usize,
+    ep: &Epilogue,
+    want: &[(f64, f64)],
+    tols: [f64; 2],
+    what: &str,
+) -> [f64; 2] {
+    let (n, h, w, _) = x.shape();
+    [Winograd::Always, Winograd::Off].into_iter().zip(tols).map(|(mode, tol)| {
+        let conv = conv(mode);
+        assert_eq!(conv.uses_winograd(), mode == Winograd::Always);
+        let out_c = conv.out_c();
+        let mut out = Nhwc::zeros(n, h, w, out_c + out_off + 1);
+        conv.forward(x, in_off, &mut out, out_off, ep).unwrap();
+        let what = format!("{mode:?} {what}");
+        check(&out, out_off, out_c, want, tol, &what);
+        assert_only_slice_written(&out, out_off, out_c, &what);
+        max_rel_err(&out, out_off, out_c, want)
+    }).collect::<Vec<_>>().try_into().unwrap()
+}
+
 /// Largest |got − want| / (Σ|terms|) over an output slice.
 fn max_rel_err(out: &Nhwc, out_off: usize, out_c: usize, want: &[(f64, f64)]) -> f64 {
     let (n, h, w, _) = out.shape();
@@ -540,21 +568,10 @@ fn winograd_matches_reference_on_random_shapes() {
         let residuals: Vec<Residual> = res.iter().map(|&(src, c_off, weight)| Residual { src, c_off, weight }).collect();
         let ep = Epilogue { scale, residuals: &residuals, bf16_only: false };
         let out_off = (si + 1) % 3;
-        for mode in [Winograd::Always, Winograd::Off] {
-            let conv = Conv3x3::with_options(&wt, Some(&bias), in_c, out_c, act.clone(), Backend::Avx512, mode).unwrap();
-            assert_eq!(conv.uses_winograd(), mode == Winograd::Always);
-            let mut out = Nhwc::zeros(n, h, w, out_c + out_off + 1);
-            conv.forward(&x, in_off, &mut out, out_off, &ep).unwrap();
-            let what = format!("{mode:?} shape {si} {n}x{h}x{w} {in_c}->{out_c}");
-            check(&out, out_off, out_c, &want, if mode == Winograd::Off { tol(Backend::Avx512) } else { WINO_TOL }, &what);
-            let e = max_rel_err(&out, out_off, out_c, &want);
-            if mode == Winograd::Off {
-                worst_d = worst_d.max(e);
-            } else {
-                worst_w = worst_w.max(e);
-            }
-            assert_only_slice_written(&out, out_off, out_c, &what);
-        }
+        let conv = |mode| Conv3x3::with_options(&wt, Some(&bias), in_c, out_c, act.clone(), Backend::Avx512, mode).unwrap();
+        let what = format!("shape {si} {n}x{h}x{w} {in_c}->{out_c}");
+        let [ew, ed] = winograd_and_direct(conv, &x, in_off, out_off, &ep, &want, [WINO_TOL, tol(Backend::Avx512)], &what);
+        (worst_w, worst_d) = (worst_w.max(ew), worst_d.max(ed));
     }
     println!("max |err|/Σ|terms|: winograd {worst_w:.2e}, direct {worst_d:.2e} (bounds {WINO_TOL:.0e}, {:.0e})", tol(Backend::Avx512));
 }
@@ -714,21 +731,10 @@ fn amx_winograd_matches_reference_on_random_shapes() {
         let residuals: Vec<Residual> = res.iter().map(|&(src, c_off, weight)| Residual { src, c_off, weight }).collect();
         let ep = Epilogue { scale, residuals: &residuals, bf16_only: false };
         let out_off = (si + 1) % 3;
-        for mode in [Winograd::Always, Winograd::Off] {
-            let conv = Conv3x3::with_options(&wt, Some(&bias), in_c, out_c, act.clone(), Backend::AmxBf16, mode).unwrap();
-            assert_eq!(conv.uses_winograd(), mode == Winograd::Always);
-            let mut out = Nhwc::zeros(n, h, w, out_c + out_off + 1);
-            conv.forward(&x, in_off, &mut out, out_off, &ep).unwrap();
-            let what = format!("AMX {mode:?} shape {si} {n}x{h}x{w} {in_c}->{out_c}");
-            check(&out, out_off, out_c, &want, if mode == Winograd::Off { tol(Backend::AmxBf16) } else { AMX_WINO_TOL }, &what);
-            let e = max_rel_err(&out, out_off, out_c, &want);
-            if mode == Winograd::Off {
-                worst_d = worst_d.max(e);
-            } else {
-                worst_w = worst_w.max(e);
-            }
-            assert_only_slice_written(&out, out_off, out_c, &what);
-        }
+        let conv = |mode| Conv3x3::with_options(&wt, Some(&bias), in_c, out_c, act.clone(), Backend::AmxBf16, mode).unwrap();
+        let what = format!("AMX shape {si} {n}x{h}x{w} {in_c}->{out_c}");
+        let [ew, ed] = winograd_and_direct(conv, &x, in_off, out_off, &ep, &want, [AMX_WINO_TOL, tol(Backend::AmxBf16)], &what);
+        (worst_w, worst_d) = (worst_w.max(ew), worst_d.max(ed));
     }
     println!("AMX max |err|/Σ|terms|: winograd {worst_w:.2e}, direct {worst_d:.2e} (bounds {AMX_WINO_TOL:.1e}, {:.1e})", tol(Backend::AmxBf16));
 }
