@@ -86,7 +86,7 @@ pub(super) fn pack(weight: &[f32], in_c: usize, out_c: usize, tiles: usize, kb: 
 /// its even and odd lanes with one shift and one mask (no reordering), and the two halves go
 /// back as one `vcvtne2ps2bf16` store; the dot product does not care about the order of `k`.
 fn k_position(i: usize) -> usize {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         i / 2
     } else {
         16 + i / 2
