@@ -6,9 +6,13 @@
 //! input pixels per tap, so an A tile (16 rows × 32 channels) is one `tileloadd` from the bf16
 //! input copy with the pixel stride as row stride. Weights are packed once per 16-channel
 //! output tile in the VNNI pair layout `[tap][k-block][16 channel pairs][16 out][2]`.
-//! Register blocking: 2 position tiles × 2 output tiles in tmm0–3 (C), A in tmm4–5, B in
-//! tmm6–7. The accumulators go through a 4 KB stack scratch into the same fused epilogue as
-//! the AVX-512 kernel, which runs a few rows at a time inside the next block's tile loop.
+//! Register blocking: [`run_band`] (the default on maps ≥ 16 wide) holds 4 output rows ×
+//! 16 positions × 1 output tile in tmm0–3, the three row taps' weights of one tap column in
+//! tmm4–6 and one input row in tmm7, so each A load feeds up to three products (0.75 loads
+//! per `tdpbf16ps`); [`run_range`] (leftover rows, narrow maps) holds 2 position tiles × 2
+//! output tiles of flat positions in tmm0–3, A in tmm4–5, B in tmm6–7 (one load per
+//! product). The accumulators go through a 4 KB stack scratch into the same fused epilogue
+//! as the AVX-512 kernel, which runs a few rows at a time inside the next block's tile loop.
 //!
 //! Precision: a list of passes over the k-blocks, each `(input half, weight half)` of the
 //! split `x = hi + lo` (both bf16). `[hi·hi]` is plain bf16 ([`super::Backend::AmxBf16`]);
@@ -332,6 +336,165 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
     }
     // SAFETY: releases the tile state configured above.
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// Output rows per band of [`run_band`].
+pub(super) const BAND_ROWS: usize = 4;
+
+/// A band block's accumulators (4 rows × 16 positions × one output tile) whose epilogue is
+/// still running: 64 rows, row `i` = image row `i / 16` × position `i % 16`.
+struct BandPending {
+    /// Position of row 0, column 0 of the block.
+    q: usize,
+    /// Bit `p`: column `p` of the block is inside the image.
+    live: u16,
+    next_row: usize,
+    tile: TileConsts,
+}
+
+/// Runs the [`BAND_ROWS`] output rows from interior row `y0` of the image whose padded
+/// pixel 0 is position `img_base`, every output tile, in register blocks of 4 rows × 16
+/// positions × 1 output tile.
+///
+/// Why: a 16×32 A tile of input row `r` is the tap-`(dy, ·)` operand of output row `r − dy`
+/// for all three `dy`, so with the four rows of a band in tmm0–3 and the three `dy` weight
+/// tiles of one tap column in tmm4–6, one load into tmm7 feeds up to three `tdpbf16ps`: per
+/// (tap column, k-block) 6 A and 3 B loads for 12 products, where the 2×2 block of
+/// [`run_range`] loads once per product. On this machine a tile load next to the products
+/// costs more than the product itself (docs/fastconv.md, AMX section), so loads per product
+/// set the speed.
+///
+/// # Safety
+/// As [`run_range`] for the positions of rows `y0..y0+BAND_ROWS` (all interior).
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+pub(super) unsafe fn run_band(j: &RawJob, wts: &AmxWeights, img_base: usize, y0: usize) {
+    let stride = j.cs_in * 2;
+    let kk = wts.passes * wts.kb;
+    let a_off = |k: usize| {
+        let (pass, kb) = (k / wts.kb, k % wts.kb);
+        kb * 64 + if wts.plan[pass].0 { j.in_lo * 2 } else { 0 }
+    };
+    let rows_per_step = 64usize.div_ceil(3 * kk);
+    let stream_b = wts.tiles >= 4;
+    let row_bytes = j.row_px * stride;
+    let inp = j.inp as *const u8;
+    let mut scratch = Scratch([0f32; 1024]);
+    let mut pending: Option<BandPending> = None;
+    let cfg = TileConfig::full();
+    // SAFETY: loads a valid palette-1 configuration (permission granted in `available`).
+    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+    for x0 in (0..j.w).step_by(16) {
+        let live = ((1u32 << (j.w - x0).min(16)) - 1) as u16;
+        // Output row 0, column x0 of the band.
+        let q = img_base + (y0 + 1) * j.row_px + x0 + 1;
+        for o in 0..wts.tiles {
+            let Some(tile) = tile_consts(wts, o / 2)[o % 2] else { continue };
+            // SAFETY: tile instructions on the configured tiles. A tiles read input rows
+            // y0..y0+6 (padded) from column x0, 16 positions of `stride` bytes: inside the
+            // padded buffer except past the last row's end, which the slack covers; B tiles
+            // are inside the packed weights (tile o, taps, k < kk). The pending epilogue reads
+            // the scratch, rewritten below only after it finished.
+            unsafe {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                for dx in 0..3 {
+                    // Input row y0 (padded), column x0 + dx.
+                    let a_base = inp.add((img_base + y0 * j.row_px + x0 + dx) * stride);
+                    let b_base = wts.w.as_ptr().add((o * 9 + dx) * kk * 512) as *const u8;
+                    for k in 0..kk {
+                        let a = a_base.add(a_off(k));
+                        let b = b_base.add(k * 1024);
+                        if stream_b {
+                            band_step::<true>(a, b, stride, row_bytes, 3 * kk * 1024);
+                        } else {
+                            band_step::<false>(a, b, stride, row_bytes, 3 * kk * 1024);
+                        }
+                        if let Some(p) = pending.as_mut() {
+                            band_epilogue_rows(j, &scratch, p, rows_per_step);
+                        }
+                    }
+                }
+                if let Some(mut p) = pending.take() {
+                    band_epilogue_rows(j, &scratch, &mut p, 64);
+                }
+                store_accumulators(scratch.0.as_mut_ptr());
+            }
+            pending = Some(BandPending { q, live, next_row: 0, tile });
+        }
+    }
+    if let Some(mut p) = pending.take() {
+        // SAFETY: as in the loop.
+        unsafe { band_epilogue_rows(j, &scratch, &mut p, 64) };
+    }
+    // SAFETY: releases the tile state configured above.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// One (tap column, k-block) of a band block: the three `dy` weight tiles (`b`, `b_dy` bytes
+/// apart) into tmm4–6, then input rows 0..6 (`row_bytes` apart from `a`) one at a time into
+/// tmm7, each multiplied into the output rows it is a tap row of (row `r` → outputs
+/// `r − dy`).
+///
+/// # Safety
+/// Tiles configured by the caller; `a + r·row_bytes` (r < 6) addresses 16 rows of `stride`
+/// bytes and `b + d·b_dy` (d < 3) 16 rows of 64 bytes of readable memory.
+#[inline(always)]
+unsafe fn band_step<const STREAM_B: bool>(a: *const u8, b: *const u8, stride: usize, row_bytes: usize, b_dy: usize) {
+    macro_rules! step {
+        ($b_load:literal) => {
+            asm!(
+                concat!($b_load, " tmm4, [{b0} + {s64}]"),
+                "tileloadd tmm7, [{a0} + {s}]",
+                "tdpbf16ps tmm0, tmm7, tmm4",
+                concat!($b_load, " tmm5, [{b1} + {s64}]"),
+                "tileloadd tmm7, [{a1} + {s}]",
+                "tdpbf16ps tmm0, tmm7, tmm5",
+                "tdpbf16ps tmm1, tmm7, tmm4",
+                concat!($b_load, " tmm6, [{b2} + {s64}]"),
+                "tileloadd tmm7, [{a2} + {s}]",
+                "tdpbf16ps tmm0, tmm7, tmm6",
+                "tdpbf16ps tmm1, tmm7, tmm5",
+                "tdpbf16ps tmm2, tmm7, tmm4",
+                "tileloadd tmm7, [{a3} + {s}]",
+                "tdpbf16ps tmm1, tmm7, tmm6",
+                "tdpbf16ps tmm2, tmm7, tmm5",
+                "tdpbf16ps tmm3, tmm7, tmm4",
+                "tileloadd tmm7, [{a4} + {s}]",
+                "tdpbf16ps tmm2, tmm7, tmm6",
+                "tdpbf16ps tmm3, tmm7, tmm5",
+                "tileloadd tmm7, [{a5} + {s}]",
+                "tdpbf16ps tmm3, tmm7, tmm6",
+                a0 = in(reg) a, a1 = in(reg) a.add(row_bytes), a2 = in(reg) a.add(2 * row_bytes),
+                a3 = in(reg) a.add(3 * row_bytes), a4 = in(reg) a.add(4 * row_bytes), a5 = in(reg) a.add(5 * row_bytes),
+                b0 = in(reg) b, b1 = in(reg) b.add(b_dy), b2 = in(reg) b.add(2 * b_dy),
+                s = in(reg) stride, s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            )
+        };
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        if STREAM_B {
+            step!("tileloaddt1");
+        } else {
+            step!("tileloadd");
+        }
+    }
+}
+
+/// The fused output pass for up to `rows` more rows of a pending band block.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+unsafe fn band_epilogue_rows(j: &RawJob, scratch: &Scratch, p: &mut BandPending, rows: usize) {
+    use std::arch::x86_64::*;
+    let end = (p.next_row + rows).min(64);
+    for i in p.next_row..end {
+        let (r, x) = (i / 16, i % 16);
+        if p.live & (1 << x) == 0 {
+            continue;
+        }
+        // SAFETY: the row lies in the scratch; position q + r·row_px + x is interior.
+        unsafe { finish(j, &p.tile, p.q + r * j.row_px + x, _mm512_load_ps(scratch.0.as_ptr().add(i * 16))) };
+    }
+    p.next_row = end;
 }
 
 /// Stores the four accumulator tiles `tmm0–3` as consecutive 16×16 f32 tiles at `sp`.

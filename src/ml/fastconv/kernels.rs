@@ -112,6 +112,16 @@ pub(super) fn run_amx(job: &RawJob, wts: &super::amx::AmxWeights, q0: usize, q1:
     unsafe { super::amx::run_range(job, wts, q0, q1) }
 }
 
+/// Runs the [`super::amx::BAND_ROWS`] interior rows from `y0` of the image at padded position
+/// `img_base`, every output tile, on the AMX band kernel.
+///
+/// Contract (module-private): as [`run_amx`] for those rows' positions.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn run_amx_band(job: &RawJob, wts: &super::amx::AmxWeights, img_base: usize, y0: usize) {
+    // SAFETY: contract above.
+    unsafe { super::amx::run_band(job, wts, img_base, y0) }
+}
+
 /// A read-only f32 pointer that may cross threads (the caller holds the borrow).
 #[derive(Clone, Copy)]
 pub(super) struct SendPtr(pub *const f32);

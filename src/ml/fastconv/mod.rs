@@ -1260,17 +1260,32 @@ impl Conv3x3 {
     #[cfg(target_arch = "x86_64")]
     fn run_amx_direct(&self, job: &RawJob, wts: &amx::AmxWeights, (n, h, w): (usize, usize, usize)) {
         let row_px = w + 2;
-        let first = row_px + 1;
+        // Bands of rows on the band kernel where whole 16-column tiles waste ≤ 1/9 of the
+        // width; the rows left over (and narrow maps) on the flat 2×2 kernel, which wraps
+        // across rows.
+        let bands = if amx_bands_pay(w) { h / amx::BAND_ROWS } else { 0 };
+        let first = (bands * amx::BAND_ROWS + 1) * row_px + 1;
         let end = (h + 1) * row_px - 1;
-        let per_img = (end - first).div_ceil(amx::CHUNK);
+        let chunks = if first < end { (end - first).div_ceil(amx::CHUNK) } else { 0 };
+        let per_img = bands + chunks;
         let work = |item: usize| {
             let base = (item / per_img) * (h + 2) * row_px;
-            let q0 = base + first + (item % per_img) * amx::CHUNK;
-            let q1 = (q0 + amx::CHUNK).min(base + end);
-            kernels::run_amx(job, wts, q0, q1);
+            let i = item % per_img;
+            if i < bands {
+                kernels::run_amx_band(job, wts, base, i * amx::BAND_ROWS);
+            } else {
+                let q0 = base + first + (i - bands) * amx::CHUNK;
+                let q1 = (q0 + amx::CHUNK).min(base + end);
+                kernels::run_amx(job, wts, q0, q1);
+            }
         };
         (0..n * per_img).into_par_iter().for_each(work);
     }
+}
+
+/// Whether the AMX band kernel suits maps `w` wide: its 16-column tiles waste at most 1/9.
+fn amx_bands_pay(w: usize) -> bool {
+    w.div_ceil(16) * 16 * 8 <= w * 9
 }
 
 #[cfg(test)]

@@ -136,6 +136,10 @@ fn matches_reference_on_random_shapes() {
         (2, 2, 3, 192, 64),
         (1, 7, 5, 64, 3),
         (1, 1, 30, 8, 80),
+        // Wide enough for the AMX band kernel: bands plus leftover rows, a partial last
+        // 16-column tile, a partial k-block, an odd output tile, a batch.
+        (2, 9, 32, 40, 48),
+        (1, 6, 100, 96, 32),
     ];
     for (si, &(n, h, w, in_c, out_c)) in shapes.iter().enumerate() {
         let extra_in = si % 3; // channel stride wider than the slice
@@ -699,8 +703,10 @@ fn amx_winograd_matches_reference_on_random_shapes() {
     }
     let mut rng = Rng(0xa3f0_5eed);
     // The fp32 Winograd shapes, plus: a full k-block on a 1×1 map, rows of more than one
-    // 64-tile segment, and channel counts off the k-block and tile widths.
-    let extra = [(1, 1, 1, 32, 16), (1, 3, 140, 35, 48), (3, 13, 9, 64, 16), (1, 1, 70, 40, 24)];
+    // 64-tile segment, channel counts off the k-block and tile widths, and maps wide enough
+    // for the direct kernel's row bands.
+    // The last two run the direct AMX kernel's row bands (one with streamed weights).
+    let extra = [(1, 1, 1, 32, 16), (1, 3, 140, 35, 48), (3, 13, 9, 64, 16), (1, 1, 70, 40, 24), (1, 8, 16, 64, 64), (2, 5, 48, 192, 64)];
     let shapes: Vec<_> = WINOGRAD_SHAPES.iter().chain(&extra).copied().collect();
     let (mut worst_w, mut worst_d) = (0f64, 0f64);
     for (si, &(n, h, w, in_c, out_c)) in shapes.iter().enumerate() {
