@@ -1,8 +1,8 @@
 //! Winograd F(2×2, 3×3) on the AMX tile unit, for the plain bf16 backend.
 //!
-//! Why: on this machine a `tileloadd` costs about as much as two `tdpbf16ps` (measured ~21 ns
-//! per 1 KB tile against ~7.5 ns per `tdpbf16ps` on one core), and the direct kernel needs one
-//! tile load per `tdpbf16ps`, so it is bound by tile loads. Winograd F(2×2, 3×3) does 16
+//! Why: on this machine a `tileloadd` mixed with products costs more than a `tdpbf16ps`
+//! (~17 ns against ~11 ns per instruction on one core, docs/fastconv.md), and the direct
+//! kernels need 0.75–1 tile load per `tdpbf16ps`, so they are bound by tile loads. Winograd F(2×2, 3×3) does 16
 //! multiply-adds per 4 outputs instead of 36: 2.25× fewer tile loads and `tdpbf16ps`, plus
 //! input and output transforms on the (otherwise idle) AVX-512 units.
 //!
