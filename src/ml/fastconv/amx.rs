@@ -167,6 +167,13 @@ impl AmxWeights {
         (!self.wino.is_empty()).then_some(&self.wino[..])
     }
 
+    /// Byte offset of k-block `k` (over all passes) in a pixel of the bf16 input copy: a
+    /// pass that reads the split input's `lo` half starts `j.in_lo` elements on.
+    fn a_offset(&self, j: &RawJob, k: usize) -> usize {
+        let (pass, kb) = (k / self.kb, k % self.kb);
+        kb * 64 + if self.plan[pass].0 { j.in_lo * 2 } else { 0 }
+    }
+
     /// 16-channel output tiles (even).
     pub(super) fn tiles(&self) -> usize {
         self.tiles
@@ -273,11 +280,6 @@ struct Scratch([f32; 1024]);
 pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usize) {
     let stride = j.cs_in * 2;
     let kk = wts.passes * wts.kb;
-    // Byte offset of k-block k in the input copy: pass 1 reads the `lo` half.
-    let a_off = |k: usize| {
-        let (pass, kb) = (k / wts.kb, k % wts.kb);
-        kb * 64 + if wts.plan[pass].0 { j.in_lo * 2 } else { 0 }
-    };
     // Epilogue rows per k-step, so a block's 64 rows finish within the next block's loop.
     let rows_per_step = 64usize.div_ceil(9 * kk);
     // With two or more output-tile pairs every block streams all the weights through L1 and
@@ -308,7 +310,7 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
                     let b0 = wts.w.as_ptr().add(((2 * pair) * 9 + t) * kk * 512) as *const u8;
                     let b1 = wts.w.as_ptr().add(((2 * pair + 1) * 9 + t) * kk * 512) as *const u8;
                     for k in 0..kk {
-                        let off = a_off(k);
+                        let off = wts.a_offset(j, k);
                         let (a0, a1) = (a0.add(off), a1.add(off));
                         let (b0, b1) = (b0.add(k * 1024), b1.add(k * 1024));
                         if stream_b {
@@ -370,10 +372,6 @@ struct BandPending {
 pub(super) unsafe fn run_band(j: &RawJob, wts: &AmxWeights, img_base: usize, y0: usize) {
     let stride = j.cs_in * 2;
     let kk = wts.passes * wts.kb;
-    let a_off = |k: usize| {
-        let (pass, kb) = (k / wts.kb, k % wts.kb);
-        kb * 64 + if wts.plan[pass].0 { j.in_lo * 2 } else { 0 }
-    };
     let rows_per_step = 64usize.div_ceil(3 * kk);
     let stream_b = wts.tiles >= 4;
     let row_bytes = j.row_px * stride;
@@ -401,7 +399,7 @@ pub(super) unsafe fn run_band(j: &RawJob, wts: &AmxWeights, img_base: usize, y0:
                     let a_base = inp.add((img_base + y0 * j.row_px + x0 + dx) * stride);
                     let b_base = wts.w.as_ptr().add((o * 9 + dx) * kk * 512) as *const u8;
                     for k in 0..kk {
-                        let a = a_base.add(a_off(k));
+                        let a = a_base.add(wts.a_offset(j, k));
                         let b = b_base.add(k * 1024);
                         if stream_b {
                             band_step::<true>(a, b, stride, row_bytes, 3 * kk * 1024);
