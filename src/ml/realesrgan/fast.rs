@@ -158,14 +158,16 @@ pub struct FastSrvgg {
 
 impl FastSrvgg {
     pub fn new(net: &Srvgg, backend: Backend, wino: Winograd) -> std::result::Result<Self, String> {
-        // The first conv (reads the image) and the last (its output is the image) at edge
-        // precision; the body on `backend`.
-        let k = net.convs.len();
+        // The first conv (reads the image) at edge precision, the rest on `backend`. Unlike
+        // RRDBNet's tail, SRVGG's last conv (64→48, before the pixel shuffle) loses nothing
+        // measurable in plain bf16 (8-bit PSNR vs fp32 52.3–52.7 / 51.9–52.0 dB on the test
+        // and texture images either way; the body's rounding dominates) and runs 4–7 % of the
+        // forward faster than on fp32 Winograd at 128².
         let convs = net
             .convs
             .iter()
             .enumerate()
-            .map(|(i, c)| c.to_fast(if i == 0 || i + 1 == k { backend.edge() } else { backend }, wino))
+            .map(|(i, c)| c.to_fast(if i == 0 { backend.edge() } else { backend }, wino))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         if convs.len() < 2 {
             return Err("SRVGGNetCompact needs at least two convs".into());
