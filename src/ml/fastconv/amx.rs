@@ -340,6 +340,18 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
+/// Expands the local `asm!` macro `$step` with the B-tile load instruction: `tileloaddt1`
+/// (non-temporal hint) when `$stream`, else `tileloadd`.
+macro_rules! with_b_load {
+    ($stream:expr, $step:ident) => {
+        if $stream {
+            $step!("tileloaddt1")
+        } else {
+            $step!("tileloadd")
+        }
+    };
+}
+
 /// Output rows per band of [`run_band`].
 pub(super) const BAND_ROWS: usize = 4;
 
@@ -385,8 +397,8 @@ pub(super) unsafe fn run_band(j: &RawJob, wts: &AmxWeights, img_base: usize, y0:
         let live = ((1u32 << (j.w - x0).min(16)) - 1) as u16;
         // Output row 0, column x0 of the band.
         let q = img_base + (y0 + 1) * j.row_px + x0 + 1;
-        for o in 0..wts.tiles {
-            let Some(tile) = tile_consts(wts, o / 2)[o % 2] else { continue };
+        for (o, tile) in (0..wts.tiles / 2).flat_map(|pair| tile_consts(wts, pair)).enumerate() {
+            let Some(tile) = tile else { continue };
             // SAFETY: tile instructions on the configured tiles. A tiles read input rows
             // y0..y0+6 (padded) from column x0, 16 positions of `stride` bytes: inside the
             // padded buffer except past the last row's end, which the slack covers; B tiles
@@ -470,13 +482,7 @@ unsafe fn band_step<const STREAM_B: bool>(a: *const u8, b: *const u8, stride: us
         };
     }
     // SAFETY: the caller's contract.
-    unsafe {
-        if STREAM_B {
-            step!("tileloaddt1");
-        } else {
-            step!("tileloadd");
-        }
-    }
+    unsafe { with_b_load!(STREAM_B, step) }
 }
 
 /// The fused output pass for up to `rows` more rows of a pending band block.
@@ -548,13 +554,7 @@ pub(super) unsafe fn k_step<const STREAM_B: bool>(a0: *const u8, a1: *const u8, 
         };
     }
     // SAFETY: the caller's contract.
-    unsafe {
-        if STREAM_B {
-            step!("tileloaddt1");
-        } else {
-            step!("tileloadd");
-        }
-    }
+    unsafe { with_b_load!(STREAM_B, step) }
 }
 
 /// The fused output pass for up to `rows` more rows of a pending register block.
