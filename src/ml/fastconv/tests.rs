@@ -406,11 +406,16 @@ fn layout_passes_match_their_definitions() {
     assert_eq!(copied.to_nchw(0, 2), want.to_nchw(2, 2));
     assert_eq!(copied.to_nchw(2, 2), big.to_nchw(2, 2), "channels outside the slice are kept");
 
-    // Channels 1..19 of `t` are 2 output channels × 3².
-    let mut shuffled = t.pixel_shuffle(1, 18, r);
-    shuffled.add_nearest(0, &skip, 0, 2, r);
-    assert_eq!(t.pixel_shuffle_nchw(1, 18, r, Some(&skip)), shuffled.to_nchw(0, 2));
-    assert_eq!(t.pixel_shuffle_nchw(1, 18, r, None), t.pixel_shuffle(1, 18, r).to_nchw(0, 2));
+    // Channels 1..2r²+1 are 2 output channels × r², for the constant-factor paths (2–4) and
+    // the general one (5).
+    for r in [2, 3, 4, 5] {
+        let c = 2 * r * r + 2;
+        let t = Nhwc::from_nchw(&(0..n * c * h * w).map(|i| val(i + r)).collect::<Vec<_>>(), n, c, h, w, 0).unwrap();
+        let mut shuffled = t.pixel_shuffle(1, 2 * r * r, r);
+        shuffled.add_nearest(0, &skip, 0, 2, r);
+        assert_eq!(t.pixel_shuffle_nchw(1, 2 * r * r, r, Some(&skip)), shuffled.to_nchw(0, 2), "r = {r}");
+        assert_eq!(t.pixel_shuffle_nchw(1, 2 * r * r, r, None), t.pixel_shuffle(1, 2 * r * r, r).to_nchw(0, 2), "r = {r}");
+    }
 }
 
 #[test]

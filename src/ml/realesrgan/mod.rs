@@ -315,14 +315,19 @@ impl Engine for RealEsrgan {
         for t in tiles {
             data.extend_from_slice(&t.data);
         }
-        let x = Tensor::from_vec(data, (n, 3, h as usize, w as usize), &self.device)?;
-        let y = self.forward(&x)?;
-        let (_, _, oh, ow) = y.dims4()?;
+        let (out, oh, ow) = match &self.fast {
+            // The CPU path takes and returns plain data (no tensor round trip).
+            Some(f) => f.forward_data(&data, n, h as usize, w as usize)?,
+            None => {
+                let y = self.forward_candle(&Tensor::from_vec(data, (n, 3, h as usize, w as usize), &self.device)?)?;
+                let (_, _, oh, ow) = y.dims4()?;
+                (y.flatten_all()?.to_vec1()?, oh, ow)
+            }
+        };
         let s = self.scale() as usize;
         if (oh, ow) != (h as usize * s, w as usize * s) {
             return Err(InferError::Model(format!("network produced {ow}×{oh} for a {w}×{h} tile at ×{s}")));
         }
-        let out: Vec<f32> = y.flatten_all()?.to_vec1()?;
         if n == 1 {
             return Ok(vec![Tile::new(ow as u32, oh as u32, out)]);
         }
