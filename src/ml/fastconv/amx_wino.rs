@@ -25,10 +25,12 @@
 //! ([`k_position`]; 0.91–0.95× the time of 16-channel passes per conv, 0.87–0.93× over 16
 //! chained 64→64 convs, in-process A/B). The
 //! GEMM runs in register blocks of 32 tiles × 32 output channels (2×2 tiles of 16, like the
-//! direct kernel), `tilestored` into one of two `M` buffers, and the output transform of the
-//! previous block runs a few tiles per `ξ` inside the next block's tile loop, as the direct
-//! kernel's epilogue does. Running the next segment's input transform inside the tile loop
-//! too (double-buffered `V`) measured 1.1–2× slower in an in-process A/B, so it runs before.
+//! direct kernel), `tilestored` into one `M` buffer, and the block's output transform runs
+//! right after its 16 GEMMs. The transforms do not overlap the tile unit's work here:
+//! spreading the previous block's output transform over the next block's `ξ` steps (two `M`
+//! buffers, as the direct kernel pipelines its epilogue) measured 2–3 % slower than running
+//! it after the block, and running the next segment's input transform inside the tile loop
+//! (double-buffered `V`) 1.1–2× slower (in-process A/B).
 // Unsafe is needed for inline assembly (the AMX intrinsics are not stable in Rust), SIMD
 // intrinsics on raw pointers and `#[target_feature]` calls; the crate root denies it elsewhere.
 #![allow(unsafe_code)]
@@ -118,9 +120,9 @@ pub(super) fn run(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom) {
     let segs = tiles_x.div_ceil(SEG_TILES);
     let rows = g.h.div_ceil(2);
     let kc = wts.kb() * 32;
-    // V: SEG_TILES rows of `tile_stride` bf16; then two M buffers of f32, 64-byte aligned.
+    // V: SEG_TILES rows of `tile_stride` bf16; then the M buffer of f32, 64-byte aligned.
     let v_len = SEG_TILES * tile_stride(kc);
-    let need = v_len + 2 * 2 * M_FLOATS + 64;
+    let need = v_len + 2 * M_FLOATS + 64;
     let work = |item: usize| {
         let (img, rest) = (item / (rows * segs), item % (rows * segs));
         let (ty, seg) = (rest / segs, rest % segs);
@@ -133,7 +135,7 @@ pub(super) fn run(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom) {
             }
             let base = s.as_ptr().align_offset(64).min(31);
             let v = s[base..].as_mut_ptr();
-            // SAFETY: v_len u16 of V then 2·M_FLOATS f32 (4·M_FLOATS u16) fit in `need − 64`
+            // SAFETY: v_len u16 of V then M_FLOATS f32 (2·M_FLOATS u16) fit in `need − 64`
             // after the alignment offset; the contract covers the rest.
             unsafe {
                 let m = v.add(v_len) as *mut f32;
@@ -144,19 +146,16 @@ pub(super) fn run(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom) {
     (0..g.n * rows * segs).into_par_iter().for_each(work);
 }
 
-/// A register block whose output transform is still running (from `M` buffer `buf`).
-struct Pending {
+/// A register block whose `M` is complete: where its tiles go and its epilogue constants.
+struct Block {
     tx0: usize,
     /// Valid tiles of the block (≤ 32).
     nt: usize,
-    buf: usize,
     tiles: [Option<TileConsts>; 2],
-    next: usize,
 }
 
 /// One segment: input transform of `nt` tiles from `tx0` in tile row `ty`, then per register
-/// block and output-tile pair the 16 GEMMs, with the previous block's output transform
-/// interleaved.
+/// block and output-tile pair the 16 GEMMs and the output transform.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img: usize, ty: usize, tx0: usize, nt: usize, v: *mut u16, m: *mut f32) {
@@ -166,7 +165,7 @@ unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img:
     let row_px = g.w + 2;
     let img_base = img * (g.h + 2) * row_px;
     // SAFETY (whole body): every V row written or read is < ntp ≤ SEG_TILES; the weights hold
-    // tiles·16·kb·512 values; M buffers hold M_FLOATS each; input pixels are checked against
+    // tiles·16·kb·512 values; the M buffer holds M_FLOATS; input pixels are checked against
     // the padded image in `input_tiles`.
     unsafe {
         let ts = tile_stride(kc);
@@ -180,17 +179,11 @@ unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img:
             6 => input_tiles::<192>(j, g, kc, img_base, ty, tx0, nt, ntp, v),
             _ => input_tiles::<0>(j, g, kc, img_base, ty, tx0, nt, ntp, v),
         }
-        // Rows per ξ step so that a block's 64 (tile, output tile) rows finish in the next
-        // block's 16 steps.
-        let per_step = 64usize.div_ceil(XI);
         let cfg = TileConfig::full();
         asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         let stride = ts * 2;
-        let mut pending: Option<Pending> = None;
-        let mut buf = 0;
         for blk in 0..ntp / 32 {
             for pair in 0..wts.tiles() / 2 {
-                let mb = m.add(buf * M_FLOATS);
                 for xi in 0..XI {
                     asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
                     let a0 = v.add(blk * 32 * ts + xi * kc) as *const u8;
@@ -200,26 +193,11 @@ unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img:
                     for k in 0..kb {
                         k_step::<false>(a0.add(k * 64), a1.add(k * 64), b0.add(k * 1024), b1.add(k * 1024), stride);
                     }
-                    store_accumulators(mb.add(xi * M_PLANE));
-                    if let Some(p) = pending.as_mut() {
-                        output_rows(j, g, img_base, ty, m, p, per_step);
-                    }
+                    store_accumulators(m.add(xi * M_PLANE));
                 }
-                if let Some(mut p) = pending.take() {
-                    output_rows(j, g, img_base, ty, m, &mut p, 64);
-                }
-                pending = Some(Pending {
-                    tx0: tx0 + blk * 32,
-                    nt: (nt - blk * 32).min(32),
-                    buf,
-                    tiles: super::amx::tile_consts(wts, pair),
-                    next: 0,
-                });
-                buf ^= 1;
+                let block = Block { tx0: tx0 + blk * 32, nt: (nt - blk * 32).min(32), tiles: super::amx::tile_consts(wts, pair) };
+                output_block(j, g, img_base, ty, m, &block);
             }
-        }
-        if let Some(mut p) = pending.take() {
-            output_rows(j, g, img_base, ty, m, &mut p, 64);
         }
         asm!("tilerelease", options(nostack, nomem));
     }
@@ -295,24 +273,20 @@ unsafe fn input_tiles<const KC: usize>(j: &RawJob, g: &WinoGeom, kc: usize, img_
     }
 }
 
-/// Output transform `Y = Aᵀ M A` and the fused epilogue for up to `rows` more (tile, output
-/// tile) rows of a pending block; row `i` = tile `i / 2` × output tile `i % 2`.
+/// Output transform `Y = Aᵀ M A` and the fused epilogue of a block's (tile, output tile)
+/// rows: row `i` = tile `i / 2` × output tile `i % 2`.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-unsafe fn output_rows(j: &RawJob, g: &WinoGeom, img_base: usize, ty: usize, m: *const f32, p: &mut Pending, rows: usize) {
-    let end = (p.next + rows).min(64);
+unsafe fn output_block(j: &RawJob, g: &WinoGeom, img_base: usize, ty: usize, m: *const f32, blk: &Block) {
     let row_px = g.w + 2;
-    for i in p.next..end {
+    for i in 0..2 * blk.nt {
         let (t, ot) = (i / 2, i % 2);
-        let Some(tc) = p.tiles[ot] else { continue };
-        if t >= p.nt {
-            continue;
-        }
+        let Some(tc) = blk.tiles[ot] else { continue };
         // Accumulator tile (tile half, output tile), row within it.
         let ct = (t / 16) * 2 + ot;
-        // SAFETY: M buffer `p.buf` holds 16 planes of four 16×16 tiles; the stores go to
-        // interior pixels (y < h, x < w) of the validated output (finish's contract).
+        // SAFETY: the M buffer holds 16 planes of four 16×16 tiles; the stores go to interior
+        // pixels (y < h, x < w) of the validated output (finish's contract).
         unsafe {
-            let mb = m.add(p.buf * M_FLOATS + ct * 256 + (t % 16) * 16);
+            let mb = m.add(ct * 256 + (t % 16) * 16);
             let mx = |xi: usize| _mm512_load_ps(mb.add(xi * M_PLANE));
             // Rows: s = Aᵀ M (2×4), Aᵀ = [1 1 1 0; 0 1 −1 −1].
             let (mut s0, mut s1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
@@ -322,7 +296,7 @@ unsafe fn output_rows(j: &RawJob, g: &WinoGeom, img_base: usize, ty: usize, m: *
                 *b = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
             }
             let s = [s0, s1];
-            let tx = p.tx0 + t;
+            let tx = blk.tx0 + t;
             for (r, sr) in s.iter().enumerate() {
                 let y = 2 * ty + r;
                 if y >= g.h {
@@ -339,5 +313,4 @@ unsafe fn output_rows(j: &RawJob, g: &WinoGeom, img_base: usize, ty: usize, m: *
             }
         }
     }
-    p.next = end;
 }
