@@ -188,10 +188,10 @@ impl FastSrvgg {
         let mut a = pool.take(n, h, w, f);
         let mut b = pool.take(n, h, w, f);
         first.forward(x, 0, &mut a, 0, &none)?;
-        for (i, conv) in body.iter().enumerate() {
-            // Body activations that only the next body conv reads need only the bf16 shadow
-            // on plain AMX; the last one feeds the (fp32) final conv.
-            let ep = Epilogue { bf16_only: i + 1 < body.len(), ..Epilogue::default() };
+        // Body activations are read only by the next conv, body or last, all plain AMX on
+        // that backend: they need only the bf16 shadow (other backends ignore the flag).
+        let ep = Epilogue { bf16_only: true, ..Epilogue::default() };
+        for conv in body {
             conv.forward(&a, 0, &mut b, 0, &ep)?;
             std::mem::swap(&mut a, &mut b);
         }
