@@ -46,6 +46,8 @@ use super::kernels::RawJob;
 const XI: usize = 16;
 /// Most tiles per work item (two 32-tile register blocks).
 const SEG_TILES: usize = 64;
+/// How many padded columns ahead the input transform prefetches its input rows.
+const PREFETCH_COLS: usize = 16;
 /// Floats between the `M` planes of consecutive points: four 16×16 accumulator tiles plus a
 /// cache line, so that the output transform's 16 loads of one row (one per point) do not all
 /// fall into one L1 set, as a 4 KB stride would.
@@ -256,6 +258,14 @@ unsafe fn input_tiles<const KC: usize>(j: &RawJob, g: &WinoGeom, kc: usize, img_
             let (mut a, mut b) = (column(2 * tx0), column(2 * tx0 + 1));
             for t in 0..nt {
                 let x = 2 * (tx0 + t);
+                // The two columns this tile step will read PREFETCH_COLS later (in-process
+                // A/B over SRVGG's forward at 128²: 0.98× the time; 8 or 32 ahead gain less).
+                if x + PREFETCH_COLS + 1 <= g.w + 1 {
+                    for row in rows.iter().flatten() {
+                        _mm_prefetch::<_MM_HINT_T0>(row.add((x + PREFETCH_COLS) * j.cs_in + c0) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(row.add((x + PREFETCH_COLS + 1) * j.cs_in + c0) as *const i8);
+                    }
+                }
                 let (c, d) = (column(x + 2), column(x + 3));
                 let out = v.add(t * ts + c0);
                 for r in 0..4 {
