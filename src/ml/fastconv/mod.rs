@@ -87,8 +87,7 @@ pub enum Backend {
     /// Intel AMX tiles (`tdpbf16ps`), bf16 inputs and weights, f32 accumulation.
     AmxBf16,
     /// AMX with each input split into two bf16 halves (`hi·w + lo·w`, weights bf16): the
-    /// activations keep ~16 mantissa bits, twice the tile work of [`Backend::AmxBf16`]. The
-    /// Real-ESRGAN default where AMX exists.
+    /// activations keep ~16 mantissa bits, twice the tile work of [`Backend::AmxBf16`].
     AmxBf16x2,
     /// AMX with each input and weight split into two bf16 halves (`hi·hi + lo·hi + hi·lo`):
     /// about 16 mantissa bits, three times the tile work of [`Backend::AmxBf16`].
