@@ -92,6 +92,10 @@ pub enum Backend {
     /// AMX with each input and weight split into two bf16 halves (`hi·hi + lo·hi + hi·lo`):
     /// about 16 mantissa bits, three times the tile work of [`Backend::AmxBf16`].
     AmxBf16x3,
+    /// AMX with bf16 inputs and each weight split into two bf16 halves (`hi·hi + hi·lo`):
+    /// weights to ~16 mantissa bits, twice the tile work of [`Backend::AmxBf16`]; reads and
+    /// writes the bf16 shadow like it (RRDBNet's first dense-block conv, see [`Backend::dense_in`]).
+    AmxBf16W2,
 }
 
 impl Backend {
@@ -106,7 +110,7 @@ impl Backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512Bf16 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"),
             #[cfg(target_arch = "x86_64")]
-            Backend::AmxBf16 | Backend::AmxBf16x2 | Backend::AmxBf16x3 => amx::available(),
+            Backend::AmxBf16 | Backend::AmxBf16x2 | Backend::AmxBf16x3 | Backend::AmxBf16W2 => amx::available(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -127,6 +131,7 @@ impl Backend {
             Some("amx") => Backend::AmxBf16,
             Some("amx2") => Backend::AmxBf16x2,
             Some("amx3") => Backend::AmxBf16x3,
+            Some("amxw2") => Backend::AmxBf16W2,
             _ => return None,
         };
         want.supported().then_some(want)
@@ -150,6 +155,19 @@ impl Backend {
                 Backend::best_fp32()
             }
         })
+    }
+
+    /// The backend of RRDBNet's first conv in each dense block when its trunk runs on `self`:
+    /// on plain AMX bf16, [`Backend::AmxBf16W2`]. Rounding that conv's weights to bf16 costs
+    /// the most per multiply-add of all the trunk's convs (x4plus-anime on the bench image:
+    /// 44.8 dB against fp32 with it plain, 45.3 dB with it split, for 2× the tile work of
+    /// 8 % of the trunk's multiply-adds).
+    pub fn dense_in(self) -> Backend {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::AmxBf16 => Backend::AmxBf16W2,
+            b => b,
+        }
     }
 
     /// The backend for a network's image-facing convolutions (the first, which reads the
@@ -789,13 +807,14 @@ impl Conv3x3 {
             Activation::PRelu(v) => shape_err(format!("PReLU: {} slopes for {out_c} channels", v.len())),
         };
         #[cfg(target_arch = "x86_64")]
-        if matches!(backend, Backend::AmxBf16 | Backend::AmxBf16x2 | Backend::AmxBf16x3) {
+        if matches!(backend, Backend::AmxBf16 | Backend::AmxBf16x2 | Backend::AmxBf16x3 | Backend::AmxBf16W2) {
             let bias_v: Vec<f32> = (0..out_c).map(|o| bias.map_or(0.0, |b| b[o])).collect();
             let slope: Vec<f32> = (0..out_c).map(slope_of).collect::<Result<_, _>>()?;
             // Passes: (input half, weight half), false = hi, true = lo.
             let plan: &[(bool, bool)] = match backend {
                 Backend::AmxBf16x3 => &[(false, false), (true, false), (false, true)],
                 Backend::AmxBf16x2 => &[(false, false), (true, false)],
+                Backend::AmxBf16W2 => &[(false, false), (false, true)],
                 _ => &[(false, false)],
             };
             let mut wts = amx::AmxWeights::pack(weight, &bias_v, &slope, in_c, out_c, plan);

@@ -16,7 +16,7 @@ impl Rng {
     }
 }
 
-const BACKENDS: [Backend; 7] = [
+const BACKENDS: [Backend; 8] = [
     Backend::Portable,
     Backend::Avx2,
     Backend::Avx512,
@@ -24,15 +24,16 @@ const BACKENDS: [Backend; 7] = [
     Backend::AmxBf16,
     Backend::AmxBf16x2,
     Backend::AmxBf16x3,
+    Backend::AmxBf16W2,
 ];
 
 /// Per-output tolerance factor on Σ|w·x|+|b|: bf16 rounds inputs and weights (2⁻⁹ relative
-/// each); bf16x2 rounds only the weights; bf16x3 drops only the lo·lo term (~2⁻¹⁸) plus f32
-/// accumulation.
+/// each); bf16x2 rounds only the weights, bf16w2 only the inputs; bf16x3 drops only the lo·lo
+/// term (~2⁻¹⁸) plus f32 accumulation.
 fn tol(b: Backend) -> f64 {
     match b {
         Backend::Avx512Bf16 | Backend::AmxBf16 => 1.6e-2,
-        Backend::AmxBf16x2 => 4e-3,
+        Backend::AmxBf16x2 | Backend::AmxBf16W2 => 4e-3,
         Backend::AmxBf16x3 => 2e-5,
         _ => 1e-5,
     }
@@ -245,7 +246,9 @@ fn amx_bf16_shadow_matches_conversion() {
         return;
     }
     shadow_case(Backend::AmxBf16);
-    // The split modes need each input's `lo` half, which the shadow does not keep: they
+    // Splitting only the weights keeps bf16 inputs: that mode reads and writes the shadow too.
+    shadow_case(Backend::AmxBf16W2);
+    // The input-split modes need each input's `lo` half, which the shadow does not keep: they
     // neither leave a shadow nor read one.
     let mut rng = Rng(10);
     let x = random_nhwc(&mut rng, 1, 5, 7, 8);
@@ -669,7 +672,7 @@ fn winograd_switch_and_heuristic() {
     assert!(!mk(64, 32, Backend::AmxBf16, Winograd::Auto), "one output-tile pair: direct pays better");
     assert!(!mk(16, 64, Backend::AmxBf16, Winograd::Auto), "a partial k-block: direct");
     assert_eq!(mk(16, 32, Backend::AmxBf16, Winograd::Always), amx);
-    for b in [Backend::AmxBf16x2, Backend::AmxBf16x3] {
+    for b in [Backend::AmxBf16x2, Backend::AmxBf16x3, Backend::AmxBf16W2] {
         if b.supported() {
             assert!(!mk(64, 64, b, Winograd::Always), "{b:?}");
         }

@@ -56,11 +56,20 @@ impl FastRrdb {
         // against fp32 (under the 45 dB bound), so the trunk keeps the direct kernel there.
         // SRVGG's 16 body convs keep 52 dB with it.
         let trunk_wino = if backend == Backend::AmxBf16 { Winograd::Off } else { wino };
+        // Each dense block's first conv (reads only the residual stream, and its output feeds
+        // the block's four other convs) on `backend.dense_in()`: on plain AMX, weights split
+        // into two bf16 halves (docs/fastconv.md, "RRDBNet's precision").
+
         let mut blocks = Vec::with_capacity(net.blocks.len());
         for rrdb in &net.blocks {
             let mut dbs = Vec::with_capacity(3);
             for db in rrdb {
-                let convs: Vec<Conv3x3> = db.convs.iter().map(|c| c.to_fast(backend, trunk_wino)).collect::<std::result::Result<_, _>>()?;
+                let convs: Vec<Conv3x3> = db
+                    .convs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| c.to_fast(if k == 0 { backend.dense_in() } else { backend }, trunk_wino))
+                    .collect::<std::result::Result<_, _>>()?;
                 dbs.push(<[Conv3x3; 5]>::try_from(convs).map_err(|_| "five convs")?);
             }
             blocks.push(<[[Conv3x3; 5]; 3]>::try_from(dbs).map_err(|_| "three dense blocks")?);

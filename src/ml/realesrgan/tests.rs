@@ -521,3 +521,20 @@ fn reduced_precision_backends_vs_fp32() {
         }
     }
 }
+
+/// The default backend holds the 45 dB bound on realesrgan-bench's own image at 128² too,
+/// where x4plus-anime is closest to it (45.3 dB measured 2026-11-23 on AMX; 44.8 dB before its
+/// dense blocks' first convs split their weights, `Backend::dense_in`).
+#[test]
+fn default_holds_bound_on_bench_image_x4plus_anime() {
+    let mut model = load("realesrgan-x4plus-anime", None);
+    let tiles = vec![texture_image(128, 128)];
+    let default = model.fastconv_backend();
+    model.set_fastconv_backend(Backend::Avx512).unwrap();
+    let want = run(&model, &tiles);
+    model.set_fastconv_backend(default).unwrap();
+    let got = run(&model, &tiles);
+    let (max, psnr) = compare(&got[0].data, &want[0].data);
+    println!("default {default:?} vs fp32, x4plus-anime bench image 128²: max abs err {max:.2e}, PSNR {psnr:.1} dB (8-bit)");
+    assert!(psnr >= 45.0, "default {default:?}: {psnr:.1} dB vs fp32 < 45 dB");
+}
