@@ -13,8 +13,9 @@
 //! the direct kernel (`amx::finish`). F(2×2) because its transforms only add and subtract (and
 //! halve the weights): rounding `V` and `U` to bf16 measures ~3× the direct kernel's error per
 //! conv (the tests), which SRVGG's 16 body convs absorb (52 dB against fp32) but RRDBNet's 345
-//! chained convs do not (42.7 dB), so that network keeps the direct kernel. F(4×4)'s larger
-//! transform coefficients would amplify the rounding further (not tried in bf16).
+//! chained convs do not (42.7 dB), so that network keeps the direct kernel. Larger tiles amplify the
+//! rounding further: emulated in bf16, F(4×4) measures 43 dB on the parity test card and every
+//! tile from F(2×3) on falls under 45 dB on noise (`scripts/winograd_bf16_emulation.py`).
 //!
 //! Work items are segments of at most [`SEG_TILES`] tiles of one tile row of one image. A
 //! segment's `V` (`[tile][ξ][channels]`, so the transform's stores are contiguous) lives in a
