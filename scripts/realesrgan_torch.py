@@ -14,6 +14,11 @@ torch output against the committed ncnn fp32 reference tensors, and exits 1 if f
 size x size image, batch 1, under inference_mode; one warm-up pass per model, size and mode is not
 timed). Modes: `fp32` (NCHW), `fp32-cl` (channels_last, which makes oneDNN run the convolutions in
 NHWC) and `bf16` (channels_last under `torch.autocast('cpu', dtype=torch.bfloat16)`).
+
+`serve` is `realesrgan-bench --interleave`'s peer: it reads `<stem> <size> <mode>` lines on stdin
+and answers each with the ms of one timed forward pass on its own line (the first request for a
+model, size and mode also runs the untimed warm-up pass), so that the bench can alternate upres
+and PyTorch forward by forward.
 """
 import argparse
 import os
@@ -283,9 +288,39 @@ def bench(a):
                 print(f"torch {stem} {size} {mode}: {ms:.1f} ms", file=sys.stderr, flush=True)
 
 
+def bench_input(size):
+    """The bench's synthetic image (the same as realesrgan-bench and the ncnn helper), NCHW."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = np.stack([0.5 + 0.4 * np.sin(x * 0.37 + c) * np.cos(y * 0.23) for c in range(3)]).astype(np.float32)
+    return torch.from_numpy(img)[None]
+
+
+def serve(a):
+    nets, runs = {}, {}
+    for line in sys.stdin:
+        try:
+            stem, size, mode = line.split()
+            size = int(size)
+        except ValueError:
+            sys.exit(f"serve: bad request {line.strip()!r} (want: <stem> <size> <mode>)")
+        if mode not in MODES or stem not in STEMS:
+            sys.exit(f"serve: unknown model or mode in {line.strip()!r}")
+        key = (stem, size, mode)
+        if key not in runs:
+            if stem not in nets:
+                nets[stem] = load(a.models, stem)
+            run, inp = prepare(nets[stem], mode), bench_input(size)
+            run(inp)  # warm-up, untimed
+            runs[key] = (run, inp)
+        run, inp = runs[key]
+        t = time.perf_counter()
+        run(inp)
+        print(f"{(time.perf_counter() - t) * 1000:.3f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["check", "bench"])
+    ap.add_argument("command", choices=["check", "bench", "serve"])
     ap.add_argument("--models", default="models")
     ap.add_argument("--fixtures", default="tests/fixtures/realesrgan")
     ap.add_argument("--sizes", default="64,128,256")
@@ -298,7 +333,7 @@ def main():
         if m not in MODES:
             sys.exit(f"unknown mode {m} (known: {', '.join(MODES)})")
     torch.set_num_threads(a.threads)
-    check(a) if a.command == "check" else bench(a)
+    {"check": check, "bench": bench, "serve": serve}[a.command](a)
 
 
 if __name__ == "__main__":

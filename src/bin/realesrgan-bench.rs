@@ -16,6 +16,12 @@
 //! synthetic image in every runtime. The first pass per model, size and configuration is a warm-up
 //! and is not timed. FLOPs count convolutions only (2 per MAC). Every runtime gets `--threads`.
 //!
+//! With `--interleave N` (needs `--torch`) upres and one PyTorch configuration
+//! (`--interleave-mode`, default `bf16`) instead alternate forward by forward, N pairs per model
+//! and size, through a persistent `scripts/realesrgan_torch.py serve` process: both then sample
+//! the host's swings at the same moments. It prints each side's best, the ratio of the bests,
+//! and the spread of the per-pair ratios.
+//!
 //! upres runs twice: with the engine's default kernels (fp32 AVX-512 with Winograd F(4×4,3×3)
 //! where it pays; `UPRES_FASTCONV` / `UPRES_FASTCONV_WINOGRAD` override) and with the direct fp32
 //! kernel (`direct f32` column), and `dB` is the default's 8-bit output against the direct
@@ -40,6 +46,10 @@ struct Args {
     threads: usize,
     /// Skip the fp32 direct-kernel column (and its PSNR).
     no_fp32: bool,
+    /// Alternate upres and PyTorch forward by forward, this many pairs (0: the table).
+    interleave: u32,
+    /// PyTorch's configuration in `--interleave` mode.
+    interleave_mode: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -53,6 +63,8 @@ fn parse_args() -> Result<Args, String> {
         torch: None,
         threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         no_fp32: false,
+        interleave: 0,
+        interleave_mode: "bf16".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,13 +76,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "--runs" => a.runs = val()?.parse().map_err(|_| "bad --runs")?,
             "--rounds" => a.rounds = val()?.parse().map_err(|_| "bad --rounds")?,
+            "--interleave" => a.interleave = val()?.parse().map_err(|_| "bad --interleave")?,
+            "--interleave-mode" => a.interleave_mode = val()?,
             "--only" => a.only = Some(val()?.split(',').map(str::to_string).collect()),
             "--ncnn" => a.ncnn = Some(val()?),
             "--torch" => a.torch = Some(val()?),
             "--threads" => a.threads = val()?.parse().map_err(|_| "bad --threads")?,
             "--no-fp32" => a.no_fp32 = true,
             "-h" | "--help" => {
-                println!("realesrgan-bench [--models DIR] [--sizes 64,128,256] [--runs N] [--rounds R] [--only STEM,...] [--torch PYTHON] [--ncnn PYTHON] [--threads N] [--no-fp32]");
+                println!("realesrgan-bench [--models DIR] [--sizes 64,128,256] [--runs N] [--rounds R] [--only STEM,...] [--torch PYTHON] [--ncnn PYTHON] [--threads N] [--no-fp32] [--interleave PAIRS [--interleave-mode bf16|fp32|fp32-cl]]");
                 std::process::exit(0);
             }
             f => return Err(format!("unknown flag {f}")),
@@ -196,6 +210,101 @@ fn time(model: &RealEsrgan, img: &Tile, runs: u32) -> (f64, Tile) {
     (best, out)
 }
 
+/// A persistent `realesrgan_torch.py serve` process: one timed forward per request.
+struct TorchServer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl TorchServer {
+    fn start(python: &str, a: &Args) -> std::io::Result<Self> {
+        let mut child = Command::new(python)
+            .args(["scripts/realesrgan_torch.py", "serve"])
+            .args(["--models", &a.models.display().to_string()])
+            .args(["--threads", &a.threads.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        Ok(Self { child, stdin, stdout })
+    }
+
+    /// One timed forward of `stem` at `size`² in `mode` (the first request per key also warms up).
+    fn forward(&mut self, stem: &str, size: u32, mode: &str) -> Result<f64, String> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{stem} {size} {mode}").map_err(|e| format!("torch serve: {e}"))?;
+        self.stdin.flush().map_err(|e| format!("torch serve: {e}"))?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).map_err(|e| format!("torch serve: {e}"))?;
+        line.trim().parse().map_err(|_| format!("torch serve answered {line:?} (see its stderr)"))
+    }
+}
+
+impl Drop for TorchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--interleave`: upres and PyTorch alternate forward by forward, `a.interleave` pairs per model
+/// and size; prints each side's best, the ratio of the bests and the per-pair ratios' spread.
+fn interleaved(a: &Args, stems: &[&Known], device: &candle_core::Device) -> Result<(), String> {
+    let python = a.torch.as_deref().ok_or("--interleave needs --torch PYTHON")?;
+    let mode = a.interleave_mode.as_str();
+    let mut torch = TorchServer::start(python, a).map_err(|e| format!("torch serve could not start ({python}): {e}"))?;
+    // A pause between the two runtimes, so that neither starts while the other's threads still
+    // spin after their work (rayon's and OpenMP's idle loops).
+    let pause = std::time::Duration::from_millis(20);
+    println!(
+        "{:<24} {:>5} {:>6} {:>9} {:>11} {:>10} {:>12} {:>14} {:>14}",
+        "model", "input", "pairs", "upres ms", format!("torch {mode}"), "best/best", "pair median", "pair min–max", "pairs ≤ 0.8"
+    );
+    for k in stems {
+        let model = RealEsrgan::load(&a.models, k, device, None).map_err(|e| format!("{}: {e} (run scripts/fetch-models.sh)", k.stem))?;
+        let p = [GenParams::default()];
+        for &size in &a.sizes {
+            let img = image(size);
+            let run = || model.upscale(std::slice::from_ref(&img), &p, &Unattended).expect("forward");
+            run();
+            torch.forward(k.stem, size, mode)?;
+            let mut pairs = Vec::with_capacity(a.interleave as usize);
+            for _ in 0..a.interleave.max(1) {
+                std::thread::sleep(pause);
+                let t = Instant::now();
+                run();
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                std::thread::sleep(pause);
+                pairs.push((ms, torch.forward(k.stem, size, mode)?));
+            }
+            let best_u = pairs.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+            let best_t = pairs.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+            let mut ratios: Vec<f64> = pairs.iter().map(|(u, t)| u / t).collect();
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios[ratios.len() / 2];
+            let under = ratios.iter().filter(|r| **r <= 0.8).count();
+            eprintln!("pairs {} {size}: {}", k.stem, pairs.iter().map(|(u, t)| format!("{u:.1}/{t:.1}")).collect::<Vec<_>>().join(" "));
+            println!(
+                "{:<24} {:>5} {:>6} {:>9.1} {:>11.1} {:>10.2} {:>12.2} {:>14} {:>14}",
+                k.stem,
+                format!("{size}²"),
+                pairs.len(),
+                best_u,
+                best_t,
+                best_u / best_t,
+                median,
+                format!("{:.2}–{:.2}", ratios[0], ratios[ratios.len() - 1]),
+                format!("{under}/{}", ratios.len())
+            );
+        }
+        model.idle();
+    }
+    Ok(())
+}
+
 /// PSNR of two [0, 1] images after 8-bit quantisation.
 fn psnr8(a: &[f32], b: &[f32]) -> f64 {
     let q = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as f64;
@@ -259,6 +368,14 @@ fn main() {
     } else {
         "candle".to_string()
     };
+    if a.interleave > 0 {
+        println!("# realesrgan-bench --interleave: {path} CPU, {} threads, upres and PyTorch alternating forward by forward, untiled, batch 1", a.threads);
+        if let Err(e) = interleaved(&a, &stems, &device) {
+            eprintln!("realesrgan-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     println!("# realesrgan-bench: {path} CPU (UPRES_FASTCONV=off for candle), {} threads, {} timed runs × {} rounds, untiled, batch 1", a.threads, a.runs, a.rounds);
     let helpers: Vec<(&str, &Helper)> =
         [(a.torch.as_deref(), &TORCH), (a.ncnn.as_deref(), &NCNN)].into_iter().filter_map(|(py, h)| Some((py?, h))).collect();
