@@ -177,7 +177,7 @@ impl Backend {
     pub fn edge(self) -> Backend {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Backend::AmxBf16 | Backend::Avx512Bf16 => Backend::best_fp32(),
+            Backend::AmxBf16 | Backend::AmxBf16W2 | Backend::Avx512Bf16 => Backend::best_fp32(),
             b => b,
         }
     }

@@ -59,7 +59,6 @@ impl FastRrdb {
         // Each dense block's first conv (reads only the residual stream, and its output feeds
         // the block's four other convs) on `backend.dense_in()`: on plain AMX, weights split
         // into two bf16 halves (docs/fastconv.md, "RRDBNet's precision").
-
         let mut blocks = Vec::with_capacity(net.blocks.len());
         for rrdb in &net.blocks {
             let mut dbs = Vec::with_capacity(3);

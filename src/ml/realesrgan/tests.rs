@@ -488,7 +488,7 @@ fn backends_vs_fp32(stem: &str) -> Vec<(Backend, &'static str, f64)> {
         let tiles = vec![img];
         model.set_fastconv_backend(Backend::Avx512).unwrap();
         let want = run(&model, &tiles);
-        for b in [Backend::Avx512Bf16, Backend::AmxBf16, Backend::AmxBf16x2, Backend::AmxBf16x3] {
+        for b in [Backend::Avx512Bf16, Backend::AmxBf16, Backend::AmxBf16x2, Backend::AmxBf16x3, Backend::AmxBf16W2] {
             if !b.supported() {
                 continue;
             }
@@ -509,7 +509,8 @@ fn reduced_precision_backends_vs_fp32() {
     for stem in ["realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4", "realesrgan-x4plus-anime", "realesrgan-x4plus"] {
         for (b, image, psnr) in backends_vs_fp32(stem) {
             // Measured (2026-11-22), test / texture image: bf16 52.9–55.1 / 39.2–42.8 dB (so
-            // plain bf16 is opt-in only), bf16x2 56.4–57.0 / 51.6–52.4 dB, bf16x3 ≥ 76 dB.
+            // plain bf16 is opt-in only), bf16x2 56.4–57.0 / 51.6–52.4 dB, bf16x3 ≥ 76 dB;
+            // (2026-11-23) AMX with split weights (whole trunk) 54.9–63.4 / 51.1–56.4 dB.
             let bound = match b {
                 Backend::AmxBf16x3 => 70.0,
                 _ => 45.0,
