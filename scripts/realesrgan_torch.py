@@ -266,14 +266,18 @@ def check(a):
         sys.exit("torch fp32 does not match the ncnn reference: " + ", ".join(bad))
 
 
+def bench_input(size):
+    """The bench's synthetic image (the same as realesrgan-bench and the ncnn helper), NCHW."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = np.stack([0.5 + 0.4 * np.sin(x * 0.37 + c) * np.cos(y * 0.23) for c in range(3)]).astype(np.float32)
+    return torch.from_numpy(img)[None]
+
+
 def bench(a):
     for stem in a.only.split(","):
         net = load(a.models, stem)
         for size in [int(s) for s in a.sizes.split(",")]:
-            # The same synthetic image as the Rust bench and the ncnn helper.
-            y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-            img = np.stack([0.5 + 0.4 * np.sin(x * 0.37 + c) * np.cos(y * 0.23) for c in range(3)]).astype(np.float32)
-            inp = torch.from_numpy(img)[None]
+            inp = bench_input(size)
             for mode in a.modes.split(","):
                 run = prepare(net, mode)
                 run(inp)
@@ -286,13 +290,6 @@ def bench(a):
                     ms = min(ms, (time.perf_counter() - t) * 1000)
                 print(f"{stem} {size} {mode} {ms:.2f}", flush=True)
                 print(f"torch {stem} {size} {mode}: {ms:.1f} ms", file=sys.stderr, flush=True)
-
-
-def bench_input(size):
-    """The bench's synthetic image (the same as realesrgan-bench and the ncnn helper), NCHW."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    img = np.stack([0.5 + 0.4 * np.sin(x * 0.37 + c) * np.cos(y * 0.23) for c in range(3)]).astype(np.float32)
-    return torch.from_numpy(img)[None]
 
 
 def serve(a):
