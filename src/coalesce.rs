@@ -9,6 +9,10 @@
 //! last Waiter dropped before the outcome → the flight's CancellationToken fires, so work that
 //!                      nobody waits for any more stops; a later join starts a fresh flight
 //! ```
+//! Joining (count up) and leaving (count down, and cancel when it reaches zero) both happen under
+//! the flight's shard lock, so a join never lands on a flight that is about to be cancelled: it
+//! either counts as a waiter before the last one leaves (no cancel), or finds the flight
+//! cancelled and starts a fresh one.
 //! The leader publishes to the caches *before* `finish` (rule: publish, then release), so a
 //! request arriving after the flight left the table finds the result in the memory tier.
 //! The table is sharded by the key's first byte and keyed by the 32-byte hash, never a string.
@@ -66,19 +70,29 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
             // A flight whose waiters all left is cancelled: start afresh rather than inherit it.
             if !flight.cancel.is_cancelled() {
                 flight.waiters.fetch_add(1, Ordering::AcqRel);
-                return Join::Follower(Waiter { rx: flight.tx.subscribe(), flight: flight.clone() });
+                let flight = flight.clone();
+                return Join::Follower(self.waiter(key, flight.tx.subscribe(), flight));
             }
         }
         let (tx, rx) = watch::channel(None);
         let flight = Arc::new(Flight { tx, waiters: AtomicUsize::new(1), cancel: CancellationToken::new() });
         shard.insert(*key, flight.clone());
         let permit = Permit { key: *key, flight: flight.clone(), table: self.table.clone(), finished: false };
-        Join::Leader(permit, Waiter { rx, flight })
+        Join::Leader(permit, self.waiter(key, rx, flight))
+    }
+
+    fn waiter(&self, key: &[u8; 32], rx: watch::Receiver<Option<Outcome<V>>>, flight: Arc<Flight<V>>) -> Waiter<V> {
+        Waiter { rx, flight, key: *key, table: self.table.clone() }
     }
 
     /// Open flights (for tests and metrics).
     pub fn in_flight(&self) -> usize {
         self.table.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Requests waiting on open flights (tests wait for followers to have joined).
+    pub fn waiters(&self) -> usize {
+        self.table.iter().map(|s| s.lock().values().map(|f| f.waiters.load(Ordering::Acquire)).sum::<usize>()).sum()
     }
 }
 
@@ -125,6 +139,8 @@ impl<V> Drop for Permit<V> {
 pub struct Waiter<V> {
     rx: watch::Receiver<Option<Outcome<V>>>,
     flight: Arc<Flight<V>>,
+    key: [u8; 32],
+    table: Table<V>,
 }
 
 impl<V: Clone> Waiter<V> {
@@ -139,9 +155,17 @@ impl<V: Clone> Waiter<V> {
 
 impl<V> Drop for Waiter<V> {
     fn drop(&mut self) {
+        // Under the shard lock: a join between the count reaching zero and the cancel would
+        // follow a flight that is cancelled a moment later (its request would end in a 504).
+        let mut shard = self.table[self.key[0] as usize % SHARDS].lock();
         let left = self.flight.waiters.fetch_sub(1, Ordering::AcqRel) - 1;
+        #[cfg(test)]
+        tests::hook::run();
         if left == 0 && self.flight.tx.borrow().is_none() {
             self.flight.cancel.cancel();
+            if shard.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+                shard.remove(&self.key);
+            }
         }
     }
 }
@@ -152,22 +176,80 @@ mod tests {
     use std::sync::atomic::AtomicU32;
     use std::time::Duration;
 
+    /// A test hook run inside `Waiter::drop` between the count going down and the cancel check,
+    /// where the old code released the lock: whatever it does there is the interleaving.
+    pub mod hook {
+        use std::cell::RefCell;
+
+        thread_local! {
+            static HOOK: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+        }
+
+        pub fn set(f: impl FnOnce() + 'static) {
+            HOOK.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+        }
+
+        pub fn run() {
+            if let Some(f) = HOOK.with(|h| h.borrow_mut().take()) {
+                f();
+            }
+        }
+    }
+
+    impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
+        /// `join` that gives up instead of blocking when the shard is locked.
+        fn try_join(&self, key: &[u8; 32]) -> Option<Join<V>> {
+            let shard = self.table[key[0] as usize % SHARDS].try_lock()?;
+            drop(shard);
+            Some(self.join(key))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_join_racing_the_last_waiters_exit_never_follows_a_cancelled_flight() {
+        // The interleaving that gave a spurious 504: the last waiter's count reaches zero, a new
+        // request joins, then the cancel fires on the flight the new request now follows.
+        let c = Arc::new(Coalescer::<u32>::new());
+        let Join::Leader(permit, waiter) = c.join(&[5; 32]) else { panic!() };
+        let token = permit.cancellation();
+        let racer: Arc<parking_lot::Mutex<Option<Join<u32>>>> = Default::default();
+        hook::set({
+            let (c, racer) = (c.clone(), racer.clone());
+            move || *racer.lock() = c.try_join(&[5; 32])
+        });
+        drop(waiter);
+        assert!(token.is_cancelled(), "nobody waits: the work stops");
+        // The join inside the exit could not interleave (the shard is locked for the whole exit)…
+        if let Some(Join::Follower(w)) = racer.lock().take() {
+            assert!(!w.flight.cancel.is_cancelled(), "a follower joined a flight that was then cancelled");
+        }
+        // …and a join after it starts a fresh, live flight.
+        let Join::Leader(fresh, w) = c.join(&[5; 32]) else { panic!("a cancelled flight is not joined") };
+        assert!(!fresh.cancellation().is_cancelled());
+        drop(permit);
+        fresh.finish(9);
+        assert!(matches!(w.wait().await, Outcome::Done(9)));
+        assert_eq!(c.in_flight(), 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn many_concurrent_joins_run_the_work_once() {
-        // moka's entry-API test idiom: release many tasks at once, count the inits.
+        // moka's entry-API test idiom: release many tasks at once, count the inits. The work
+        // finishes only once all 64 have joined, so a late join cannot start a second flight.
         let c = Arc::new(Coalescer::<u32>::new());
         let runs = Arc::new(AtomicU32::new(0));
-        let barrier = Arc::new(tokio::sync::Barrier::new(64));
+        let start = Arc::new(tokio::sync::Barrier::new(64));
+        let joined = Arc::new(tokio::sync::Barrier::new(65));
         let mut tasks = Vec::new();
         for _ in 0..64 {
-            let (c, runs, barrier) = (c.clone(), runs.clone(), barrier.clone());
+            let (c, runs, start, joined) = (c.clone(), runs.clone(), start.clone(), joined.clone());
             tasks.push(tokio::spawn(async move {
-                barrier.wait().await;
+                start.wait().await;
                 let waiter = match c.join(&[1; 32]) {
                     Join::Leader(permit, waiter) => {
-                        let runs = runs.clone();
+                        let (runs, joined) = (runs.clone(), joined.clone());
                         tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            joined.wait().await;
                             runs.fetch_add(1, Ordering::SeqCst);
                             permit.finish(42);
                         });
@@ -175,6 +257,7 @@ mod tests {
                     }
                     Join::Follower(waiter) => waiter,
                 };
+                joined.wait().await;
                 match waiter.wait().await {
                     Outcome::Done(v) => v,
                     Outcome::Dangling => 0,
@@ -182,7 +265,8 @@ mod tests {
             }));
         }
         for t in tasks {
-            assert_eq!(t.await.unwrap(), 42);
+            let value = tokio::time::timeout(Duration::from_secs(10), t).await.expect("a second flight never finishes");
+            assert_eq!(value.unwrap(), 42);
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(c.in_flight(), 0);
