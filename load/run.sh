@@ -17,7 +17,7 @@ command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 1;
 scripts/fetch-samples.sh
 if [ -z "${LOAD_BIN:-}" ]; then
   cargo build --locked --quiet --bin upres
-  LOAD_BIN=target/debug/upres
+  LOAD_BIN="${CARGO_TARGET_DIR:-target}/debug/upres"
 fi
 
 work=$(mktemp -d)

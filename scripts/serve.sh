@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
 scripts/fetch-samples.sh
 cargo build --locked --bin upres
-exec target/debug/upres serve --config config/upres.toml "$@"
+exec "${CARGO_TARGET_DIR:-target}/debug/upres" serve --config config/upres.toml "$@"

@@ -357,6 +357,7 @@ fn main() {
     if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global() {
         eprintln!("realesrgan-bench: could not size the thread pool: {e}");
     }
+    println!("realesrgan-bench: {}", upres::ml::fastconv::kernel_summary());
     let device = upres::ml::device::select("cpu").expect("cpu device");
     let stems: Vec<&Known> =
         KNOWN.iter().filter(|k| a.only.as_ref().is_none_or(|o| o.iter().any(|s| s == k.stem))).collect();

@@ -116,6 +116,7 @@ fn psnr8(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    println!("sd-bench: {}", upres::ml::fastconv::kernel_summary());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().cloned().unwrap_or_else(|| "speed".into());
     let full = args.iter().any(|a| a == "--full");

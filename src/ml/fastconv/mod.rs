@@ -44,7 +44,10 @@ mod amx_wino;
 mod avx512;
 mod kernels;
 mod portable;
+mod select;
 mod winograd;
+
+pub use select::{cpu_model, kernel_summary, overrides, set_overrides, CpuFeature, KernelOverrides};
 
 use std::sync::Mutex;
 
@@ -99,44 +102,6 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Whether this CPU can run the backend.
-    pub fn supported(self) -> bool {
-        match self {
-            Backend::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Backend::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            Backend::Avx512 => is_x86_feature_detected!("avx512f"),
-            #[cfg(target_arch = "x86_64")]
-            Backend::Avx512Bf16 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"),
-            #[cfg(target_arch = "x86_64")]
-            Backend::AmxBf16 | Backend::AmxBf16x2 | Backend::AmxBf16x3 | Backend::AmxBf16W2 => amx::available(),
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-
-    /// The fastest supported fp32 backend.
-    pub fn best_fp32() -> Backend {
-        [Backend::Avx512, Backend::Avx2].into_iter().find(|b| b.supported()).unwrap_or(Backend::Portable)
-    }
-
-    /// `UPRES_FASTCONV`'s backend, when set to one this CPU supports.
-    pub fn from_env() -> Option<Backend> {
-        let want = match std::env::var("UPRES_FASTCONV").ok().as_deref() {
-            Some("portable") => Backend::Portable,
-            Some("avx2") => Backend::Avx2,
-            Some("avx512") => Backend::Avx512,
-            Some("bf16") => Backend::Avx512Bf16,
-            Some("amx") => Backend::AmxBf16,
-            Some("amx2") => Backend::AmxBf16x2,
-            Some("amx3") => Backend::AmxBf16x3,
-            Some("amxw2") => Backend::AmxBf16W2,
-            _ => return None,
-        };
-        want.supported().then_some(want)
-    }
-
     /// The backend [`Conv3x3::new`] uses: `UPRES_FASTCONV` if set and supported, else
     /// [`Backend::best_fp32`] (the SD x4 UNet/VAE convolutions, whose parity tests are fp32).
     pub fn detect() -> Backend {
@@ -234,12 +199,7 @@ impl Winograd {
     /// As [`Winograd::from_env`], with `default` when the variable is unset or unknown and
     /// `off`/`0` forcing [`Winograd::Off`] (the Real-ESRGAN engine defaults to `Auto`).
     pub fn from_env_or(default: Winograd) -> Winograd {
-        match std::env::var("UPRES_FASTCONV_WINOGRAD").ok().as_deref() {
-            Some("on" | "auto" | "1") => Winograd::Auto,
-            Some("always") => Winograd::Always,
-            Some("off" | "0") => Winograd::Off,
-            _ => default,
-        }
+        select::overrides().winograd.unwrap_or(default)
     }
 
     /// Whether a conv with `in_c → out_c` channels on `backend` runs Winograd under this mode.
