@@ -214,8 +214,8 @@ impl Default for StoreCacheConfig {
 pub struct ClaimsConfig {
     /// Claim a result in the store before computing it, and wait for another replica's claim.
     pub enabled: bool,
-    /// How long a claim lives; past it a crashed owner's claim is taken over. At least
-    /// `server.request_deadline`.
+    /// How long a claim lives unrenewed (the owner renews it every ttl/3 while computing);
+    /// past it a crashed owner's claim is taken over. At least `server.request_deadline`.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// First pause between polls of a waiting replica (doubles up to 1 s).

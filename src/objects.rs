@@ -56,6 +56,12 @@ impl Bucket {
         Ok(Bucket { store: Arc::from(store), prefix, url: url.to_string() })
     }
 
+    /// The folder of a `file://` bucket (claims lock a file there); `None` for other schemes.
+    pub fn local_folder(&self) -> Option<std::path::PathBuf> {
+        let rest = self.url.strip_prefix("file://")?;
+        std::path::PathBuf::from(if rest.is_empty() { "." } else { rest }).canonicalize().ok()
+    }
+
     /// Opens an origin: as `open`, except that `http(s)` origins go through the SSRF guard.
     pub fn open_origin(cfg: &OriginConfig) -> Result<Bucket, OpenError> {
         let url = cfg.url.as_str();

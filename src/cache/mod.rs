@@ -9,6 +9,7 @@
 //! goes on uncached (`CacheBypass` in metrics).
 
 pub mod claim;
+mod claim_cell;
 pub mod memory;
 pub mod store;
 
