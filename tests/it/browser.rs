@@ -3,8 +3,6 @@
 //! fails, unless `TEST_SKIP_BROWSER` is set, when it says it skipped.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -19,7 +17,7 @@ async fn the_playground_works_in_headless_chromium() {
         eprintln!("SKIPPED the_playground_works_in_headless_chromium: {why}");
         return;
     }
-    let slow = SlowEngine::new(Duration::from_secs(30));
+    let slow = SlowEngine::gated();
     let mut models = lanczos();
     models.push(entry("slow", slow.clone()));
     let s = Setup::new().models(models).config(|c| c.ml.warm_up = false).start().await;
@@ -44,10 +42,6 @@ async fn the_playground_works_in_headless_chromium() {
     eprintln!("{log}");
     assert!(artifacts.join("playground.png").exists(), "a screenshot is saved");
     // The page's Cancel stopped the slow model: nobody else waited for that result.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !slow.saw_cancel.load(Ordering::SeqCst) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(slow.saw_cancel.load(Ordering::SeqCst), "cancel in the page stopped the engine");
+    slow.cancelled().await; // cancel in the page stopped the engine
     s.stop().await;
 }

@@ -129,7 +129,7 @@ async fn signing_on_rejects_unsigned_and_accepts_signed_urls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_answers_503_with_retry_after() {
-    let engine = SlowEngine::new(Duration::from_millis(1500));
+    let engine = SlowEngine::gated();
     let s = Setup::new()
         .models(vec![entry("slow", engine.clone())])
         .config(|c| {
@@ -144,21 +144,20 @@ async fn a_full_queue_answers_503_with_retry_after() {
         let url = s.url("/x2/model=slow/a.png");
         async move { client().get(url).send().await.unwrap().status().as_u16() }
     });
-    // Wait until the first job holds the only queue slot.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while s.app.batcher.depth() == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The first job holds the only queue slot until the gate opens.
+    engine.started(1).await;
     let r = client().get(s.url("/x2/model=slow/b.png")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "2");
+    engine.open();
     assert_eq!(first.await.unwrap(), 200);
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_request_deadline_answers_504() {
-    let engine = SlowEngine::new(Duration::from_secs(5));
+    // The pass never finishes on its own: only the deadline can answer.
+    let engine = SlowEngine::gated();
     let s = Setup::new()
         .models(vec![entry("slow", engine.clone())])
         .config(|c| {
@@ -171,6 +170,7 @@ async fn the_request_deadline_answers_504() {
     let started = std::time::Instant::now();
     expect(&s, "/x2/model=slow/a.png", 504, "timeout").await;
     assert!(started.elapsed() < Duration::from_secs(3));
+    engine.open();
     assert_eq!(client().get(s.url("/healthz")).send().await.unwrap().status(), 200);
     s.stop().await;
 }

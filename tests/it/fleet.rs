@@ -51,6 +51,19 @@ fn claim_path(hex: &str) -> Path {
     Path::from_iter(["claims", hex])
 }
 
+/// The claim record of `hex` in the bucket, if any.
+async fn claim_record(bucket: &upres::objects::Bucket, hex: &str) -> Option<serde_json::Value> {
+    let bytes = bucket.store.get(&claim_path(hex)).await.ok()?.bytes().await.unwrap();
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+/// Released: no claim, or a tombstone (an expired record; S3 has no conditional delete).
+async fn assert_released(bucket: &upres::objects::Bucket, hex: &str) {
+    if let Some(record) = claim_record(bucket, hex).await {
+        assert_eq!(record["expires_unix_ms"], 0, "a live claim is left: {record}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_serves_another_replicas_result_from_s3_without_computing() {
     let s3 = S3Server::start().await;
@@ -123,7 +136,7 @@ async fn a_result_corrupted_in_the_bucket_is_caught_by_the_other_replica_recompu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_identical_misses_on_two_replicas_run_the_engine_once() {
     let s3 = S3Server::start().await;
-    let (engine_a, engine_b) = (SlowEngine::new(Duration::from_millis(700)), SlowEngine::new(Duration::from_millis(700)));
+    let (engine_a, engine_b) = (SlowEngine::gated(), SlowEngine::gated());
     let a = replica(&s3, None, vec![entry("slow", engine_a.clone())]).await;
     let b = replica(&s3, Some(&a), vec![entry("slow", engine_b.clone())]).await;
     a.put_source("c.png", &png(16, 16));
@@ -139,6 +152,17 @@ async fn concurrent_identical_misses_on_two_replicas_run_the_engine_once() {
             (r.status().as_u16(), cache, r.bytes().await.unwrap())
         }));
     }
+    // The pass finishes only once every request waits: five on each replica's flight, one
+    // replica's leader computing, the other's waiting on the claim.
+    eventually("one pass started", || engine_a.passes.load(Ordering::SeqCst) + engine_b.passes.load(Ordering::SeqCst) == 1).await;
+    eventually("five requests on each replica's flight", || a.app.flights.waiters() == 5 && b.app.flights.waiters() == 5).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(&a, "claim", "wait").await + events(&b, "claim", "wait").await == 0 {
+        assert!(Instant::now() < deadline, "no replica waits on the claim");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    engine_a.open();
+    engine_b.open();
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
     let mut bodies = Vec::new();
     for t in tasks {
@@ -156,10 +180,9 @@ async fn concurrent_identical_misses_on_two_replicas_run_the_engine_once() {
     let waited = events(&a, "claim", "wait").await + events(&b, "claim", "wait").await;
     let found = events(&a, "claim", "found").await + events(&b, "claim", "found").await;
     assert_eq!((waited, found), (1, 1), "{outcomes:?}");
-    // The claim is gone once the result is stored.
+    // The claim is released once the result is stored.
     let key = key_of(&client().get(a.url(path)).send().await.unwrap());
-    let claim = s3.bucket().store.head(&claim_path(&key)).await;
-    assert!(matches!(claim, Err(object_store::Error::NotFound { .. })), "{claim:?}");
+    assert_released(&s3.bucket(), &key).await;
     a.stop().await;
     b.stop().await;
 }
@@ -189,9 +212,111 @@ async fn a_crashed_replicas_claim_is_taken_over_when_it_expires() {
         assert_eq!(events(&b, "claim", "takeover").await, 1);
         assert!(b.engine_runs().await >= 1);
         assert!(bucket.store.head(&result_path(&key)).await.is_ok(), "the result is stored again");
-        let claim = bucket.store.head(&claim_path(&key)).await;
-        assert!(matches!(claim, Err(object_store::Error::NotFound { .. })), "released: {claim:?}");
+        assert_released(&bucket, &key).await;
         b.stop().await;
     }
     a.stop().await;
+}
+
+/// Claims on the S3 bucket directly, as replica `n` would make them.
+fn claims_on(s3: &S3Server, ttl: Duration) -> upres::cache::claim::Claims {
+    let cfg = upres::config::ClaimsConfig { enabled: true, ttl, poll: Duration::from_millis(10) };
+    let results = upres::cache::store::StoreTier::new(s3.bucket());
+    upres::cache::claim::Claims::new(results, &cfg, Arc::new(upres::telemetry::Metrics::new()))
+}
+
+fn claimed(turn: upres::cache::claim::Turn) -> upres::cache::claim::Held {
+    match turn {
+        upres::cache::claim::Turn::Compute(held) => held,
+        upres::cache::claim::Turn::Found(_) => panic!("expected to compute"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_s3_an_expired_claim_is_taken_over_by_exactly_one_replica_and_kept_from_the_stalled_owner() {
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket();
+    let key = upres::key::ResultKey::derive(&[b"s3-race"]);
+    let hex = key.hex();
+    let expired = serde_json::json!({ "owner": "stalled-replica", "expires_unix_ms": 1, "lease": 1 });
+    bucket.store.put(&claim_path(&hex), PutPayload::from(serde_json::to_vec(&expired).unwrap())).await.unwrap();
+    // Six replicas notice the expiry at once; If-Match on the ETag they read lets one through.
+    let start = Arc::new(tokio::sync::Barrier::new(6));
+    let racers: Vec<_> = (0..6)
+        .map(|_| {
+            let (claims, start) = (claims_on(&s3, Duration::from_secs(60)), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                (claimed(claims.wait_or_claim(&key, Duration::ZERO).await), claims.owner().to_string())
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for r in racers {
+        held.push(r.await.unwrap());
+    }
+    let winners: Vec<&String> = held.iter().filter(|(h, _)| h.is_claimed()).map(|(_, owner)| owner).collect();
+    assert_eq!(winners.len(), 1, "one winner");
+    let record = claim_record(&bucket, &hex).await.unwrap();
+    assert_eq!(record["owner"], winners[0].as_str());
+    // The stalled owner comes back: its version is gone, it cannot touch the winner's claim.
+    let stalled = claims_on(&s3, Duration::from_secs(60));
+    let unclaimed = claimed(stalled.wait_or_claim(&key, Duration::ZERO).await);
+    assert!(!unclaimed.is_claimed(), "a live claim is not taken");
+    unclaimed.release().await;
+    assert_eq!(claim_record(&bucket, &hex).await.unwrap(), record);
+    for (h, _) in held {
+        h.release().await;
+    }
+    assert_released(&bucket, &hex).await;
+    // A released claim (tombstone) is claimed again at once.
+    let again = claimed(stalled.wait_or_claim(&key, Duration::ZERO).await);
+    assert!(again.is_claimed());
+    again.release().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_s3_a_release_after_a_takeover_leaves_the_new_owners_claim() {
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket();
+    let key = upres::key::ResultKey::derive(&[b"s3-release"]);
+    let hex = key.hex();
+    let (slow, next) = (claims_on(&s3, Duration::from_secs(60)), claims_on(&s3, Duration::from_secs(60)));
+    let stalled = claimed(slow.wait_or_claim(&key, Duration::ZERO).await);
+    assert!(stalled.is_claimed());
+    // Its claim expires (written here as time passing would leave it) and `next` takes over.
+    let mut record = claim_record(&bucket, &hex).await.unwrap();
+    record["expires_unix_ms"] = 1.into();
+    bucket.store.put(&claim_path(&hex), PutPayload::from(serde_json::to_vec(&record).unwrap())).await.unwrap();
+    let taken = claimed(next.wait_or_claim(&key, Duration::ZERO).await);
+    assert!(taken.is_claimed());
+    let new_record = claim_record(&bucket, &hex).await.unwrap();
+    assert_eq!(new_record["owner"], next.owner());
+    stalled.release().await;
+    assert_eq!(claim_record(&bucket, &hex).await.unwrap(), new_record, "the stalled owner's release left it");
+    taken.release().await;
+    assert_released(&bucket, &hex).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_s3_a_long_computation_renews_its_claim_past_the_ttl() {
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket();
+    let key = upres::key::ResultKey::derive(&[b"s3-renew"]);
+    let ttl = Duration::from_millis(600);
+    let (owner, other) = (claims_on(&s3, ttl), claims_on(&s3, ttl));
+    let mut held = claimed(owner.wait_or_claim(&key, Duration::ZERO).await);
+    let first_expiry = claim_record(&bucket, &key.hex()).await.unwrap()["expires_unix_ms"].as_u64().unwrap();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    // Renewals are the events; go on until the first expiry has passed.
+    let mut n = 0;
+    while now() <= first_expiry + 50 {
+        n += 1;
+        tokio::time::timeout(Duration::from_secs(10), held.renewed(n)).await.expect("the claim is renewed");
+    }
+    let unclaimed = claimed(other.wait_or_claim(&key, Duration::ZERO).await);
+    assert!(!unclaimed.is_claimed(), "a renewed claim is not taken over");
+    assert_eq!(claim_record(&bucket, &key.hex()).await.unwrap()["owner"], owner.owner());
+    held.release().await;
+    assert_released(&bucket, &key.hex()).await;
 }

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::support::*;
 
-/// Serves `/img/a.png`, `/img/slow.png` (answers after 3 s), `/img/big.png` (300 kB), and
+/// Serves `/img/a.png`, `/img/slow.png` (never answers), `/img/big.png` (300 kB), and
 /// redirects: `/img/to-self.png` → `127.0.0.1/img/a.png`, `/img/to-localhost.png` →
 /// `localhost/img/a.png` (same server, another host name), `/img/to-metadata.png` →
 /// `169.254.169.254`.
@@ -41,10 +41,7 @@ async fn fake_origin() -> SocketAddr {
                         }
                         let (status, body) = match req.uri().path() {
                             "/img/a.png" => (200, small),
-                            "/img/slow.png" => {
-                                tokio::time::sleep(Duration::from_secs(3)).await;
-                                (200, small)
-                            }
+                            "/img/slow.png" => std::future::pending().await,
                             "/img/big.png" => (200, Bytes::from(vec![0u8; 300_000])),
                             _ => (404, Bytes::from_static(b"no")),
                         };

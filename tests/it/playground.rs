@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use upres::config::PlaygroundAccess;
 use upres::engine::{Engine, EngineId, GenParams, InferError, Progress, RunContext, Tile, Tiling};
@@ -166,23 +166,20 @@ async fn a_progress_stream_follows_tiles_and_steps_and_ends_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_a_watched_request_stops_the_work_and_ends_its_stream_failed() {
-    let engine = SlowEngine::new(Duration::from_secs(20));
+    let engine = SlowEngine::gated();
     let s = Setup::new().models(vec![entry("slow", engine.clone())]).config(|c| c.ml.warm_up = false).start().await;
     s.put_source("a.png", &png(8, 8));
     let id = "test-cancel-00001";
     let stream = client().get(s.url(&format!("/api/v1/progress/{id}"))).send().await.unwrap();
     let watching = tokio::spawn(events(stream));
     // What the page's AbortController does: the client goes away mid-computation.
-    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(400)).build().unwrap();
-    assert!(impatient.get(s.url("/x2/model=slow/a.png")).header("x-upres-progress", id).send().await.is_err());
+    let request = tokio::spawn(client().get(s.url("/x2/model=slow/a.png")).header("x-upres-progress", id).send());
+    engine.started(1).await;
+    request.abort();
     let seen = watching.await.unwrap();
     assert!(seen.iter().any(|e| e["state"] == "running"), "{seen:?}");
     assert_eq!(seen.last().unwrap()["state"], "failed", "{seen:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !engine.saw_cancel.load(Ordering::SeqCst) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(engine.saw_cancel.load(Ordering::SeqCst), "the engine was told to stop");
+    engine.cancelled().await;
     assert_eq!(engine.passes.load(Ordering::SeqCst), 1);
     s.stop().await;
 }

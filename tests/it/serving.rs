@@ -208,17 +208,19 @@ async fn http2_prior_knowledge_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_finishes_in_flight_requests() {
-    let engine = SlowEngine::new(std::time::Duration::from_millis(700));
-    let s = Setup::new().models(vec![entry("slow", engine)]).config(|c| c.ml.warm_up = false).start().await;
+    let engine = SlowEngine::gated();
+    let s = Setup::new().models(vec![entry("slow", engine.clone())]).config(|c| c.ml.warm_up = false).start().await;
     s.put_source("a.png", &png(8, 8));
     let url = s.url("/x2/model=slow/a.png");
     let in_flight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while s.app.batcher.depth() == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    engine.started(1).await;
     let addr = s.addr;
-    s.stop().await;
+    // Shut down while the request is in its pass: the listener closes, the request goes on.
+    let stopping = tokio::spawn(s.stop());
+    eventually("the listener closed", || std::net::TcpStream::connect(addr).is_err()).await;
+    assert!(!in_flight.is_finished());
+    engine.open();
     assert_eq!(in_flight.await.unwrap().unwrap(), 200, "the in-flight request completed");
+    stopping.await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }

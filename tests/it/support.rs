@@ -153,11 +153,15 @@ pub fn dimensions(bytes: &[u8]) -> (u32, u32) {
 
 /// An engine that takes `delay` per forward pass (checking cancellation every 10 ms), then
 /// upscales by nearest neighbour. Counts passes and records whether it saw cancellation.
+/// `gated()` makes every pass wait until the test calls `open`: tests order events with
+/// `started`, `cancelled` and `open` instead of racing a delay.
 pub struct SlowEngine {
     id: EngineId,
     pub delay: Duration,
     pub passes: AtomicU32,
     pub saw_cancel: AtomicBool,
+    gate: tokio::sync::watch::Sender<bool>,
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 impl SlowEngine {
@@ -167,7 +171,51 @@ impl SlowEngine {
             delay,
             passes: AtomicU32::new(0),
             saw_cancel: AtomicBool::new(false),
+            gate: tokio::sync::watch::Sender::new(true),
+            changed: tokio::sync::watch::Sender::new(()),
         })
+    }
+
+    /// Every pass waits for `open` (or a cancel).
+    pub fn gated() -> Arc<SlowEngine> {
+        let e = SlowEngine::new(Duration::ZERO);
+        e.gate.send_replace(false);
+        e
+    }
+
+    /// Lets waiting and later passes finish.
+    pub fn open(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Waits until `n` passes have started.
+    pub async fn started(&self, n: u32) {
+        self.until(&format!("{n} passes started"), |e| e.passes.load(Ordering::SeqCst) >= n).await
+    }
+
+    /// Waits until a pass saw its job cancelled.
+    pub async fn cancelled(&self) {
+        self.until("the engine was told to stop", |e| e.saw_cancel.load(Ordering::SeqCst)).await
+    }
+
+    async fn until(&self, what: &str, done: impl Fn(&SlowEngine) -> bool) {
+        let mut changes = self.changed.subscribe();
+        let wait = async {
+            while !done(self) {
+                changes.changed().await.expect("the engine lives");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait).await.unwrap_or_else(|_| panic!("not within 10 s: {what}"));
+    }
+}
+
+/// Waits (10 s at most) until `done` holds: for in-process state that has no event of its own
+/// (flight waiters, queue depth). The assertion that follows does not depend on timing.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -183,10 +231,12 @@ impl Engine for SlowEngine {
     }
     fn upscale(&self, tiles: &[Tile], _: &[GenParams], ctx: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
         self.passes.fetch_add(1, Ordering::SeqCst);
+        self.changed.send_replace(());
         let until = std::time::Instant::now() + self.delay;
-        while std::time::Instant::now() < until {
+        while std::time::Instant::now() < until || !*self.gate.borrow() {
             if ctx.cancelled() {
                 self.saw_cancel.store(true, Ordering::SeqCst);
+                self.changed.send_replace(());
                 return Err(InferError::Cancelled);
             }
             std::thread::sleep(Duration::from_millis(10));
