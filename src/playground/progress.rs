@@ -291,26 +291,23 @@ mod tests {
 
     #[tokio::test]
     async fn the_event_stream_sends_each_change_and_ends_on_the_final_state() {
+        // Frame by frame: each change is made once the previous event has been read.
         let board = Arc::new(ProgressBoard::new());
         let tracking = board.track([1; 32]);
         let rx = board.subscribe("stream-01").unwrap();
         board.attach("stream-01", &[1; 32]);
-        let body = event_stream(rx, Duration::from_secs(5));
-        let feeder = tokio::spawn({
-            let board = board.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                tracking.sink()(JobProgress::Tiles(Progress { done: 1, total: 1 }));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                board.finish("stream-01", true);
-            }
-        });
-        let text = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.unwrap().unwrap().to_bytes();
-        feeder.await.unwrap();
-        let text = String::from_utf8(text.to_vec()).unwrap();
-        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
-        assert!(events.first().unwrap().contains("\"state\":\"waiting\""), "{text}");
-        assert!(events.last().unwrap().contains("\"state\":\"done\""), "{text}");
-        assert!(text.contains("\"tiles_done\":1"), "{text}");
+        let mut body = event_stream(rx, Duration::from_secs(5));
+        assert!(next_event(&mut body).await.unwrap().contains("\"state\":\"waiting\""));
+        tracking.sink()(JobProgress::Tiles(Progress { done: 1, total: 1 }));
+        let running = next_event(&mut body).await.unwrap();
+        assert!(running.contains("\"tiles_done\":1"), "{running}");
+        board.finish("stream-01", true);
+        assert!(next_event(&mut body).await.unwrap().contains("\"state\":\"done\""));
+        assert!(next_event(&mut body).await.is_none(), "the stream ends on the final state");
+    }
+
+    async fn next_event(body: &mut Body) -> Option<String> {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("an event in time")?;
+        Some(String::from_utf8(frame.unwrap().into_data().unwrap().to_vec()).unwrap())
     }
 }
