@@ -16,6 +16,8 @@ use crate::engine::{GenParams, InferError, Tile, Unattended};
 use crate::engine::lanczos::Lanczos;
 use crate::engine::registry::{ModelEntry, Registry};
 use crate::guard::Guards;
+use crate::jobs::memory::MemoryJobs;
+use crate::jobs::JobStore;
 use crate::objects::Bucket;
 use crate::params::ParamLimits;
 use crate::pipeline::FlightValue;
@@ -40,6 +42,8 @@ pub struct App {
     /// Progress of running flights for the playground's event streams.
     pub progress: Arc<ProgressBoard>,
     pub guards: Guards,
+    /// Job records (`/api/v1/jobs`); in this process for now (`jobs::JobStore` is the seam).
+    pub jobs: Arc<dyn JobStore>,
     ready: AtomicBool,
     next_id: AtomicU64,
     id_prefix: u32,
@@ -89,6 +93,7 @@ impl App {
             max_prompt_bytes: cfg.limits.max_prompt_bytes,
             max_dimension: 16384,
         };
+        let jobs: Arc<dyn JobStore> = Arc::new(MemoryJobs::new(cfg.jobs.max_jobs, cfg.jobs.ttl));
         let id_prefix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
@@ -107,6 +112,7 @@ impl App {
             signer,
             progress: Arc::new(ProgressBoard::new()),
             guards,
+            jobs,
             ready: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix,

@@ -8,6 +8,9 @@
 //! Permit dropped     → every Waiter gets Outcome::Dangling (the work died: panic, abort)
 //! last Waiter dropped before the outcome → the flight's CancellationToken fires, so work that
 //!                      nobody waits for any more stops; a later join starts a fresh flight
+//! FlightHandle::detach → leaving waiters no longer cancel: the work runs to its outcome
+//! FlightHandle::publish_interim(v) → waiters (present and later) may take `v` before the
+//!                      outcome (`Waiter::wait_or_interim`); it dies with the flight
 //! ```
 //! Joining (count up) and leaving (count down, and cancel when it reaches zero) both happen under
 //! the flight's shard lock, so a join never lands on a flight that is about to be cancelled: it
@@ -18,7 +21,7 @@
 //! The table is sharded by the key's first byte and keyed by the 32-byte hash, never a string.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -44,6 +47,10 @@ struct Flight<V> {
     tx: watch::Sender<Option<Outcome<V>>>,
     waiters: AtomicUsize,
     cancel: CancellationToken,
+    /// A value waiters may take before the outcome (a preview).
+    interim: watch::Sender<Option<V>>,
+    /// Set by `FlightHandle::detach`: the work no longer needs a waiter.
+    detached: AtomicBool,
 }
 
 type Table<V> = Arc<Vec<Mutex<HashMap<[u8; 32], Arc<Flight<V>>>>>>;
@@ -75,7 +82,13 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
             }
         }
         let (tx, rx) = watch::channel(None);
-        let flight = Arc::new(Flight { tx, waiters: AtomicUsize::new(1), cancel: CancellationToken::new() });
+        let flight = Arc::new(Flight {
+            tx,
+            waiters: AtomicUsize::new(1),
+            cancel: CancellationToken::new(),
+            interim: watch::channel(None).0,
+            detached: AtomicBool::new(false),
+        });
         shard.insert(*key, flight.clone());
         let permit = Permit { key: *key, flight: flight.clone(), table: self.table.clone(), finished: false };
         Join::Leader(permit, self.waiter(key, rx, flight))
@@ -110,6 +123,11 @@ impl<V> Permit<V> {
         self.flight.cancel.clone()
     }
 
+    /// What the work may do to its own flight while it runs.
+    pub fn handle(&self) -> FlightHandle<V> {
+        FlightHandle { flight: self.flight.clone() }
+    }
+
     pub fn finish(mut self, value: V) {
         self.finished = true;
         self.release(Outcome::Done(value));
@@ -135,6 +153,30 @@ impl<V> Drop for Permit<V> {
     }
 }
 
+/// The running work's side of its flight: detach from waiters, publish an interim value.
+pub struct FlightHandle<V> {
+    flight: Arc<Flight<V>>,
+}
+
+impl<V> FlightHandle<V> {
+    /// From now on, waiters leaving do not cancel the work (it runs to its outcome).
+    pub fn detach(&self) {
+        self.flight.detached.store(true, Ordering::Release);
+    }
+
+    /// Offers `value` to every waiter, present and later, until the flight ends.
+    pub fn publish_interim(&self, value: V) {
+        self.flight.interim.send_replace(Some(value));
+    }
+}
+
+/// What `Waiter::wait_or_interim` saw: the outcome, and the interim value, whichever are there
+/// (at least one).
+pub struct Seen<V> {
+    pub outcome: Option<Outcome<V>>,
+    pub interim: Option<V>,
+}
+
 /// One request's interest in a flight. Dropping the last one cancels unfinished work.
 pub struct Waiter<V> {
     rx: watch::Receiver<Option<Outcome<V>>>,
@@ -151,6 +193,19 @@ impl<V: Clone> Waiter<V> {
             Err(_) => Outcome::Dangling,
         }
     }
+
+    /// Waits for the outcome or an interim value, whichever comes first; reports both as they are
+    /// then, so the caller can prefer a good outcome to the interim.
+    pub async fn wait_or_interim(mut self) -> Seen<V> {
+        let mut interim = self.flight.interim.subscribe();
+        tokio::select! {
+            _ = self.rx.wait_for(Option::is_some) => {}
+            _ = interim.wait_for(Option::is_some) => {}
+        }
+        let outcome = self.rx.borrow().clone();
+        let interim = interim.borrow().clone();
+        Seen { outcome, interim }
+    }
 }
 
 impl<V> Drop for Waiter<V> {
@@ -161,7 +216,7 @@ impl<V> Drop for Waiter<V> {
         let left = self.flight.waiters.fetch_sub(1, Ordering::AcqRel) - 1;
         #[cfg(test)]
         tests::hook::run();
-        if left == 0 && self.flight.tx.borrow().is_none() {
+        if left == 0 && self.flight.tx.borrow().is_none() && !self.flight.detached.load(Ordering::Acquire) {
             self.flight.cancel.cancel();
             if shard.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
                 shard.remove(&self.key);
@@ -299,6 +354,25 @@ mod tests {
         assert_eq!(c.in_flight(), 1);
         permit2.finish(2);
         assert!(matches!(waiter2.wait().await, Outcome::Done(2)));
+    }
+
+    #[tokio::test]
+    async fn a_detached_flight_survives_its_waiters_and_offers_its_interim_value() {
+        let c = Coalescer::<u32>::new();
+        let Join::Leader(permit, waiter) = c.join(&[5; 32]) else { panic!() };
+        let token = permit.cancellation();
+        let handle = permit.handle();
+        handle.detach();
+        handle.publish_interim(1);
+        let seen = waiter.wait_or_interim().await;
+        assert!(seen.outcome.is_none() && seen.interim == Some(1));
+        assert!(!token.is_cancelled(), "detached: the last waiter leaving does not cancel");
+        let Join::Follower(late) = c.join(&[5; 32]) else { panic!("the flight is still open") };
+        assert_eq!(late.wait_or_interim().await.interim, Some(1), "a later waiter sees the interim value");
+        let Join::Follower(last) = c.join(&[5; 32]) else { panic!() };
+        permit.finish(2);
+        let seen = last.wait_or_interim().await;
+        assert!(matches!(seen.outcome, Some(Outcome::Done(2))));
     }
 
     #[tokio::test]

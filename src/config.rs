@@ -36,6 +36,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub telemetry: TelemetryConfig,
     pub playground: PlaygroundConfig,
+    pub serve: ServeConfig,
+    pub jobs: JobsConfig,
 }
 
 impl Default for Config {
@@ -58,6 +60,8 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             telemetry: TelemetryConfig::default(),
             playground: PlaygroundConfig::default(),
+            serve: ServeConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -311,10 +315,19 @@ pub struct OutputConfig {
     pub webp_quality: u8,
     /// JPEG quality when the URL gives no `q`.
     pub jpeg_quality: u8,
-    /// `Cache-Control` for content-addressed results.
+    /// `Cache-Control` for transform URLs. They are not content-addressed (the source behind a
+    /// URL can change), so not `immutable`: browsers keep an answer for `max-age` (they cannot be
+    /// purged), CDNs for `s-maxage` (they can: `Surrogate-Key`/`Cache-Tag`), and serve it stale
+    /// while they revalidate (`ETag`/`Last-Modified` make that a cheap 304).
     pub cache_control: String,
-    /// `Cache-Control` for errors (short, so a CDN retries soon).
+    /// `Cache-Control` for `/r/<result key>` URLs and API results: content-addressed, so
+    /// immutable.
+    pub stored_cache_control: String,
+    /// `Cache-Control` for errors (other than 404): not stored, so a CDN retries at once.
     pub error_cache_control: String,
+    /// `Cache-Control` for 404s: a short lifetime, so a CDN absorbs repeated misses for a missing
+    /// source without pinning them once it appears.
+    pub not_found_cache_control: String,
     /// Send `X-Upres-Cache`, `X-Upres-Model` and `Server-Timing`.
     pub debug_headers: bool,
 }
@@ -324,10 +337,73 @@ impl Default for OutputConfig {
         Self {
             webp_quality: 82,
             jpeg_quality: 85,
-            cache_control: "public, max-age=31536000, immutable".into(),
+            cache_control: "public, max-age=3600, s-maxage=2592000, stale-while-revalidate=86400".into(),
+            stored_cache_control: "public, max-age=31536000, immutable".into(),
             error_cache_control: "no-store".into(),
+            not_found_cache_control: "public, max-age=60".into(),
             debug_headers: true,
         }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// How long a transform URL's first hit may wait. When the model's run is estimated to take
+    /// longer (measured speed × the request's pixels × the queue ahead), the answer is a preview
+    /// (the same transform by Lanczos) and the model's result is made in the background, stored
+    /// and served afterwards. `0s`: always wait for the model.
+    #[serde(with = "humantime_serde")]
+    pub first_hit_budget: Duration,
+    /// `Cache-Control` of a preview: short, so CDNs and browsers come back for the final image.
+    pub preview_cache_control: String,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { first_hit_budget: Duration::from_secs(2), preview_cache_control: "public, max-age=10, s-maxage=10".into() }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Jobs kept at most (running and finished); a new job past it is 503.
+    pub max_jobs: usize,
+    /// How long a finished job's state stays readable.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Secret for the `X-Upres-Signature` HMAC-SHA256 of callback bodies. Unset: jobs with a
+    /// `callback_url` are refused (400), since the receiver could not verify them.
+    pub callback_secret: Option<String>,
+    /// Let callbacks reach loopback and private addresses (the SSRF guard's `allow_private`).
+    pub callback_allow_private: bool,
+    /// Whole-request timeout of one callback POST.
+    #[serde(with = "humantime_serde")]
+    pub callback_timeout: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_jobs: 10_000,
+            ttl: Duration::from_secs(3600),
+            callback_secret: None,
+            callback_allow_private: false,
+            callback_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for JobsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobsConfig")
+            .field("max_jobs", &self.max_jobs)
+            .field("ttl", &self.ttl)
+            .field("callback_secret", &self.callback_secret.as_ref().map(|_| "<redacted>"))
+            .field("callback_allow_private", &self.callback_allow_private)
+            .field("callback_timeout", &self.callback_timeout)
+            .finish()
     }
 }
 
@@ -597,6 +673,9 @@ impl Config {
         }
         if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
             return bad("telemetry.log_format must be `text` or `json`");
+        }
+        if self.jobs.max_jobs == 0 || self.jobs.ttl.is_zero() {
+            return bad("jobs.max_jobs and jobs.ttl must be > 0");
         }
         if self.server.max_header_bytes < 8192 {
             return bad("server.max_header_bytes must be >= 8192 (HTTP/1's smallest read buffer)");

@@ -71,6 +71,32 @@ impl SourceHash {
     }
 }
 
+/// A short hash of (origin, source key): the CDN purge tag (`Surrogate-Key`, `Cache-Tag`) shared
+/// by every variant of one source, and what `POST /api/v1/purge` drops from the memory tier.
+/// Hashed so it is header-safe whatever the key's characters, and does not reveal the key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceTag([u8; 8]);
+
+impl SourceTag {
+    pub fn of(origin: &str, source: &str) -> Self {
+        let full = RequestKey::derive(&[b"source tag", origin.as_bytes(), source.as_bytes()]);
+        let mut short = [0u8; 8];
+        short.copy_from_slice(&full.as_bytes()[..8]);
+        Self(short)
+    }
+
+    /// 16 hex chars, with a prefix so a CDN's tag list stays readable next to other tags.
+    pub fn header(&self) -> String {
+        format!("upres-{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for SourceTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SourceTag({})", self.header())
+    }
+}
+
 impl RequestKey {
     pub fn for_request(canonical_spec: &str, format: &str, origin: &str, source: &str) -> Self {
         Self::derive(&[canonical_spec.as_bytes(), format.as_bytes(), origin.as_bytes(), source.as_bytes()])
@@ -119,6 +145,15 @@ mod tests {
         assert_ne!(k, ResultKey::for_result(&s, "scale=2", "lanczos@1"));
         assert_ne!(k, ResultKey::for_result(&s, "scale=4", "lanczos@2"));
         assert_eq!(k, ResultKey::for_result(&s, "scale=4", "lanczos@1"));
+    }
+
+    #[test]
+    fn source_tags_depend_on_origin_and_key_only() {
+        let t = SourceTag::of("default", "shop/cat.jpg");
+        assert_eq!(t, SourceTag::of("default", "shop/cat.jpg"));
+        assert_ne!(t, SourceTag::of("other", "shop/cat.jpg"));
+        assert_ne!(t, SourceTag::of("default", "shop/dog.jpg"));
+        assert_eq!(t.header().len(), "upres-".len() + 16);
     }
 
     #[test]

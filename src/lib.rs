@@ -25,6 +25,8 @@
 //!  store      object-store tier by ResultKey, hash-verified → hit-store  cache/store.rs
 //!  claim      claims/<key> in a shared store, or wait for the replica    cache/claim.rs
 //!             holding it → hit-store
+//!  budget     model slower than serve.first_hit_budget → a Lanczos       preview.rs
+//!             preview to every waiter now, the model run goes on detached
 //!  decode     pixels, EXIF orientation, alpha split                      imaging/decode.rs
 //!  infer      tiles → bounded batcher → engine forward passes (503)     engine/
 //!  finish     stitch, resize/fit/crop, alpha (Lanczos), encode           imaging/
@@ -41,7 +43,9 @@
 //! - `config.rs`: the config tree (file + `UPRES_*` env + flags), validated.
 //! - `server.rs`: accept loop, TLS, HTTP/1+2, graceful shutdown (the only hyper server code).
 //! - `app.rs`: shared state and readiness. `pipeline.rs`: the request path, top-down.
-//! - `api/`: the REST API (multipart uploads, batch, model-info, the OpenAPI document).
+//! - `api/`: the REST API (multipart uploads, batch, jobs, purge, model-info, the OpenAPI document).
+//! - `preview.rs`: the first-hit budget (preview now, the model's result in the background).
+//! - `jobs/`: job records behind `JobStore`, the job task, signed callbacks.
 //! - `params/`, `plan.rs`, `key.rs`, `verify.rs`, `source.rs`, `objects.rs`, `cache/`,
 //!   `guard/` (API keys, CORS, rate limits, client IP), `ssrf.rs` (HTTP origin address policy),
 //!   `coalesce.rs`, `imaging/`, `engine/` (interface, batcher, tiling, registry, Lanczos),
@@ -60,6 +64,7 @@ pub mod engine;
 pub mod error;
 pub mod guard;
 pub mod imaging;
+pub mod jobs;
 pub mod key;
 pub mod ml;
 pub mod objects;
@@ -67,6 +72,7 @@ pub mod params;
 pub mod pipeline;
 pub mod playground;
 pub mod plan;
+pub mod preview;
 pub mod respond;
 pub mod server;
 pub mod source;

@@ -6,14 +6,20 @@
 //! handle ─ guards (CORS preflight, body, rate limit, API key) → route:
 //!                 ┌─ /healthz /readyz /metrics /api/v1/{health,model-info,openapi.json}
 //!                 ├─ /api/v1/upscale /api/v1/batch-upscale   multipart → api/ → uploaded
+//!                 ├─ /api/v1/purge              memory-tier entries of named sources
+//!                 ├─ /api/v1/jobs[/<id>]        multipart → plan_bytes → jobs::run (202), state
 //!                 ├─ /r/<hash>.<ext>            stored result by key
 //!                 ├─ / /docs /playground/* /api/v1/{samples,sign,progress}   playground/
 //!                 └─ transform:
 //!                      verify (signature) → parse → negotiate → request key → memory tier
-//!                      → fly(request key) ─ leader: spawn(produce) ─┐
-//!                                         └ follower ───────────────┴→ wait (deadline) → respond
+//!                      → fly(request key) ─ leader: spawn(preview::produce) ─┐
+//!                                         └ follower ────────────────────────┴→ wait (deadline)
+//!                        → the final, or the flight's preview if it has one → respond
 //! uploaded: plan_bytes → memory tier (upload key) → fly(result key) ─ leader: spawn(produce_planned)
-//! produce:  fetch → plan_bytes → produce_planned
+//! preview::produce: fetch_and_plan → the model fits serve.first_hit_budget? produce_planned
+//!                  : else store tier → preview (Lanczos) to the waiters → produce_planned
+//!                    detached (survives the clients) → stored, in memory for later hits
+//! produce:  fetch_and_plan → produce_planned                            (budget 0)
 //! plan_bytes:      probe header → plan → result key                    (shared by both paths)
 //! produce_planned: store tier → shed if the queue is full → claim (or wait for the replica
 //!                  holding it) → decode → tile → batcher → stitch → resize/alpha → encode
@@ -37,18 +43,19 @@ use crate::api::{self, RequestBody};
 use crate::app::App;
 use crate::cache::claim::{self, Turn};
 use crate::cache::store::Lookup;
-use crate::cache::CachedResult;
-use crate::coalesce::{Join, Outcome};
+use crate::cache::{CachedResult, SourceMeta};
+use crate::coalesce::{FlightHandle, Join, Outcome};
 use crate::engine::batcher::{JobProgress, ProgressFn};
 use crate::engine::tiling::Grid;
 use crate::engine::Tile;
 use crate::error::{ErrorClass, ProxyError};
 use crate::imaging::encode::OutputFormat;
 use crate::imaging::{decode, encode, resize};
-use crate::key::{RequestKey, ResultKey, SourceHash};
+use crate::key::{RequestKey, ResultKey, SourceHash, SourceTag};
 use crate::params::{self, TransformPath, TransformSpec};
 use crate::plan::{Caller, Plan, Variant};
 use crate::playground;
+use crate::preview;
 use crate::respond::{self, Body, CacheOutcome, ImageReply, Timings};
 
 /// What a flight delivers to every waiter.
@@ -61,6 +68,13 @@ pub struct Computed {
     /// `Miss` or `HitStore`, for the leader's own response.
     pub outcome: CacheOutcome,
     pub timings: Timings,
+}
+
+impl Computed {
+    /// The same, with the result stamped with its URL's source (tag, `Last-Modified`).
+    pub fn for_source(&self, source: SourceMeta) -> Computed {
+        Computed { result: Arc::new(self.result.for_source(source)), outcome: self.outcome, timings: self.timings.clone() }
+    }
 }
 
 /// Routes one request. Never fails: errors become responses here.
@@ -80,6 +94,9 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response
         "/api/v1/openapi.json" => ("api_openapi", api::openapi::serve(&head)),
         "/api/v1/upscale" => ("api_upscale", api::upscale::handle(app, &head, body).await),
         "/api/v1/batch-upscale" => ("api_batch", api::batch::handle(app, &head, body).await),
+        "/api/v1/purge" => ("api_purge", api::purge::handle(app, &head, body).await),
+        "/api/v1/jobs" => ("api_jobs", api::jobs::create(app, &head, body).await),
+        p if p.starts_with("/api/v1/jobs/") => ("api_jobs", api::jobs::get(app, &head).await),
         p if p.starts_with("/r/") => ("stored", stored(app, &head).await),
         // One arm per playground route: api::openapi's test reads these arms.
         "/" => ("playground", playground(app, &head).await),
@@ -152,16 +169,24 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
     if let Some(hit) = app.memory.get(&key).await {
         app.metrics.cache_event("memory", "hit");
         watcher.answered();
-        return Ok((reply(app, head, &hit, CacheOutcome::HitMemory, &Timings::default(), variant), CacheOutcome::HitMemory));
+        let r = reply(app, head, &hit, CacheOutcome::HitMemory, &Timings::default(), variant, &app.cfg.output.cache_control);
+        return Ok((r, CacheOutcome::HitMemory));
     }
     app.metrics.cache_event("memory", "miss");
 
-    let (c, cache) = fly(app, key.as_bytes(), key, &watcher, move |app, cancel, progress| async move {
-        produce(&app, &request, variant, Caller::Url, &cancel, Some(progress)).await
+    let (c, cache) = fly(app, key.as_bytes(), key, &watcher, move |app, cancel, progress, flight| async move {
+        preview::produce(&app, &request, variant, &cancel, Some(progress), flight).await
     })
     .await?;
     watcher.answered();
-    Ok((reply(app, head, &c.result, cache, &c.timings, variant), cache))
+    let cache_control = match cache {
+        CacheOutcome::Preview => {
+            app.metrics.previews.inc();
+            &app.cfg.serve.preview_cache_control
+        }
+        _ => &app.cfg.output.cache_control,
+    };
+    Ok((reply(app, head, &c.result, cache, &c.timings, variant, cache_control), cache))
 }
 
 /// An uploaded image through the shared miss path: plan it, then the memory tier, then one flight
@@ -184,7 +209,7 @@ pub async fn uploaded(
     }
     app.metrics.cache_event("memory", "miss");
     let key = planned.key;
-    let (c, cache) = fly(app, key.as_bytes(), memo, watcher, move |app, cancel, progress| async move {
+    let (c, cache) = fly(app, key.as_bytes(), memo, watcher, move |app, cancel, progress, _flight| async move {
         produce_planned(&app, planned, Timings::default(), &cancel, Some(progress)).await
     })
     .await?;
@@ -203,14 +228,14 @@ async fn fly<F, Fut>(
     work: F,
 ) -> Result<(Arc<Computed>, CacheOutcome), ProxyError>
 where
-    F: FnOnce(Arc<App>, CancellationToken, ProgressFn) -> Fut,
+    F: FnOnce(Arc<App>, CancellationToken, ProgressFn, FlightHandle<FlightValue>) -> Fut,
     Fut: Future<Output = FlightValue> + Send + 'static,
 {
     let (waiter, led) = match app.flights.join(key) {
         Join::Leader(permit, waiter) => {
             let cancel = permit.cancellation();
             let tracking = app.progress.track(*key);
-            let task = work(app.clone(), cancel.clone(), tracking.sink());
+            let task = work(app.clone(), cancel.clone(), tracking.sink(), permit.handle());
             let app = app.clone();
             tokio::spawn(async move {
                 let _tracking = tracking;
@@ -233,16 +258,19 @@ where
     }
 
     let deadline = app.cfg.server.request_deadline;
-    let outcome = tokio::time::timeout(deadline, waiter.wait())
+    let seen = tokio::time::timeout(deadline, waiter.wait_or_interim())
         .await
         .map_err(|_| ProxyError::new(ErrorClass::Timeout, format!("the result was not ready within {deadline:?}")))?;
-    match outcome {
-        Outcome::Done(Ok(c)) => {
+    // A good outcome wins over a preview (never served once the final exists); a preview wins
+    // over a failed or dropped background run.
+    match (seen.outcome, seen.interim) {
+        (Some(Outcome::Done(Ok(c))), _) => {
             let cache = if led { c.outcome } else { CacheOutcome::Coalesced };
             Ok((c, cache))
         }
-        Outcome::Done(Err(e)) => Err(e),
-        Outcome::Dangling => Err(ProxyError::new(ErrorClass::Internal, "the computation ended without a result")),
+        (_, Some(Ok(preview))) => Ok((preview, CacheOutcome::Preview)),
+        (Some(Outcome::Done(Err(e))), _) => Err(e),
+        _ => Err(ProxyError::new(ErrorClass::Internal, "the computation ended without a result")),
     }
 }
 
@@ -289,12 +317,25 @@ pub async fn produce(
     progress: Option<ProgressFn>,
 ) -> FlightValue {
     let mut t = Timings::default();
+    let (planned, meta) = fetch_and_plan(app, request, variant, caller, &mut t).await?;
+    let value = produce_planned(app, planned, t, cancel, progress).await?;
+    Ok(Arc::new(value.for_source(meta)))
+}
+
+/// Fetch the source → plan it; the source's tag and `Last-Modified` for the result's headers.
+pub async fn fetch_and_plan(
+    app: &Arc<App>,
+    request: &TransformPath,
+    variant: Variant,
+    caller: Caller,
+    t: &mut Timings,
+) -> Result<(Planned, SourceMeta), ProxyError> {
     let clock = Instant::now();
-    let limits = &app.cfg.limits;
-    let source = app.origins.fetch(request.spec.origin.as_deref(), &request.source, limits.max_source_bytes).await?;
-    stage(app, &mut t, "fetch", clock);
-    let planned = plan_bytes(app, source.bytes, &request.spec, variant, caller)?;
-    produce_planned(app, planned, t, cancel, progress).await
+    let origin = request.spec.origin.as_deref();
+    let source = app.origins.fetch(origin, &request.source, app.cfg.limits.max_source_bytes).await?;
+    stage(app, t, "fetch", clock);
+    let meta = SourceMeta { tag: SourceTag::of(origin.unwrap_or("default"), &request.source), modified: source.modified };
+    Ok((plan_bytes(app, source.bytes, &request.spec, variant, caller)?, meta))
 }
 
 /// Source bytes with everything decided before any pixel is decoded.
@@ -368,7 +409,7 @@ pub async fn compute(
     stage(app, &mut t, "encode", clock);
 
     let result =
-        Arc::new(CachedResult { key: result_key, bytes: encoded.into(), format, model, width: out_w, height: out_h });
+        Arc::new(CachedResult { key: result_key, bytes: encoded.into(), format, model, width: out_w, height: out_h, source: None });
 
     if let Some(store) = &app.store {
         let clock = Instant::now();
@@ -427,7 +468,7 @@ fn finish(plan: &Plan, upscaled: Tile, alpha: Option<Vec<f32>>) -> Result<Vec<u8
     Ok(encode::encode(&rgb, alpha.as_deref(), plan.format, plan.quality)?)
 }
 
-async fn lookup_store(app: &App, key: &ResultKey) -> Option<CachedResult> {
+pub(crate) async fn lookup_store(app: &App, key: &ResultKey) -> Option<CachedResult> {
     let store = app.store.as_ref()?;
     match store.get(key).await {
         Ok(Lookup::Hit(r)) => {
@@ -464,10 +505,19 @@ async fn stored(app: &Arc<App>, head: &Parts) -> Answer {
         return Err(not_found());
     }
     let variant = Variant::Explicit(format);
-    Ok((reply(app, head, &found, CacheOutcome::HitStore, &Timings::default(), variant), CacheOutcome::HitStore))
+    let r = reply(app, head, &found, CacheOutcome::HitStore, &Timings::default(), variant, &app.cfg.output.stored_cache_control);
+    Ok((r, CacheOutcome::HitStore))
 }
 
-fn reply(app: &App, head: &Parts, result: &CachedResult, outcome: CacheOutcome, timings: &Timings, variant: Variant) -> Response<Body> {
+pub(crate) fn reply(
+    app: &App,
+    head: &Parts,
+    result: &CachedResult,
+    outcome: CacheOutcome,
+    timings: &Timings,
+    variant: Variant,
+    cache_control: &str,
+) -> Response<Body> {
     respond::image(ImageReply {
         result,
         outcome,
@@ -475,6 +525,8 @@ fn reply(app: &App, head: &Parts, result: &CachedResult, outcome: CacheOutcome, 
         varies: variant.varies(),
         method: &head.method,
         if_none_match: head.headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()),
+        if_modified_since: head.headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()),
+        cache_control,
         cfg: &app.cfg.output,
     })
 }

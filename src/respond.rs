@@ -1,12 +1,15 @@
 //! Building responses: images with CDN-correct headers, 304s, and the one error response.
 //!
-//! Header policy for results (content-addressed, so immutable by construction):
-//! `ETag` = quoted result key, `Cache-Control` from config (long-lived `immutable` by default),
-//! `Vary: Accept` only when the format was negotiated, `X-Upres-Cache`, `X-Upres-Model` and
-//! `Server-Timing` when debug headers are on. Errors carry a JSON body with a stable `code` and
-//! a short `Cache-Control` so a CDN does not pin a transient failure.
+//! Header policy for results: `ETag` = quoted result key; `Cache-Control` chosen by the caller
+//! (transform URLs are not content-addressed, so `output.cache_control` is not `immutable`;
+//! `/r/` URLs are, `output.stored_cache_control`); `Last-Modified` from the source object and
+//! `Surrogate-Key`/`Cache-Tag` (the source tag, for CDN purges) on URL results; 304 on a
+//! matching `If-None-Match`, or, without one, on an `If-Modified-Since` not older than the
+//! source; `Vary: Accept` only when the format was negotiated; `X-Upres-Cache`,
+//! `X-Upres-Model` and `Server-Timing` when debug headers are on. Errors carry a JSON body with a
+//! stable `code` and `no-store` (404s a short lifetime) so a CDN does not pin a failure.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -33,6 +36,8 @@ pub enum CacheOutcome {
     HitStore,
     Miss,
     Coalesced,
+    /// A preview standing in for a model run that goes on in the background.
+    Preview,
     /// Not a cacheable request (errors, health, metrics).
     None,
 }
@@ -44,6 +49,7 @@ impl CacheOutcome {
             CacheOutcome::HitStore => "hit-store",
             CacheOutcome::Miss => "miss",
             CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Preview => "preview",
             CacheOutcome::None => "none",
         }
     }
@@ -73,12 +79,22 @@ pub struct ImageReply<'a> {
     pub varies: bool,
     pub method: &'a Method,
     pub if_none_match: Option<&'a str>,
+    pub if_modified_since: Option<&'a str>,
+    /// `Cache-Control`: `output.cache_control` for transform URLs, `stored_cache_control` for
+    /// content-addressed ones.
+    pub cache_control: &'a str,
     pub cfg: &'a OutputConfig,
 }
 
 pub fn image(r: ImageReply<'_>) -> Response<Body> {
     let etag = r.result.key.etag();
-    let not_modified = r.if_none_match.is_some_and(|inm| etag_matches(inm, &etag));
+    let modified = r.result.source.and_then(|s| s.modified);
+    // RFC 9110 13.2.2: `If-Modified-Since` counts only without `If-None-Match`.
+    let not_modified = match (r.if_none_match, r.if_modified_since, modified) {
+        (Some(inm), _, _) => etag_matches(inm, &etag),
+        (None, Some(ims), Some(modified)) => not_modified_since(ims, modified),
+        _ => false,
+    };
     let (status, body) = if not_modified {
         (StatusCode::NOT_MODIFIED, Bytes::new())
     } else if r.method == Method::HEAD {
@@ -89,10 +105,19 @@ pub fn image(r: ImageReply<'_>) -> Response<Body> {
     let mut b = Response::builder()
         .status(status)
         .header(header::ETAG, &etag)
-        .header(header::CACHE_CONTROL, &r.cfg.cache_control);
+        .header(header::CACHE_CONTROL, r.cache_control);
+    if let Some(modified) = modified {
+        b = b.header(header::LAST_MODIFIED, httpdate::fmt_http_date(modified));
+    }
+    if let Some(source) = r.result.source {
+        // Fastly purges by `Surrogate-Key`, Cloudflare by `Cache-Tag`; both strip them.
+        let tag = source.tag.header();
+        b = b.header("surrogate-key", &tag).header("cache-tag", &tag);
+    }
     if r.varies {
         b = b.header(header::VARY, "Accept");
     }
+    b = b.header("x-upres-result", if r.outcome == CacheOutcome::Preview { "preview" } else { "final" });
     if status == StatusCode::OK {
         b = b
             .header(header::CONTENT_TYPE, r.result.format.content_type())
@@ -112,6 +137,14 @@ pub fn image(r: ImageReply<'_>) -> Response<Body> {
     b.body(full(body)).expect("valid response")
 }
 
+/// `If-Modified-Since` at or after the source's modification time (HTTP dates have whole
+/// seconds). An unparsable date is ignored, as RFC 9110 says.
+fn not_modified_since(ims: &str, modified: SystemTime) -> bool {
+    let Ok(since) = httpdate::parse_http_date(ims) else { return false };
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    secs(modified) <= secs(since)
+}
+
 /// `If-None-Match: "a", W/"b"` or `*`.
 fn etag_matches(inm: &str, etag: &str) -> bool {
     inm.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
@@ -128,7 +161,7 @@ pub fn error(e: &ProxyError, request_id: &str, cfg: &OutputConfig) -> Response<B
     let mut b = Response::builder()
         .status(e.class.status())
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, &cfg.error_cache_control);
+        .header(header::CACHE_CONTROL, if e.class == ErrorClass::NotFound { &cfg.not_found_cache_control } else { &cfg.error_cache_control });
     if let Some(after) = e.retry_after {
         b = b.header(header::RETRY_AFTER, after.as_secs().max(1));
     }
@@ -164,6 +197,24 @@ mod tests {
         assert!(etag_matches("\"x\", W/\"a\"", "\"a\""));
         assert!(etag_matches("*", "\"a\""));
         assert!(!etag_matches("\"b\"", "\"a\""));
+    }
+
+    #[test]
+    fn if_modified_since_compares_whole_seconds() {
+        let modified = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
+        assert!(not_modified_since(&httpdate::fmt_http_date(modified), modified));
+        assert!(not_modified_since("Wed, 01 Jan 2031 00:00:00 GMT", modified));
+        assert!(!not_modified_since("Thu, 01 Jan 2015 00:00:00 GMT", modified));
+        assert!(!not_modified_since("yesterday", modified));
+    }
+
+    #[tokio::test]
+    async fn not_found_gets_a_short_lifetime_other_errors_none() {
+        let cfg = OutputConfig::default();
+        let r = error(&ProxyError::new(ErrorClass::NotFound, "gone"), "r1", &cfg);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], cfg.not_found_cache_control.as_str());
+        let r = error(&ProxyError::new(ErrorClass::BadRequest, "bad"), "r1", &cfg);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
     }
 
     #[tokio::test]

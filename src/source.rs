@@ -31,6 +31,8 @@ pub struct Fetched {
     pub bytes: Bytes,
     /// The origin's validator, kept for revalidation and logs.
     pub etag: Option<String>,
+    /// The origin's `Last-Modified` (object stores: the object's modification time).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -85,6 +87,7 @@ impl Origins {
                 return Err(SourceError::TooLarge(max_bytes));
             }
             let etag = res.meta.e_tag.clone();
+            let modified = Some(std::time::SystemTime::from(res.meta.last_modified));
             let mut buf = BytesMut::with_capacity(res.meta.size as usize);
             let mut stream = res.into_stream();
             while let Some(chunk) = stream.next().await {
@@ -94,7 +97,7 @@ impl Origins {
                 }
                 buf.extend_from_slice(&chunk);
             }
-            Ok(Fetched { bytes: buf.freeze(), etag })
+            Ok(Fetched { bytes: buf.freeze(), etag, modified })
         };
         tokio::time::timeout(origin.timeout, fetch).await.map_err(|_| SourceError::Timeout(origin.timeout))?
     }

@@ -170,6 +170,59 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
+// === job callbacks ===
+
+/// The client for job callbacks (`jobs/callback.rs`): any host the job names, but only public
+/// addresses unless `allow_private`, pinned by the checked resolver; no redirects (a callback
+/// receiver has no reason to send one, and following it would be a second, unchecked target).
+pub fn callback_client(allow_private: bool, timeout: Duration) -> Result<reqwest::Client, String> {
+    let policy = Arc::new(OriginPolicy { allow_private, hosts: Vec::new() });
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(CheckedResolver(policy)))
+        .no_proxy()
+        .timeout(timeout)
+        .user_agent(concat!("upres/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A callback URL is `http(s)` with a host, and an IP-literal host (which never reaches the
+/// resolver) must be allowed.
+pub fn check_callback_url(url: &url::Url, allow_private: bool) -> Result<(), Refused> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Refused(format!("callback scheme `{}` is not http or https", url.scheme())));
+    }
+    let policy = OriginPolicy { allow_private, hosts: Vec::new() };
+    match url.host() {
+        None => Err(Refused("the callback URL has no host".into())),
+        Some(url::Host::Ipv4(v4)) => policy.check_ip(IpAddr::V4(v4)),
+        Some(url::Host::Ipv6(v6)) => policy.check_ip(IpAddr::V6(v6)),
+        Some(url::Host::Domain(_)) => Ok(()),
+    }
+}
+
+/// POSTs `body` as JSON with extra headers through a `callback_client` built with the same
+/// `allow_private`; the status on an answer.
+pub async fn post_json(
+    client: &reqwest::Client,
+    allow_private: bool,
+    url: &url::Url,
+    headers: &[(&'static str, String)],
+    body: Vec<u8>,
+) -> Result<u16, String> {
+    check_callback_url(url, allow_private).map_err(|e| e.to_string())?;
+    let mut request = client.post(url.clone()).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.body(body).send().await.map_err(|e| match refusal_in(&e) {
+        Some(r) => r.to_string(),
+        None => e.to_string(),
+    })?;
+    Ok(response.status().as_u16())
+}
+
 // === the connector object_store calls ===
 
 /// Client settings for an `http(s)` origin: the object_store options we honour, and the policy.

@@ -4,7 +4,7 @@
 //! ids), so cardinality stays bounded. Log lines carry keys and sizes, never image bytes or
 //! prompt text.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::config::TelemetryConfig;
 
@@ -35,6 +35,15 @@ pub struct Metrics {
     pub cache_events: IntCounterVec,
     /// Whole-request latency.
     pub request_seconds: Histogram,
+    /// Sources dropped from the memory tier by `POST /api/v1/purge`.
+    pub purged_sources: IntCounter,
+    /// First hits answered with a preview (`serve.first_hit_budget`).
+    pub previews: IntCounter,
+    /// The requested model's runs behind a preview, by outcome (done, failed, dropped).
+    pub background_runs: IntCounterVec,
+    /// Jobs (`/api/v1/jobs`) by how they ended (done, failed), and callbacks by outcome.
+    pub jobs: IntCounterVec,
+    pub callbacks: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,6 +83,17 @@ impl Metrics {
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
         )
         .expect("valid metric");
+        let purged_sources =
+            IntCounter::new("upres_purged_sources_total", "Sources purged from the memory tier").expect("valid metric");
+        let previews = IntCounter::new("upres_previews_total", "First hits answered with a preview").expect("valid metric");
+        let background_runs = IntCounterVec::new(
+            Opts::new("upres_background_runs_total", "Model runs behind a preview, by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let jobs = IntCounterVec::new(Opts::new("upres_jobs_total", "Jobs by how they ended"), &["state"]).expect("valid metric");
+        let callbacks =
+            IntCounterVec::new(Opts::new("upres_job_callbacks_total", "Job callbacks by outcome"), &["outcome"]).expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stage_seconds.clone()),
@@ -82,10 +102,29 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(cache_events.clone()),
             Box::new(request_seconds.clone()),
+            Box::new(purged_sources.clone()),
+            Box::new(previews.clone()),
+            Box::new(background_runs.clone()),
+            Box::new(jobs.clone()),
+            Box::new(callbacks.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Self { registry, requests, stage_seconds, engine_runs, batch_size, queue_depth, cache_events, request_seconds }
+        Self {
+            registry,
+            requests,
+            stage_seconds,
+            engine_runs,
+            batch_size,
+            queue_depth,
+            cache_events,
+            request_seconds,
+            purged_sources,
+            previews,
+            background_runs,
+            jobs,
+            callbacks,
+        }
     }
 
     /// Prometheus text exposition.

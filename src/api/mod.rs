@@ -8,7 +8,9 @@ pub mod batch;
 pub mod fields;
 pub mod form;
 pub mod info;
+pub mod jobs;
 pub mod openapi;
+pub mod purge;
 pub mod upscale;
 
 use bytes::Bytes;

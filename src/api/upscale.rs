@@ -45,6 +45,8 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
         varies: variant.varies(),
         method: &head.method,
         if_none_match: None,
+        if_modified_since: None,
+        cache_control: &app.cfg.output.stored_cache_control,
         cfg: &app.cfg.output,
     });
     let headers = response.headers_mut();

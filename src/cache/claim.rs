@@ -415,6 +415,7 @@ mod tests {
             model: "m".into(),
             width: 1,
             height: 1,
+            source: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use moka::future::Cache;
 
 use super::CachedResult;
-use crate::key::RequestKey;
+use crate::key::{RequestKey, SourceTag};
 
 #[derive(Clone)]
 pub struct MemoryTier {
@@ -20,6 +20,8 @@ impl MemoryTier {
             // Weigh by payload plus a small fixed overhead for the entry itself.
             .weigher(|_k, v: &Arc<CachedResult>| u32::try_from(v.bytes.len() + 256).unwrap_or(u32::MAX))
             .time_to_live(ttl)
+            // `purge_source` invalidates by the entries' source tag.
+            .support_invalidation_closures()
             .build();
         Self { cache }
     }
@@ -30,6 +32,13 @@ impl MemoryTier {
 
     pub async fn insert(&self, key: RequestKey, value: Arc<CachedResult>) {
         self.cache.insert(key, value).await;
+    }
+
+    /// Drops every entry made from the source with `tag` (all its variants): the next request
+    /// reads the origin again. Entries inserted later are not affected.
+    pub fn purge_source(&self, tag: SourceTag) {
+        // Only fails when closures are not enabled, which `new` does.
+        let _ = self.cache.invalidate_entries_if(move |_, v| v.source.is_some_and(|s| s.tag == tag));
     }
 
     /// Bytes currently held (approximate until moka runs its pending tasks).
@@ -52,6 +61,7 @@ mod tests {
             model: "m".into(),
             width: 1,
             height: 1,
+            source: None,
         })
     }
 
@@ -67,6 +77,27 @@ mod tests {
         }
         m.cache.run_pending_tasks().await;
         assert!(m.weighted_size() <= 10_000, "{}", m.weighted_size());
+    }
+
+    #[tokio::test]
+    async fn purge_drops_only_the_sources_entries() {
+        use crate::cache::SourceMeta;
+        let m = MemoryTier::new(100_000, Duration::from_secs(60));
+        let from = |origin: &str, key: &str, n| {
+            let meta = SourceMeta { tag: SourceTag::of(origin, key), modified: None };
+            Arc::new(result(n).for_source(meta))
+        };
+        let (a1, a2, b, upload) = (RequestKey::derive(&[b"a1"]), RequestKey::derive(&[b"a2"]), RequestKey::derive(&[b"b"]), RequestKey::derive(&[b"u"]));
+        m.insert(a1, from("default", "a.jpg", 10)).await;
+        m.insert(a2, from("default", "a.jpg", 20)).await;
+        m.insert(b, from("default", "b.jpg", 30)).await;
+        m.insert(upload, result(40)).await;
+        m.purge_source(SourceTag::of("default", "a.jpg"));
+        assert!(m.get(&a1).await.is_none() && m.get(&a2).await.is_none(), "every variant of a.jpg");
+        assert!(m.get(&b).await.is_some() && m.get(&upload).await.is_some());
+        // Entries made after the purge are kept.
+        m.insert(a1, from("default", "a.jpg", 10)).await;
+        assert!(m.get(&a1).await.is_some());
     }
 
     #[tokio::test]

@@ -15,8 +15,19 @@ pub mod store;
 
 use bytes::Bytes;
 
+use std::time::SystemTime;
+
 use crate::imaging::encode::OutputFormat;
-use crate::key::ResultKey;
+use crate::key::{ResultKey, SourceTag};
+
+/// What a URL's result knows about the source it came from: the CDN purge tag and the origin's
+/// `Last-Modified`. Kept in the memory tier (keyed by URL), never in the store (keyed by content,
+/// shared by every URL with the same bytes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SourceMeta {
+    pub tag: SourceTag,
+    pub modified: Option<SystemTime>,
+}
 
 /// An encoded result and what the response needs to describe it.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,4 +39,13 @@ pub struct CachedResult {
     pub model: String,
     pub width: u32,
     pub height: u32,
+    /// The source, for URL results (`None` for uploads and store reads).
+    pub source: Option<SourceMeta>,
+}
+
+impl CachedResult {
+    /// The same result, stamped with the source it was made from for this URL.
+    pub fn for_source(&self, source: SourceMeta) -> CachedResult {
+        CachedResult { source: Some(source), ..self.clone() }
+    }
 }

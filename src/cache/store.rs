@@ -126,7 +126,7 @@ fn unframe(key: &ResultKey, data: Bytes) -> Result<CachedResult, String> {
         return Err("content hash mismatch".into());
     }
     let format = OutputFormat::from_content_type(&header.content_type).ok_or("unknown content type")?;
-    Ok(CachedResult { key: *key, bytes: body, format, model: header.model, width: header.width, height: header.height })
+    Ok(CachedResult { key: *key, bytes: body, format, model: header.model, width: header.width, height: header.height, source: None })
 }
 
 #[cfg(test)]
@@ -142,6 +142,7 @@ mod tests {
             model: "lanczos-x4@1".into(),
             width: 4,
             height: 4,
+            source: None,
         }
     }
 

@@ -2,7 +2,10 @@
 //! origin and store folders. One module per area:
 mod support; // server harness, test engines, image makers
 mod serving; // dimensions, formats, headers, cache tiers, 304, HEAD, /r/
+mod cdn; // Cache-Control per route, Last-Modified/If-Modified-Since, source tags, purge
 mod coalescing; // concurrent identical misses, cancellation on disconnect
+mod firsthit; // the first-hit budget: preview, then the final; background runs
+mod jobs; // the jobs API end to end, with a signed callback to a local receiver
 mod errors; // every error status and server health afterwards
 mod origins; // an HTTP origin: fetch, 404, deadline, byte cap, SSRF guard
 mod guards; // API keys, CORS, rate limits, header/body size limits

@@ -259,6 +259,80 @@ impl Engine for SlowEngine {
     }
 }
 
+/// An engine whose passes wait until `release` (checking cancellation every 10 ms and once more
+/// after the gate opens), then upscale ×2 by nearest neighbour. `started` is notified when a pass
+/// begins, so a test knows a run is in the engine without sleeping.
+pub struct GatedEngine {
+    id: EngineId,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    pub started: tokio::sync::Notify,
+    pub passes: AtomicU32,
+    pub saw_cancel: AtomicBool,
+}
+
+impl GatedEngine {
+    pub fn new() -> Arc<GatedEngine> {
+        Arc::new(GatedEngine {
+            id: EngineId::new("gated-x2", "test"),
+            open: std::sync::Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+            started: tokio::sync::Notify::new(),
+            passes: AtomicU32::new(0),
+            saw_cancel: AtomicBool::new(false),
+        })
+    }
+
+    pub fn release(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl Engine for GatedEngine {
+    fn id(&self) -> &EngineId {
+        &self.id
+    }
+    fn scale(&self) -> u32 {
+        2
+    }
+    fn tiling(&self) -> Option<Tiling> {
+        None
+    }
+    fn upscale(&self, tiles: &[Tile], _: &[GenParams], ctx: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        self.started.notify_one();
+        let mut open = self.open.lock().unwrap();
+        while !*open && !ctx.cancelled() {
+            open = self.opened.wait_timeout(open, Duration::from_millis(10)).unwrap().0;
+        }
+        if ctx.cancelled() {
+            self.saw_cancel.store(true, Ordering::SeqCst);
+            return Err(InferError::Cancelled);
+        }
+        Ok(tiles.iter().map(nearest_x2).collect())
+    }
+}
+
+fn nearest_x2(t: &Tile) -> Tile {
+    let (w, h) = (t.width * 2, t.height * 2);
+    let mut data = Vec::with_capacity(t.data.len() * 4);
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                data.push(t.data[c * t.plane_len() + ((y / 2) * t.width + x / 2) as usize]);
+            }
+        }
+    }
+    Tile::new(w, h, data)
+}
+
+/// Tells the registry that entry `index` takes `per_pixel` per input pixel, as a warm-up probe
+/// would have measured, so the first-hit budget judges it slow.
+pub fn measured_slow(app: &App, index: usize, per_pixel: Duration) {
+    app.registry.record_speed(index, per_pixel, 1);
+}
+
 // === S3: a real S3 endpoint (moto's server) on 127.0.0.1 ===
 
 /// moto's S3 server in a child process on a free port, with one empty bucket; killed on drop.
