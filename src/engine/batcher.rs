@@ -146,7 +146,7 @@ impl Batcher {
         progress: Option<ProgressFn>,
     ) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
         let key = engine.id().to_string();
-        let lane = self.lanes.get(&key).ok_or(SubmitError::NoLane(key))?;
+        let lane = self.lanes.get(&key).ok_or_else(|| SubmitError::NoLane(key.clone()))?;
         let shape = tiles.first().map(Tile::shape).unwrap_or((0, 0));
         assert!(tiles.iter().all(|t| t.shape() == shape), "a job's tiles must share one shape");
         // Reserve a slot or refuse: the bound is checked and taken in one atomic step.
@@ -159,7 +159,7 @@ impl Batcher {
         let (reply, rx) = oneshot::channel();
         let class = engine.batch_class(&params);
         let job = Job { tiles: tiles.into_iter().map(Some).collect(), params, class, shape, cancel, progress, reply, _slot: slot };
-        lane.send(job).map_err(|e| SubmitError::NoLane(format!("{} (worker gone)", e.0.params.steps)))?;
+        lane.send(job).map_err(|_| SubmitError::NoLane(format!("{key} (worker gone)")))?;
         Ok(rx)
     }
 }

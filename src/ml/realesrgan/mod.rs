@@ -245,12 +245,12 @@ impl RealEsrgan {
         self.fast.is_some()
     }
 
-    /// Runs the network on an `(N, 3, H, W)` tensor: fastconv when on, else candle.
     /// Bytes of fastconv activation buffers kept between forwards (freed by [`Engine::idle`]).
     pub fn kept_buffer_bytes(&self) -> usize {
         self.fast.as_ref().map_or(0, FastNet::kept_bytes)
     }
 
+    /// Runs the network on an `(N, 3, H, W)` tensor: fastconv when on, else candle.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.fast {
             Some(f) => f.forward(x),
