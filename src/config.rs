@@ -275,11 +275,20 @@ pub struct MlConfig {
     pub tile_overlap: u32,
     /// Warm every engine up with one inference before `/readyz` says ready.
     pub warm_up: bool,
+    /// The loaded model that the alias `photo` names (a URL model name).
+    pub photo_model: String,
 }
 
 impl Default for MlConfig {
     fn default() -> Self {
-        Self { models_dir: "models".into(), device: "auto".into(), tile: 128, tile_overlap: 16, warm_up: true }
+        Self {
+            models_dir: "models".into(),
+            device: "auto".into(),
+            tile: 128,
+            tile_overlap: 16,
+            warm_up: true,
+            photo_model: "clearreality4x".into(),
+        }
     }
 }
 

@@ -52,7 +52,11 @@ pub fn discover(cfg: &Config) -> Result<Vec<ModelEntry>, MlError> {
     Ok(entries)
 }
 
-/// The Real-ESRGAN family: every known `.param`/`.bin` pair in `ml.models_dir`.
+/// The alias of the best real-world photo model loaded (`ml.photo_model`).
+pub const PHOTO_ALIAS: &str = "photo";
+
+/// The ncnn models (Real-ESRGAN, SPAN): every known `.param`/`.bin` pair in `ml.models_dir`;
+/// the entries named `ml.photo_model` also answer to [`PHOTO_ALIAS`].
 pub(crate) fn discover_ncnn(cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> {
     let dir = cfg.models_dir.as_path();
     if !dir.is_dir() {
@@ -78,12 +82,17 @@ pub(crate) fn discover_ncnn(cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> 
         tracing::info!(model = %crate::engine::Engine::id(&engine), "loaded");
         entries.push(ModelEntry {
             name: known.name.to_string(),
-            aliases: vec![known.alias.to_string()],
+            aliases: known.aliases.iter().map(|a| a.to_string()).collect(),
             rank: known.rank,
             engine: Arc::new(engine),
             description: known.description.to_string(),
         });
     }
+    let mut photo = entries.iter_mut().filter(|e| e.name == cfg.photo_model).peekable();
+    if photo.peek().is_none() {
+        tracing::info!(model = %cfg.photo_model, "ml.photo_model is not loaded: model={PHOTO_ALIAS} is unavailable");
+    }
+    photo.for_each(|e| e.aliases.push(PHOTO_ALIAS.into()));
     Ok(entries)
 }
 

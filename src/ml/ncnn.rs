@@ -16,7 +16,7 @@
 //! The `.bin` holds each weighted layer's data in graph order. A Convolution's weight starts with a
 //! 4-byte tag (`0x01306B47`: fp16; `0`: fp32; anything else, e.g. int8 or a quantisation table,
 //! is rejected) and is padded to 4 bytes; its bias (when `5=1`) is raw fp32. PReLU slopes are raw
-//! fp32. Layers this module does not know are accepted only when they carry no weights.
+//! fp32, as are MemoryData constants. Layers this module does not know are accepted only when they carry no weights.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -189,11 +189,13 @@ pub enum LayerData {
     Convolution { weight: Vec<f32>, bias: Option<Vec<f32>> },
     /// One slope per channel (or a single shared slope).
     PRelu { slope: Vec<f32> },
+    /// A `MemoryData` constant, `w·h·c` raw f32 values (e.g. SPAN's per-channel RGB mean).
+    MemoryData { values: Vec<f32> },
 }
 
 /// Layer types known to carry no weights.
 const WEIGHTLESS: &[&str] =
-    &["Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "ReLU", "Sigmoid", "Noop"];
+    &["Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "ReLU", "Sigmoid", "Swish", "Noop"];
 
 /// Cuts a `.bin` into per-layer weights, one entry per layer of `param`.
 pub fn read_bin(param: &Param, bin: &[u8]) -> Result<Vec<LayerData>, NcnnError> {
@@ -219,6 +221,15 @@ pub fn read_bin(param: &Param, bin: &[u8]) -> Result<Vec<LayerData>, NcnnError> 
                     return Err(fail(format!("num_slope {n} must be positive")));
                 }
                 LayerData::PRelu { slope: cur.raw_f32(n as usize).map_err(fail)? }
+            }
+            "MemoryData" => {
+                let dims = [layer.int(0, 0), layer.int(1, 1), layer.int(11, 1), layer.int(2, 1)];
+                let dims = dims.into_iter().collect::<Result<Vec<i32>, String>>().map_err(fail)?;
+                if dims.iter().any(|&d| d <= 0) {
+                    return Err(fail(format!("MemoryData shape {dims:?} must be positive")));
+                }
+                let len = dims.iter().map(|&d| d as usize).product();
+                LayerData::MemoryData { values: cur.raw_f32(len).map_err(fail)? }
             }
             k if WEIGHTLESS.contains(&k) => LayerData::None,
             k => return Err(fail(format!("layer type `{k}` is not supported by upres"))),

@@ -35,7 +35,7 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef {
         name: "model",
         aliases: &["m"],
-        syntax: "`auto` \\| `sd-x4` \\| `realesrgan` \\| `anime` \\| `animevideo` \\| `lanczos` \\| a model file stem",
+        syntax: "`auto` \\| `sd-x4` \\| `realesrgan` \\| `anime` \\| `animevideo` \\| `span` \\| `photo` \\| `lanczos` \\| a model name (file stem, lowercase)",
         doc: "Which upscaler. `auto` picks the best loaded model that finishes in time (sd-x4 only when a prompt is given).",
         apply: |s, v, _| {
             if v == "auto" {

@@ -14,6 +14,7 @@ mod tls; // rustls, ALPN h2 and http/1.1
 mod playground; // pages, samples, signing, progress streams, cancel with a progress id
 mod browser; // the playground in headless Chromium (playwright-core)
 mod api; // REST API: uploads, batch, limits, OpenAPI
+mod models; // real SPAN models by name, alias and `photo` over the URL and REST APIs
 mod examples; // examples/ (curl, Python, Node) run against a live server
 mod warm; // `upres warm`, the binary against a live server
 mod fleet; // replicas sharing a real S3 tier (moto): cross-replica hits, verification, claims

@@ -43,6 +43,7 @@ mod amx;
 mod amx_wino;
 mod avx512;
 mod kernels;
+pub mod pointwise;
 mod portable;
 mod select;
 mod winograd;
@@ -556,6 +557,24 @@ impl Nhwc {
             }
         });
         out
+    }
+
+    /// `f` on channels `c_off..c_off+len` in place, row-parallel: activations that no conv
+    /// epilogue fuses (SPAN's Swish, with [`pointwise::swish`]).
+    pub fn map_channels(&mut self, c_off: usize, len: usize, f: impl Fn(f32) -> f32 + Sync) {
+        assert!(c_off + len <= self.c, "map_channels: channel slice out of range");
+        let c = self.c;
+        self.par_rows_mut().for_each(|(_, _, row)| {
+            for px in row.chunks_exact_mut(c) {
+                px[c_off..c_off + len].iter_mut().for_each(|v| *v = f(*v));
+            }
+        });
+    }
+
+    /// `op(self value, other value)` over channel slices of the same n, h, w, row-parallel
+    /// (SPAN's attention product in one pass).
+    pub fn combine(&mut self, c_off: usize, other: &Nhwc, o_off: usize, len: usize, op: impl Fn(&mut f32, f32) + Sync) {
+        self.combine_nearest(c_off, other, o_off, len, 1, op);
     }
 
     /// `self[.., c_off..c_off+len] += other[.., o_off..o_off+len]` (same n, h, w).

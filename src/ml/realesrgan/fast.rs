@@ -14,6 +14,7 @@
 //! * SRVGGNetCompact: PReLU fused, two ping-pong buffers, pixel shuffle + nearest-upsampled input
 //!   on NHWC; the x2/x3 files' bicubic resize runs on the NCHW output with the candle helper
 //!   [`super::layers::bicubic`].
+//! * SPAN: [`FastSpan`] (its own module).
 //!
 //! A batch of `N` tiles is one pass: every buffer is `N` images deep and the kernels spread
 //! positions × images over rayon's pool. Buffers come from a [`BufferPool`] kept between
@@ -21,6 +22,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
+pub use super::fast_span::FastSpan;
 use super::layers::bicubic;
 use super::rrdb::Rrdb;
 use super::srvgg::{Srvgg, SrvggConfig};
@@ -213,10 +215,11 @@ impl FastSrvgg {
     }
 }
 
-/// Either network, ready to run.
+/// Any of the networks, ready to run.
 pub enum FastNet {
     Rrdb(FastRrdb),
     Srvgg(FastSrvgg),
+    Span(FastSpan),
 }
 
 impl FastNet {
@@ -225,6 +228,7 @@ impl FastNet {
         Ok(match net {
             super::Net::Rrdb(n) => FastNet::Rrdb(FastRrdb::new(n, backend, wino)?),
             super::Net::Srvgg(n) => FastNet::Srvgg(FastSrvgg::new(n, backend, wino)?),
+            super::Net::Span(n) => FastNet::Span(FastSpan::new(n, backend, wino)?),
         })
     }
 
@@ -234,6 +238,7 @@ impl FastNet {
         match self {
             FastNet::Rrdb(net) => net.pool.clear(),
             FastNet::Srvgg(net) => net.pool.clear(),
+            FastNet::Span(net) => net.pool.clear(),
         }
     }
 
@@ -242,6 +247,7 @@ impl FastNet {
         match self {
             FastNet::Rrdb(net) => net.pool.bytes(),
             FastNet::Srvgg(net) => net.pool.bytes(),
+            FastNet::Span(net) => net.pool.bytes(),
         }
     }
 
@@ -258,10 +264,11 @@ impl FastNet {
     /// and width. The engine calls this directly, which saves the output's copy out of a
     /// tensor (a 3 MB `memcpy`, ~1 % of SRVGG's forward at 128²).
     pub fn forward_data(&self, x: &[f32], n: usize, h: usize, w: usize) -> Result<(Vec<f32>, usize, usize)> {
-        let input = Nhwc::from_nchw(x, n, 3, h, w, 0).map_err(err)?;
+        let plain = || Nhwc::from_nchw(x, n, 3, h, w, 0).map_err(err);
         let (y, s) = match self {
-            FastNet::Rrdb(net) => (net.forward(&input).map_err(err)?, 4),
-            FastNet::Srvgg(net) => (net.forward(&input).map_err(err)?, net.cfg.upscale),
+            FastNet::Rrdb(net) => (net.forward(&plain()?).map_err(err)?, 4),
+            FastNet::Srvgg(net) => (net.forward(&plain()?).map_err(err)?, net.cfg.upscale),
+            FastNet::Span(net) => (net.forward(&net.input(x, n, h, w).map_err(err)?).map_err(err)?, net.scale),
         };
         match self {
             FastNet::Srvgg(net) if net.cfg.scale as usize != net.cfg.upscale => {

@@ -31,6 +31,19 @@ pub enum Op {
     Bicubic { factor: f32 },
     /// Depth-to-space with ncnn/PyTorch channel order.
     PixelShuffle { factor: usize },
+    /// A `MemoryData` constant of `len` values (no inputs).
+    Constant { len: usize },
+    /// `a - b`, `b` broadcast per channel when it is a constant.
+    Sub,
+    /// Elementwise product of two inputs.
+    Mul,
+    /// `x - s` for a scalar `s`.
+    SubScalar(f32),
+    /// `x · s` for a scalar `s`.
+    MulScalar(f32),
+    /// `x · sigmoid(x)`.
+    Swish,
+    Sigmoid,
 }
 
 /// An activation fused into a Convolution layer.
@@ -57,6 +70,13 @@ impl fmt::Display for Op {
             Op::Nearest { factor } => write!(f, "nearest×{factor}"),
             Op::Bicubic { factor } => write!(f, "bicubic×{factor}"),
             Op::PixelShuffle { factor } => write!(f, "pixelshuffle({factor})"),
+            Op::Constant { len } => write!(f, "constant[{len}]"),
+            Op::Sub => write!(f, "sub"),
+            Op::Mul => write!(f, "mul"),
+            Op::SubScalar(s) => write!(f, "sub {s}"),
+            Op::MulScalar(s) => write!(f, "mul {s}"),
+            Op::Swish => write!(f, "swish"),
+            Op::Sigmoid => write!(f, "sigmoid"),
         }
     }
 }
@@ -196,8 +216,18 @@ fn op_of(l: &Layer) -> Result<Op, String> {
         },
         "BinaryOp" => match (l.int(0, 0)?, l.int(1, 0)?, l.inputs.len()) {
             (0, 0, 2) => Ok(Op::Add),
-            (t, s, n) => unsupported(format!("BinaryOp type {t} with_scalar {s} on {n} inputs (only add of two is)")),
+            (1, 0, 2) => Ok(Op::Sub),
+            (2, 0, 2) => Ok(Op::Mul),
+            (1, 1, 1) => Ok(Op::SubScalar(l.float(2, 0.0)?)),
+            (2, 1, 1) => Ok(Op::MulScalar(l.float(2, 0.0)?)),
+            (t, s, n) => unsupported(format!("BinaryOp type {t} with_scalar {s} on {n} inputs (only add, sub, mul are)")),
         },
+        "MemoryData" => match (l.int(0, 0)?, l.int(1, 1)?, l.int(11, 1)?, l.int(2, 1)?) {
+            (w, h, d, c) if w > 0 && h > 0 && d > 0 && c > 0 => Ok(Op::Constant { len: (w * h * d * c) as usize }),
+            dims => Err(format!("MemoryData shape {dims:?} must be positive")),
+        },
+        "Swish" => Ok(Op::Swish),
+        "Sigmoid" => Ok(Op::Sigmoid),
         "Interp" => {
             let (hs, ws) = (l.float(1, 1.0)?, l.float(2, 1.0)?);
             if hs != ws || l.int(3, 0)? != 0 || l.int(4, 0)? != 0 || l.int(6, 0)? != 0 {
@@ -226,6 +256,11 @@ pub struct Builder {
 impl Builder {
     pub fn new(graph: Graph) -> Self {
         Self { graph, next: 0 }
+    }
+
+    /// The operation of the next node, if any (for optional layers, e.g. SPAN's input scale).
+    pub fn peek(&self) -> Option<&Op> {
+        self.graph.nodes.get(self.next).map(|n| &n.op)
     }
 
     /// Expects the next node to compute `op` from `inputs`; returns it (with its weights).

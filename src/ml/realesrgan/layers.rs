@@ -110,6 +110,18 @@ impl Conv {
         fastconv::Conv3x3::with_options(&weight, bias.as_deref(), self.cin, self.cout, act, backend, winograd).map_err(|e| e.to_string())
     }
 
+    /// A 1×1 layer as a [`fastconv::pointwise::Conv1x1`] (NHWC, CPU, fp32; no activation).
+    pub fn to_fast_1x1(&self) -> std::result::Result<fastconv::pointwise::Conv1x1, String> {
+        if self.k != 1 || !matches!(self.act, Activation::Identity) {
+            return Err(format!("not a plain 1x1 conv ({0}x{0}, {1:?})", self.k, self.act));
+        }
+        let host = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
+            t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())
+        };
+        let bias = self.bias.as_ref().map(host).transpose()?;
+        fastconv::pointwise::Conv1x1::new(&host(&self.weight)?, bias.as_deref(), self.cin, self.cout).map_err(|e| e.to_string())
+    }
+
     /// Floating-point operations (multiply and add counted separately) on an `h`×`w` input.
     pub fn flops(&self, h: usize, w: usize) -> u64 {
         2 * (self.cin * self.cout * self.k * self.k * h * w) as u64

