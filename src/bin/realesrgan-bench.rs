@@ -1,6 +1,7 @@
-//! Benchmark of the Real-ESRGAN engines: ms per image, output megapixels/s and achieved
+//! Benchmark of the ncnn-file engines (the Real-ESRGAN family and SPAN, `ml::realesrgan::KNOWN`;
+//! the name is historical): ms per image, output megapixels/s and achieved
 //! convolution GFLOP/s per model and input size, in one table with the same model files run by
-//! PyTorch (`--torch`: `scripts/realesrgan_torch.py`, fp32 NCHW, fp32 channels_last, bf16 autocast)
+//! PyTorch (`--torch`, Real-ESRGAN only: `scripts/realesrgan_torch.py`, fp32 NCHW, fp32 channels_last, bf16 autocast)
 //! and ncnn (`--ncnn`: `scripts/realesrgan_bench_ncnn.py`, fp32 and bf16) on the CPU, and the ratio
 //! of upres's time to the fastest of those peers.
 //!
