@@ -5,10 +5,12 @@
 //! - every address is checked **after resolution**, by our DNS resolver, and the client connects
 //!   only to the addresses it returned (pinned: no second lookup a rebinding DNS could change);
 //!   IP-literal hosts never reach a resolver, so they are checked before the request is sent;
-//! - loopback, private, link-local (cloud metadata), CGNAT, unique-local, multicast, unspecified
-//!   and IPv6 forms embedding such an IPv4 address are refused unless `allow_private = true`;
-//! - redirects are followed (at most `MAX_REDIRECTS`) only to the origin's own host or a host in
-//!   `redirect_hosts`, and each hop's address is checked again;
+//! - loopback, private, link-local (cloud metadata), CGNAT, unique-local, site-local, multicast,
+//!   unspecified, IPv6 forms embedding such an IPv4 address, and the IPv6 ranges that reach IPv4
+//!   hosts through a translator or tunnel (IPv4-mapped, local-use NAT64, Teredo) are refused
+//!   unless `allow_private = true`;
+//! - redirects are followed (at most `MAX_REDIRECTS`) only to the origin's own host and port or
+//!   a host (and port) in `redirect_hosts`, and each hop's address is checked again;
 //! - environment proxies are ignored (a proxy would resolve names for us, unchecked).
 //!
 //! A refusal is never retried and surfaces as `SourceError::Refused` (502, `upstream_error`).
@@ -41,8 +43,65 @@ pub struct Refused(pub String);
 pub struct OriginPolicy {
     /// Connect to internal addresses too.
     pub allow_private: bool,
-    /// Hosts (lowercase) the client may talk to: the origin's own, then `redirect_hosts`.
-    pub hosts: Vec<String>,
+    /// Where the client may talk to: the origin's own host and port, then `redirect_hosts`.
+    pub hosts: Vec<Endpoint>,
+}
+
+/// A host (lowercase; IPv6 without brackets) and a port. `port: None` is the scheme's default
+/// port (80 for `http`, 443 for `https`), so an `http` origin may redirect to its `https` form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl Endpoint {
+    /// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address (no port).
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        let s = s.trim();
+        let bad = || format!("`{s}` is not `host` or `host:port`");
+        let (host, port) = if let Ok(v6) = s.parse::<Ipv6Addr>() {
+            (v6.to_string(), None)
+        } else if let Some(rest) = s.strip_prefix('[') {
+            let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
+            let v6 = ip.parse::<Ipv6Addr>().map_err(|_| bad())?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').and_then(|p| p.parse().ok()).ok_or_else(bad)?),
+            };
+            (v6.to_string(), port)
+        } else if let Some((host, port)) = s.rsplit_once(':') {
+            (host.to_string(), Some(port.parse::<u16>().map_err(|_| bad())?))
+        } else {
+            (s.to_string(), None)
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Endpoint { host, port })
+    }
+
+    /// The host and explicit port of `url` (`None` when it is the scheme's default).
+    fn of(url: &url::Url) -> Option<Endpoint> {
+        let host = match url.host()? {
+            url::Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
+            url::Host::Ipv4(v4) => v4.to_string(),
+            url::Host::Ipv6(v6) => v6.to_string(),
+        };
+        Some(Endpoint { host, port: url.port() })
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v6 = self.host.contains(':');
+        match (self.port, v6) {
+            (None, _) => f.write_str(&self.host),
+            (Some(p), true) => write!(f, "[{}]:{p}", self.host),
+            (Some(p), false) => write!(f, "{}:{p}", self.host),
+        }
+    }
 }
 
 impl OriginPolicy {
@@ -53,18 +112,15 @@ impl OriginPolicy {
         }
     }
 
-    /// The host of `url` must be allowed, and an IP-literal host must be an allowed address.
+    /// The host and port of `url` must be allowed, and an IP-literal host must be an allowed
+    /// address.
     fn check_url(&self, url: &url::Url) -> Result<(), Refused> {
-        let host = url.host().ok_or_else(|| Refused(format!("`{url}` has no host")))?;
-        let name = match host {
-            url::Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
-            url::Host::Ipv4(v4) => v4.to_string(),
-            url::Host::Ipv6(v6) => v6.to_string(),
-        };
-        if !self.hosts.iter().any(|h| *h == name) {
-            return Err(Refused(format!("host `{name}` is not this origin's host or in its redirect_hosts")));
+        let to = Endpoint::of(url).ok_or_else(|| Refused(format!("`{url}` has no host")))?;
+        if !self.hosts.contains(&to) {
+            let what = if self.hosts.iter().any(|h| h.host == to.host) { "port" } else { "host" };
+            return Err(Refused(format!("`{to}`: the {what} is not this origin's or in its redirect_hosts")));
         }
-        match host {
+        match url.host().expect("checked above") {
             url::Host::Ipv4(v4) => self.check_ip(IpAddr::V4(v4)),
             url::Host::Ipv6(v6) => self.check_ip(IpAddr::V6(v6)),
             url::Host::Domain(_) => Ok(()),
@@ -77,11 +133,19 @@ pub fn internal_range(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => internal_v4(v4),
         IpAddr::V6(v6) => {
+            if v6.to_ipv4_mapped().is_some() {
+                // Public IPv4 origins are reached over IPv4; no resolver answers with these.
+                return Some("IPv4-mapped (::ffff:0:0/96)");
+            }
             if let Some(v4) = embedded_v4(v6) {
                 return internal_v4(v4).map(|_| "an IPv6 form of an internal IPv4 address");
             }
             let seg = v6.segments();
-            if v6.is_unspecified() {
+            if seg[..3] == [0x64, 0xff9b, 1] {
+                Some("local-use NAT64 (64:ff9b:1::/48)")
+            } else if seg[..2] == [0x2001, 0] {
+                Some("Teredo (2001::/32)")
+            } else if v6.is_unspecified() {
                 Some("unspecified")
             } else if v6.is_loopback() {
                 Some("loopback")
@@ -89,6 +153,8 @@ pub fn internal_range(ip: IpAddr) -> Option<&'static str> {
                 Some("unique-local (fc00::/7)")
             } else if seg[0] & 0xffc0 == 0xfe80 {
                 Some("link-local (fe80::/10)")
+            } else if seg[0] & 0xffc0 == 0xfec0 {
+                Some("site-local (fec0::/10)")
             } else if seg[0] & 0xff00 == 0xff00 {
                 Some("multicast")
             } else {
@@ -121,14 +187,12 @@ fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
-/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) and
-/// 6to4 (`2002:AABB:CCDD::/48`) addresses carry an IPv4 address that is what gets reached.
+/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) and 6to4 (`2002:AABB:CCDD::/48`)
+/// addresses carry an IPv4 address that is what gets reached.
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    if let Some(v4) = v6.to_ipv4_mapped() {
-        Some(v4)
-    } else if s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
+    if s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
         Some(tail)
     } else if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
         Some(tail)
@@ -246,10 +310,10 @@ impl OriginConnector {
         allow_private: bool,
         redirect_hosts: &[String],
     ) -> Result<OriginConnector, String> {
-        let own = base.host_str().ok_or("the URL has no host")?.trim_matches(['[', ']']).to_ascii_lowercase();
-        let own = own.parse::<Ipv6Addr>().map(|v6| v6.to_string()).unwrap_or(own);
-        let mut hosts = vec![own];
-        hosts.extend(redirect_hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()));
+        let mut hosts = vec![Endpoint::of(base).ok_or("the URL has no host")?];
+        for h in redirect_hosts {
+            hosts.push(Endpoint::parse(h).map_err(|e| format!("redirect_hosts: {e}"))?);
+        }
         let flag = |k: &str| options.get(k).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
         if let Some(k) = options.keys().find(|k| !SUPPORTED_OPTIONS.contains(&k.to_ascii_lowercase().as_str())) {
             return Err(format!("option `{k}` is not supported for http(s) origins (supported: {})", SUPPORTED_OPTIONS.join(", ")));
@@ -371,23 +435,69 @@ mod tests {
         for ip in internal {
             assert!(internal_range(ip.parse().unwrap()).is_some(), "{ip} must be internal");
         }
-        let public = ["93.184.215.14", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8", "2002:808:808::"];
+        let public = ["93.184.215.14", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "2002:808:808::",
+            "64:ff9b::808:808", "64:ff9b:2::1", "2001:db8::1", "2001:1::1", "fe00::1", "fbff::1"];
         for ip in public {
             assert!(internal_range(ip.parse().unwrap()).is_none(), "{ip} must be public");
         }
     }
 
+    /// The IPv6 ranges that reach IPv4 hosts through a translator or tunnel, and the deprecated
+    /// site-local range, whatever IPv4 address they carry: each range at its edges.
     #[test]
-    fn urls_must_name_an_allowed_host_and_address() {
-        let p = OriginPolicy { allow_private: false, hosts: vec!["img.example".into(), "cdn.example".into(), "127.0.0.1".into()] };
+    fn translated_tunnelled_and_site_local_ranges_are_internal() {
+        #[rustfmt::skip]
+        let cases = [
+            // IPv4-mapped: even a public IPv4 address behind it (the stack would connect over IPv4).
+            ("::ffff:8.8.8.8", "IPv4-mapped"), ("::ffff:0:0", "IPv4-mapped"), ("::ffff:ffff:ffff", "IPv4-mapped"),
+            // Local-use NAT64 (RFC 8215): the translator is the operator's own.
+            ("64:ff9b:1::", "NAT64"), ("64:ff9b:1::808:808", "NAT64"), ("64:ff9b:1:ffff:ffff:ffff:ffff:ffff", "NAT64"),
+            // Teredo: server and client IPv4 addresses inside, obfuscated.
+            ("2001::", "Teredo"), ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"), ("2001:0:ffff:ffff:ffff:ffff:ffff:ffff", "Teredo"),
+            // Site-local (deprecated, still routed inside some networks).
+            ("fec0::", "site-local"), ("fec0::1", "site-local"), ("feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "site-local"),
+        ];
+        for (ip, want) in cases {
+            let got = internal_range(ip.parse().unwrap());
+            assert!(got.is_some_and(|r| r.contains(want)), "{ip}: {got:?}, want {want}");
+        }
+    }
+
+    fn endpoints(list: &[&str]) -> Vec<Endpoint> {
+        list.iter().map(|e| Endpoint::parse(e).unwrap()).collect()
+    }
+
+    #[test]
+    fn urls_must_name_an_allowed_host_port_and_address() {
+        let p = OriginPolicy { allow_private: false, hosts: endpoints(&["img.example", "cdn.example:8443", "127.0.0.1"]) };
         let check = |u: &str| p.check_url(&u.parse().unwrap());
         assert!(check("https://img.example/a.png").is_ok());
-        assert!(check("https://CDN.example./a.png").is_ok());
-        assert!(check("https://evil.example/a.png").is_err());
+        assert!(check("http://img.example/a.png").is_ok(), "the scheme's default port");
+        assert!(check("https://CDN.example.:8443/a.png").is_ok());
+        assert!(check("https://evil.example/a.png").unwrap_err().0.contains("the host is not"));
+        // A listed host on another port is another service.
+        assert!(check("https://img.example:22/a.png").unwrap_err().0.contains("the port is not"));
+        assert!(check("https://cdn.example/a.png").unwrap_err().0.contains("the port is not"));
         assert!(check("http://169.254.169.254/latest/meta-data").is_err());
         assert!(check("http://127.0.0.1/a.png").unwrap_err().0.contains("loopback"), "listed but internal");
-        let open = OriginPolicy { allow_private: true, ..p };
+        let open = OriginPolicy { allow_private: true, hosts: endpoints(&["127.0.0.1:8080", "[::1]:8080"]) };
         assert!(open.check_url(&"http://127.0.0.1:8080/a.png".parse().unwrap()).is_ok());
+        assert!(open.check_url(&"http://[::1]:8080/a.png".parse().unwrap()).is_ok());
+        assert!(open.check_url(&"http://127.0.0.1:8081/a.png".parse().unwrap()).is_err());
+        assert!(open.check_url(&"http://127.0.0.1/a.png".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        let e = |host: &str, port: Option<u16>| Endpoint { host: host.into(), port };
+        assert_eq!(Endpoint::parse("CDN.Example.").unwrap(), e("cdn.example", None));
+        assert_eq!(Endpoint::parse("cdn.example:8443").unwrap(), e("cdn.example", Some(8443)));
+        assert_eq!(Endpoint::parse("2001:db8::1").unwrap(), e("2001:db8::1", None));
+        assert_eq!(Endpoint::parse("[2001:DB8::1]:443").unwrap(), e("2001:db8::1", Some(443)));
+        assert_eq!(Endpoint::parse("[2001:db8::1]:443").unwrap().to_string(), "[2001:db8::1]:443");
+        for bad in ["", ":80", "cdn.example:http", "cdn.example:99999", "[::1", "[::1]x"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[tokio::test]
@@ -409,6 +519,7 @@ mod tests {
         let mut o = BTreeMap::new();
         o.insert("allow_http".to_string(), "true".to_string());
         assert!(OriginConnector::new(&base, &o, false, &[]).unwrap().allow_http);
+        assert!(OriginConnector::new(&base, &o, false, &["cdn.example:x".into()]).is_err(), "a bad redirect host");
         o.insert("proxy_url".to_string(), "http://proxy".to_string());
         assert!(OriginConnector::new(&base, &o, false, &[]).is_err());
     }

@@ -16,7 +16,7 @@ use crate::support::*;
 /// Serves `/img/a.png`, `/img/slow.png` (never answers), `/img/big.png` (300 kB), and
 /// redirects: `/img/to-self.png` → `127.0.0.1/img/a.png`, `/img/to-localhost.png` →
 /// `localhost/img/a.png` (same server, another host name), `/img/to-metadata.png` →
-/// `169.254.169.254`.
+/// `169.254.169.254`, `/img/to-port/<N>.png` → `127.0.0.1:<N>/img/a.png` (same host, another port).
 async fn fake_origin() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -33,6 +33,9 @@ async fn fake_origin() -> SocketAddr {
                         let redirect = |to: String| {
                             http::Response::builder().status(302).header("location", to).body(Full::new(Bytes::new())).unwrap()
                         };
+                        if let Some(n) = req.uri().path().strip_prefix("/img/to-port/").and_then(|p| p.strip_suffix(".png")) {
+                            return Ok(redirect(format!("http://127.0.0.1:{n}/img/a.png")));
+                        }
                         match req.uri().path() {
                             "/img/to-self.png" => return Ok(redirect(format!("http://127.0.0.1:{port}/img/a.png"))),
                             "/img/to-localhost.png" => return Ok(redirect(format!("http://localhost:{port}/img/a.png"))),
@@ -143,12 +146,25 @@ async fn redirects_only_to_allowed_hosts() {
     assert_eq!(client().get(s.url("/x2/to-self.png")).send().await.unwrap().status(), 200);
     let r = client().get(s.url("/x2/to-localhost.png")).send().await.unwrap();
     assert_eq!(r.status(), 502);
-    assert!(error_message(r).await.contains("`localhost` is not this origin's host"));
+    let msg = error_message(r).await;
+    assert!(msg.contains(&format!("`localhost:{}`: the host is not this origin's", origin.port())), "{msg}");
     let r = client().get(s.url("/x2/to-metadata.png")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     assert!(error_message(r).await.contains("169.254.169.254"));
+    // The origin's own host on another port is another service (an admin port, a database).
+    let other = fake_origin().await;
+    let to_other_port = format!("/x2/to-port/{}.png", other.port());
+    let r = client().get(s.url(&to_other_port)).send().await.unwrap();
+    assert_eq!(r.status(), 502, "a redirect to the origin's host on another port");
+    let msg = error_message(r).await;
+    assert!(msg.contains(&format!("`127.0.0.1:{}`: the port is not this origin's", other.port())), "{msg}");
     s.stop().await;
+    // A listed host without a port allows only the default ports (80, 443).
     let s = start(vec!["localhost".into()]).await;
+    assert_eq!(client().get(s.url("/x2/to-localhost.png")).send().await.unwrap().status(), 502);
+    s.stop().await;
+    let s = start(vec![format!("localhost:{}", origin.port()), format!("127.0.0.1:{}", other.port())]).await;
     assert_eq!(client().get(s.url("/x2/to-localhost.png")).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(s.url(&to_other_port)).send().await.unwrap().status(), 200);
     s.stop().await;
 }
