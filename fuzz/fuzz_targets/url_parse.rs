@@ -1,24 +1,9 @@
-//! The URL grammar: `params::parse` on any bytes never panics; whatever it accepts has a safe
-//! source key and a canonical form that parses back to the same spec (the cache key's promise).
+//! libFuzzer on `targets/url_parse.rs` (the property is there, shared with `cargo test`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use upres::params::{canonical, parse, ParamLimits};
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(path) = std::str::from_utf8(data) else { return };
-    let limits = ParamLimits::default();
-    let Ok(parsed) = parse(path, &limits) else { return };
-    // The source key can never leave the origin root.
-    assert!(!parsed.source.is_empty());
-    for seg in parsed.source.split('/') {
-        assert!(!seg.is_empty() && seg != "." && seg != "..", "unsafe source {:?}", parsed.source);
-        assert!(!seg.contains(['\\', '\0']), "unsafe source {:?}", parsed.source);
-    }
-    // Canonical round trip.
-    let c = canonical(&parsed.spec);
-    let again = if c.is_empty() { "/-/img.png".to_string() } else { format!("/{c}/-/img.png") };
-    let back = parse(&again, &limits).unwrap_or_else(|e| panic!("canonical form {again:?} does not parse: {e}"));
-    assert_eq!(canonical(&back.spec), c, "canonical form is not a fixpoint");
-    assert_eq!(back.spec, parsed.spec, "canonical form {c:?} changes the spec");
-});
+#[path = "../targets/url_parse.rs"]
+mod target;
+
+fuzz_target!(|data: &[u8]| target::check(data));
