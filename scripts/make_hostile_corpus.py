@@ -75,6 +75,33 @@ d = gif.index(b"\x2c")  # first image descriptor
 gif[d + 5:d + 9] = struct.pack("<HH", 65535, 65535)
 put("bomb-gif-65535.gif", bytes(gif), 413, "GIF screen and frame claim 65535x65535")
 
+# --- metadata bombs: a valid 8x8 PNG carrying a compressed chunk that inflates ~1000:1 ---------
+# (the same construction at 3 GB is built in tests/it/hostile.rs, too big to commit)
+
+
+def zlib_zeros(mib):
+    """A zlib stream of `mib` MiB of zeros: one self-contained 1 MiB segment (a full flush resets
+    the dictionary) repeated, an empty final block, and the Adler-32 of the zeros."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    seg = c.compress(b"\0" * (1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+    n = mib << 20
+    return b"\x78\xda" + seg * mib + b"\x03\x00" + struct.pack(">I", ((n % 65521) << 16) | 1)
+
+
+def with_chunk(png, kind, body):
+    return png[:33] + chunk(kind, body) + png[33:]  # after the signature and IHDR
+
+
+meta_base = png_raw(8, 8, 8, 2, zlib.compress((b"\0" + b"\x80\x40\x20" * 8) * 8))
+bomb = zlib_zeros(60)
+assert len(zlib.decompress(bomb)) == 60 << 20
+put("bomb-png-iccp-60m.png", with_chunk(meta_base, b"iCCP", b"bomb\0\0" + bomb), 200,
+    "8x8 PNG whose iCCP profile inflates to 60 MiB: metadata is dropped unread")
+put("bomb-png-ztxt-60m.png", with_chunk(meta_base, b"zTXt", b"Comment\0\0" + bomb), 200,
+    "8x8 PNG whose zTXt text inflates to 60 MiB")
+put("bomb-png-itxt-60m.png", with_chunk(meta_base, b"iTXt", b"XML:com.adobe.xmp\0\x01\0\0\0" + bomb), 200,
+    "8x8 PNG whose compressed iTXt (XMP) inflates to 60 MiB")
+
 # --- truncations of valid files at several offsets -----------------------------------------------
 for fmt, ext, kw in [("PNG", "png", {}), ("JPEG", "jpg", {"quality": 90}), ("WEBP", "webp", {"quality": 80}),
                      ("GIF", "gif", {})]:

@@ -3,7 +3,11 @@
 //! Sources, later overriding earlier: built-in defaults → the TOML file → `UPRES_*` environment
 //! variables (`UPRES_SERVER__LISTEN=…` sets `server.listen`; `__` separates sections) → CLI flags.
 //! The env overlay is the same tree through figment, not a second hand-written mapping; the few
-//! short names (`UPRES_MODELS`, `UPRES_KEY`, `UPRES_SALT`) are aliases into it.
+//! short names (`UPRES_MODELS`, `UPRES_KEY`, `UPRES_SALT`, and the kernel switches
+//! `UPRES_FASTCONV`, `UPRES_FASTCONV_WINOGRAD`, `UPRES_CPU_HIDE`) are aliases into it.
+//! Only those two forms are read: any other `UPRES_*` variable is not ours (Kubernetes injects
+//! `UPRES_SERVICE_HOST`, `UPRES_PORT_8080_TCP…` for a Service named `upres`) and is ignored,
+//! while a misspelt key inside a section (`UPRES_SERVER__LISTN`) is still an error.
 //!
 //! `config/upres.toml` lists every key with its default and is round-trip-tested against
 //! `Config::default()`. Doc comments on fields are the config reference.
@@ -38,6 +42,7 @@ pub struct Config {
     pub playground: PlaygroundConfig,
     pub serve: ServeConfig,
     pub jobs: JobsConfig,
+    pub kernels: KernelsConfig,
 }
 
 impl Default for Config {
@@ -62,6 +67,7 @@ impl Default for Config {
             playground: PlaygroundConfig::default(),
             serve: ServeConfig::default(),
             jobs: JobsConfig::default(),
+            kernels: KernelsConfig::default(),
         }
     }
 }
@@ -88,9 +94,13 @@ pub struct ServerConfig {
     /// Largest request head in bytes: HTTP/1's read buffer (at least 8192; over it, 431) and
     /// HTTP/2's header list.
     pub max_header_bytes: usize,
-    /// Proxies (CIDRs or addresses) whose `Forwarded`/`X-Forwarded-For` headers name the client;
-    /// other peers are the client themselves.
+    /// Proxies (CIDRs or addresses) whose `client_ip_header` names the client; other peers are
+    /// the client themselves.
     pub trusted_proxies: Vec<String>,
+    /// The one header the trusted proxies write with the client's address: `x-forwarded-for`,
+    /// `forwarded` (RFC 7239) or a single-address header such as `x-real-ip`. Any other
+    /// forwarding header is ignored: the proxy passes those through from the client.
+    pub client_ip_header: String,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +114,7 @@ impl Default for ServerConfig {
             max_path_bytes: 8192,
             max_header_bytes: 64 * 1024,
             trusted_proxies: Vec::new(),
+            client_ip_header: "x-forwarded-for".into(),
         }
     }
 }
@@ -132,7 +143,8 @@ pub struct OriginConfig {
     /// `http(s)` origins only: allow connecting to loopback, private, link-local and other
     /// internal addresses (checked on the resolved address). Off: such origins are refused (502).
     pub allow_private: bool,
-    /// `http(s)` origins only: hosts a redirect may lead to besides the origin's own host.
+    /// `http(s)` origins only: where a redirect may lead besides the origin's own host and port:
+    /// `host` (its default ports 80/443 only) or `host:port`.
     pub redirect_hosts: Vec<String>,
 }
 
@@ -475,6 +487,9 @@ pub struct RateLimitConfig {
     /// How often idle buckets are dropped, so memory follows the active clients only.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// IPv6 clients share a bucket per network of this prefix length (16–128): one subscriber
+    /// gets a whole /64 (or /56, /48) and could otherwise take a new address per request.
+    pub ipv6_prefix: u8,
     /// `POST /api/…` (uploads).
     pub uploads: BucketConfig,
     /// Image `GET`/`HEAD`s (transform paths and `/r/`).
@@ -495,6 +510,7 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
             sweep_interval: Duration::from_secs(60),
+            ipv6_prefix: 64,
             uploads: BucketConfig { per_minute: 10, burst: 0 },
             transforms: BucketConfig::default(),
         }
@@ -531,6 +547,33 @@ pub enum PlaygroundAccess {
     Local,
     On,
     Off,
+}
+
+/// The CPU convolution kernels (`ml/fastconv`), fixed once at start-up before any model loads.
+/// Env aliases: `UPRES_FASTCONV`, `UPRES_FASTCONV_WINOGRAD`, `UPRES_CPU_HIDE` (comma list).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelsConfig {
+    /// `auto` (chosen per network and CPU) or the backend every convolution runs on: `portable`,
+    /// `avx2`, `avx512`, `bf16`, `amx`, `amx2`, `amx3`, `amxw2`; one this CPU cannot run is a
+    /// startup error. `off` leaves it `auto`; as `UPRES_FASTCONV=off` the Real-ESRGAN engine
+    /// reads it as its switch to the candle reference network.
+    #[serde(deserialize_with = "scalar_text")]
+    pub backend: String,
+    /// Winograd convolutions: `default` (each network's own: Real-ESRGAN where it pays, SD x4
+    /// off), `off`, `auto` (where it pays) or `always`.
+    #[serde(deserialize_with = "scalar_text")]
+    pub winograd: String,
+    /// CPU features the kernel selector treats as absent (`amx`, `avx512bf16`, `avx512`,
+    /// `avx2`): an AMX host then runs the kernels an AMD or older Intel CPU would.
+    #[serde(deserialize_with = "text_list")]
+    pub hide_cpu_features: Vec<String>,
+}
+
+impl Default for KernelsConfig {
+    fn default() -> Self {
+        Self { backend: "auto".into(), winograd: "default".into(), hide_cpu_features: Vec::new() }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -577,6 +620,38 @@ fn string_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String,
             (k, text)
         })
         .collect())
+}
+
+/// The env overlay reads `UPRES_FASTCONV_WINOGRAD=1` as a number and `=on` as text: take any
+/// scalar and keep its text.
+fn scalar_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Flag(bool),
+        Int(i64),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Text(s) => s,
+        Scalar::Flag(b) => b.to_string(),
+        Scalar::Int(i) => i.to_string(),
+    })
+}
+
+/// A list from the file (`["amx", "avx512bf16"]`) or a comma list from the environment
+/// (`UPRES_CPU_HIDE=amx,avx512bf16`).
+fn text_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match List::deserialize(d)? {
+        List::Many(v) => v,
+        List::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+    })
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -694,16 +769,49 @@ impl Config {
     }
 }
 
-/// `UPRES_A__B=v` → `a.b = v`, plus the short aliases.
+/// The short env names and the keys they set.
+pub const ENV_ALIASES: [(&str, &str); 6] = [
+    ("UPRES_MODELS", "ml.models_dir"),
+    ("UPRES_KEY", "signing.key"),
+    ("UPRES_SALT", "signing.salt"),
+    ("UPRES_FASTCONV", "kernels.backend"),
+    ("UPRES_FASTCONV_WINOGRAD", "kernels.winograd"),
+    ("UPRES_CPU_HIDE", "kernels.hide_cpu_features"),
+];
+
+/// The key an `UPRES_*` variable (`name` without the prefix) sets: an alias, or
+/// `<SECTION>__<KEY>[__…]` with a section of the config; `None` for any other name.
+fn env_key(name: &str, sections: &[String]) -> Option<String> {
+    let name = name.to_ascii_lowercase();
+    if let Some((_, key)) = ENV_ALIASES.iter().find(|(alias, _)| alias["UPRES_".len()..].eq_ignore_ascii_case(&name)) {
+        return Some(key.to_string());
+    }
+    let (section, rest) = name.split_once("__")?;
+    (sections.iter().any(|s| s == section) && !rest.is_empty()).then(|| name.replace("__", "."))
+}
+
+/// The config's top-level sections, from the tree itself.
+fn sections() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => unreachable!("the config serialises to a map"),
+    }
+}
+
+/// `UPRES_A__B=v` → `a.b = v`, plus the short aliases; every other `UPRES_*` name is ignored.
 fn env_overlay() -> Env {
-    Env::prefixed("UPRES_")
-        .ignore(&["config"])
-        .map(|key| match key.as_str().to_ascii_lowercase().as_str() {
-            "models" => "ml.models_dir".into(),
-            "key" => "signing.key".into(),
-            "salt" => "signing.salt".into(),
-            other => other.replace("__", ".").into(),
-        })
+    let sections = sections();
+    Env::prefixed("UPRES_").filter_map(move |name| env_key(name.as_str(), &sections).map(Into::into))
+}
+
+/// The `UPRES_*` variables set in this process that the config does not read (logged at
+/// start-up, so a misspelt short name does not go unnoticed).
+pub fn ignored_env_vars() -> Vec<String> {
+    let sections = sections();
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("UPRES_") && k != "UPRES_CONFIG" && env_key(&k["UPRES_".len()..], &sections).is_none())
+        .collect()
 }
 
 #[cfg(test)]
@@ -739,6 +847,59 @@ mod tests {
             // object_store options stay text even when the env value looks like a bool or number.
             assert_eq!(cfg.cache.store.options["aws_allow_http"], "true");
             assert_eq!(cfg.origins["default"].options["timeout"], "5");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_overlay_reads_only_config_keys_and_aliases() {
+        figment::Jail::expect_with(|jail| {
+            // What the kubelet injects for a Service named `upres`, and other tools' variables.
+            for (k, v) in [
+                ("UPRES_SERVICE_HOST", "10.0.0.1"),
+                ("UPRES_SERVICE_PORT", "8080"),
+                ("UPRES_SERVICE_PORT_HTTP", "8080"),
+                ("UPRES_PORT", "tcp://10.0.0.1:8080"),
+                ("UPRES_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+                ("UPRES_PORT_8080_TCP_PROTO", "tcp"),
+                ("UPRES_PORT_8080_TCP_PORT", "8080"),
+                ("UPRES_PORT_8080_TCP_ADDR", "10.0.0.1"),
+                ("UPRES_FASTCONV_MAXNV", "2"),
+                ("UPRES_NOT_A_SECTION__LISTEN", "x"),
+                ("UPRES_SERVER__", "x"),
+            ] {
+                jail.set_env(k, v);
+            }
+            jail.set_env("UPRES_FASTCONV", "avx512");
+            jail.set_env("UPRES_FASTCONV_WINOGRAD", "1");
+            jail.set_env("UPRES_CPU_HIDE", "amx, avx512bf16");
+            jail.set_env("UPRES_SERVER__MAX_CONNECTIONS", "77");
+            let cfg = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.server.max_connections, 77);
+            assert_eq!(cfg.kernels.backend, "avx512");
+            assert_eq!(cfg.kernels.winograd, "1");
+            assert_eq!(cfg.kernels.hide_cpu_features, ["amx", "avx512bf16"]);
+            let mut ignored = ignored_env_vars();
+            ignored.sort();
+            assert!(ignored.contains(&"UPRES_SERVICE_HOST".to_string()) && ignored.contains(&"UPRES_PORT_8080_TCP".to_string()));
+            assert!(!ignored.iter().any(|k| k == "UPRES_FASTCONV" || k == "UPRES_SERVER__MAX_CONNECTIONS"), "{ignored:?}");
+            // A misspelt key inside a section is still refused, naming the key.
+            jail.set_env("UPRES_SERVER__MAX_CONECTIONS", "1");
+            let e = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains("max_conections"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_stay_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("upres.toml", "[kernels]\nbackend = \"portable\"\nhide_cpu_features = [\"amx\"]\n")?;
+            let cfg = Config::load(Some(std::path::Path::new("upres.toml")), &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.kernels.backend, "portable");
+            assert_eq!(cfg.kernels.hide_cpu_features, ["amx"]);
+            jail.create_file("bad.toml", "[service]\nhost = \"10.0.0.1\"\n")?;
+            assert!(Config::load(Some(std::path::Path::new("bad.toml")), &Overrides::default()).is_err());
             Ok(())
         });
     }

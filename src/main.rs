@@ -27,6 +27,10 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = Config::load(config.as_deref(), &Overrides { listen, origin, store, models })?;
             telemetry::init_tracing(&cfg.telemetry);
             tracing::info!(config = ?cfg.redacted(), "starting");
+            let ignored = upres::config::ignored_env_vars();
+            if !ignored.is_empty() {
+                tracing::info!(?ignored, "UPRES_* variables that are not config keys are ignored");
+            }
             let tls = server::tls_acceptor(&cfg.tls).map_err(anyhow::Error::msg)?;
             let listener = tokio::net::TcpListener::bind(cfg.server.listen)
                 .await
@@ -122,7 +126,7 @@ async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::
     }
     let app = App::build(cfg)?;
     let variant = Variant::negotiate(request.spec.format, None);
-    let planned = pipeline::plan_bytes(&app, bytes.into(), &request.spec, variant, Caller::Api).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let planned = pipeline::plan_bytes(&app, bytes.into(), &request.spec, variant, Caller::Api).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = planned.plan.engine.id().to_string();
     let (w, h) = (planned.plan.out_w, planned.plan.out_h);
     let started = std::time::Instant::now();

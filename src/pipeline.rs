@@ -199,7 +199,7 @@ pub async fn uploaded(
     variant: Variant,
     watcher: &Watcher,
 ) -> Result<(Arc<Computed>, CacheOutcome, Plan), ProxyError> {
-    let planned = plan_bytes(app, bytes, spec, variant, Caller::Api)?;
+    let planned = plan_bytes(app, bytes, spec, variant, Caller::Api).await?;
     let plan = planned.plan.clone();
     let memo = RequestKey::for_upload(&planned.key);
     if let Some(hit) = app.memory.get(&memo).await {
@@ -335,7 +335,7 @@ pub async fn fetch_and_plan(
     let source = app.origins.fetch(origin, &request.source, app.cfg.limits.max_source_bytes).await?;
     stage(app, t, "fetch", clock);
     let meta = SourceMeta { tag: SourceTag::of(origin.unwrap_or("default"), &request.source), modified: source.modified };
-    Ok((plan_bytes(app, source.bytes, &request.spec, variant, caller)?, meta))
+    Ok((plan_bytes(app, source.bytes, &request.spec, variant, caller).await?, meta))
 }
 
 /// Source bytes with everything decided before any pixel is decoded.
@@ -347,10 +347,14 @@ pub struct Planned {
 
 /// Probe the header (magic number, pixel limit) → plan (engine, sizes, limits) → result key.
 /// The key hashes the bytes, so a URL and an upload of the same bytes and plan share a result.
-pub fn plan_bytes(app: &App, bytes: Bytes, spec: &TransformSpec, variant: Variant, caller: Caller) -> Result<Planned, ProxyError> {
-    let header = decode::probe(&bytes, app.cfg.limits.max_source_pixels)?;
+/// Probing and hashing read the whole source (PNG metadata, up to `max_source_bytes`), so they
+/// run on the blocking pool.
+pub async fn plan_bytes(app: &App, bytes: Bytes, spec: &TransformSpec, variant: Variant, caller: Caller) -> Result<Planned, ProxyError> {
+    let max_pixels = app.cfg.limits.max_source_pixels;
+    let read = bytes.clone();
+    let (header, hash) = blocking(move || Ok((decode::probe(&read, max_pixels)?, SourceHash::of(&read)))).await?;
     let plan = Plan::resolve(spec, variant, &header, &app.registry, &app.cfg, caller)?;
-    let key = ResultKey::for_result(&SourceHash::of(&bytes), &plan.canonical(), &plan.engine.id().to_string());
+    let key = ResultKey::for_result(&hash, &plan.canonical(), &plan.engine.id().to_string());
     Ok(Planned { bytes, plan, key })
 }
 

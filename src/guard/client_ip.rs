@@ -1,37 +1,46 @@
 //! Who the client is: the TCP peer, or — only when the peer is a trusted proxy — the first
-//! untrusted hop named by `Forwarded` (RFC 7239) or, without it, `X-Forwarded-For`.
+//! untrusted hop named by the one header the config trusts (`server.client_ip_header`):
+//! `Forwarded` (RFC 7239), `X-Forwarded-For`, or a single-address header such as `X-Real-IP`.
 //!
-//! Hops are read right to left (each proxy appends), skipping trusted proxies; the first address
-//! that is not a trusted proxy is the client. A malformed or obfuscated hop (`unknown`, `_x`)
-//! stops the walk at the last hop we could trust to be truthful, the proxy that reported it.
-//! Headers from an untrusted peer are ignored entirely: anyone can send them.
+//! Exactly one header is read. A proxy overwrites or appends to the header it writes, but passes
+//! every other header through from the client: trusting a second one would let any client pick
+//! its own rate-limit key. Hops are read right to left (each proxy appends), skipping trusted
+//! proxies; the first address that is not a trusted proxy is the client. A malformed or
+//! obfuscated hop (`unknown`, `_x`) stops the walk at the last hop we could trust to be
+//! truthful, the proxy that reported it. Headers from an untrusted peer are ignored entirely:
+//! anyone can send them.
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
-/// Trusted proxy networks from `server.trusted_proxies`.
-#[derive(Clone, Debug, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+/// Trusted proxy networks from `server.trusted_proxies`, and the header they write.
+#[derive(Clone, Debug)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    header: HeaderName,
+}
 
 impl TrustedProxies {
-    /// Parses CIDRs (`10.0.0.0/8`) or single addresses (`10.1.2.3`).
-    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
-        entries
+    /// Parses CIDRs (`10.0.0.0/8`) or single addresses (`10.1.2.3`), and the header name.
+    pub fn parse(entries: &[String], header: &str) -> Result<TrustedProxies, String> {
+        let header = HeaderName::from_bytes(header.trim().as_bytes())
+            .map_err(|_| format!("server.client_ip_header: `{header}` is not a header name"))?;
+        let nets = entries
             .iter()
             .map(|e| {
                 e.parse::<IpNet>()
                     .or_else(|_| e.parse::<IpAddr>().map(IpNet::from))
                     .map_err(|_| format!("server.trusted_proxies: `{e}` is not an address or CIDR"))
             })
-            .collect::<Result<_, _>>()
-            .map(TrustedProxies)
+            .collect::<Result<_, _>>()?;
+        Ok(TrustedProxies { nets, header })
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.0.iter().any(|net| net.contains(&ip))
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 
     /// The client address for a request from `peer` carrying `headers`.
@@ -40,7 +49,7 @@ impl TrustedProxies {
         if !self.contains(peer) {
             return peer;
         }
-        let hops = forwarded_hops(headers);
+        let hops = hops(headers, &self.header);
         let mut client = peer;
         for hop in hops.iter().rev() {
             match hop {
@@ -65,13 +74,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Hops in order, client first; `None` for a hop that is not a readable address.
-fn forwarded_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<&str> = headers.get_all("forwarded").iter().filter_map(|v| v.to_str().ok()).collect();
-    if !forwarded.is_empty() {
-        return forwarded
-            .iter()
-            .flat_map(|v| v.split(','))
+/// The hops `header` names, in order, client first; `None` for a hop that is not a readable
+/// address. `Forwarded` elements give their `for=`; any other header is a comma list of
+/// addresses (`X-Forwarded-For`), possibly of one (`X-Real-IP`). Several lines are one list.
+fn hops(headers: &HeaderMap, header: &HeaderName) -> Vec<Option<IpAddr>> {
+    let lines = headers.get_all(header).iter().map(|v| v.to_str().ok());
+    if header == http::header::FORWARDED {
+        return lines
+            .flat_map(|v| v.unwrap_or("_unreadable").split(','))
             .filter_map(|element| {
                 element.split(';').find_map(|pair| {
                     let (k, v) = pair.trim().split_once('=')?;
@@ -80,13 +90,7 @@ fn forwarded_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
             })
             .collect();
     }
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|hop| parse_node(hop.trim()))
-        .collect()
+    lines.flat_map(|v| v.unwrap_or("_unreadable").split(',')).map(|hop| parse_node(hop.trim())).collect()
 }
 
 /// `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:443`, `2001:db8::1`.
@@ -112,10 +116,17 @@ mod tests {
         h
     }
 
+    fn proxies(header: &str) -> TrustedProxies {
+        TrustedProxies::parse(&["10.0.0.0/8".into(), "192.0.2.1".into()], header).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn client_ip_table() {
-        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.0.2.1".into()]).unwrap();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = proxies("x-forwarded-for");
         #[rustfmt::skip]
         let cases: &[(&str, &[(&str, &str)], &str)] = &[
             // untrusted peer: headers ignored
@@ -132,10 +143,8 @@ mod tests {
             ("10.0.0.5", &[("x-forwarded-for", "198.51.100.7, nonsense")], "10.0.0.5"),
             // no header from a trusted peer: the peer
             ("192.0.2.1", &[], "192.0.2.1"),
-            // Forwarded wins over X-Forwarded-For; quoted IPv6 with port
-            ("10.0.0.5", &[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https"), ("x-forwarded-for", "6.6.6.6")], "2001:db8::1"),
-            ("10.0.0.5", &[("forwarded", "for=6.6.6.6, for=198.51.100.7:80;by=10.0.0.5")], "198.51.100.7"),
-            ("10.0.0.5", &[("forwarded", "for=unknown")], "10.0.0.5"),
+            // IPv6 with port in brackets
+            ("10.0.0.5", &[("x-forwarded-for", "[2001:db8::1]:4711")], "2001:db8::1"),
             // IPv4-mapped peers are IPv4
             ("::ffff:10.0.0.5", &[("x-forwarded-for", "198.51.100.7")], "198.51.100.7"),
         ];
@@ -145,8 +154,46 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_elements_give_their_for() {
+        let trusted = proxies("forwarded");
+        #[rustfmt::skip]
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https")], "2001:db8::1"),
+            (&[("forwarded", "for=6.6.6.6, for=198.51.100.7:80;by=10.0.0.5")], "198.51.100.7"),
+            (&[("forwarded", "for=unknown")], "10.0.0.5"),
+            (&[("forwarded", "proto=https;For=198.51.100.7")], "198.51.100.7"),
+        ];
+        for (hdrs, want) in cases {
+            assert_eq!(trusted.client_ip(ip("10.0.0.5"), &headers(hdrs)), ip(want), "{hdrs:?}");
+        }
+    }
+
+    /// A client behind the trusted proxy adds the headers the proxy does not write: each is
+    /// ignored, whichever header the proxy writes.
+    #[test]
+    fn only_the_configured_header_is_believed() {
+        let real = "198.51.100.7";
+        let spoof = [("forwarded", "for=6.6.6.6"), ("x-forwarded-for", "6.6.6.6"), ("x-real-ip", "6.6.6.6")];
+        for (configured, written) in [("forwarded", "for=198.51.100.7"), ("x-forwarded-for", real), ("x-real-ip", real)] {
+            let trusted = proxies(configured);
+            let mut h: Vec<(&str, &str)> = spoof.iter().copied().filter(|(k, _)| *k != configured).collect();
+            h.push((configured, written));
+            assert_eq!(trusted.client_ip(ip("10.0.0.5"), &headers(&h)), ip(real), "trusting {configured}, sent {h:?}");
+            // The proxy's value is the last of the header's hops: a client-sent line before it is
+            // a hop further away, skipped only if it is a trusted proxy.
+            let mut h = vec![(configured, if configured == "forwarded" { "for=10.9.9.9" } else { "10.9.9.9" })];
+            h.push((configured, written));
+            assert_eq!(trusted.client_ip(ip("10.0.0.5"), &headers(&h)), ip(real), "trusting {configured}, sent {h:?}");
+        }
+        // X-Real-IP holds one address; a header without one leaves the proxy as the client.
+        let trusted = proxies("x-real-ip");
+        assert_eq!(trusted.client_ip(ip("10.0.0.5"), &headers(&[("x-forwarded-for", real)])), ip("10.0.0.5"));
+    }
+
+    #[test]
     fn bad_cidrs_are_config_errors() {
-        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
-        assert!(TrustedProxies::parse(&["proxy.local".into()]).is_err());
+        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()], "x-forwarded-for").is_err());
+        assert!(TrustedProxies::parse(&["proxy.local".into()], "x-forwarded-for").is_err());
+        assert!(TrustedProxies::parse(&[], "x real ip").is_err());
     }
 }

@@ -35,6 +35,7 @@ pub struct Guards {
     uploads: Option<Bucket>,
     transforms: Option<Bucket>,
     proxies: TrustedProxies,
+    ipv6_prefix: u8,
 }
 
 /// Checks the guard settings of `cfg` (called from `Config::validate`).
@@ -50,7 +51,11 @@ impl Guards {
             cors: Cors::from_config(&cfg.cors)?,
             uploads: Bucket::from_config(&rl.uploads, "uploads", rl.sweep_interval),
             transforms: Bucket::from_config(&rl.transforms, "image requests", rl.sweep_interval),
-            proxies: TrustedProxies::parse(&cfg.server.trusted_proxies)?,
+            proxies: TrustedProxies::parse(&cfg.server.trusted_proxies, &cfg.server.client_ip_header)?,
+            ipv6_prefix: match rl.ipv6_prefix {
+                p @ 16..=128 => p,
+                p => return Err(format!("rate_limit.ipv6_prefix must be in 16..=128, not {p}")),
+            },
         })
     }
 
@@ -77,7 +82,7 @@ impl Guards {
             None
         };
         if let Some(bucket) = bucket {
-            bucket.check(self.client_ip(head))?;
+            bucket.check(ratelimit::bucket_key(self.client_ip(head), self.ipv6_prefix))?;
         }
         if self.keys.enabled() && auth::protects(path) {
             self.keys.check(&head.headers)?;

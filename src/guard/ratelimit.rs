@@ -17,6 +17,19 @@ use governor::{Quota, RateLimiter};
 use crate::config::BucketConfig;
 use crate::error::{ErrorClass, ProxyError};
 
+/// The bucket of a client: its IPv4 address, or its IPv6 network of `ipv6_prefix` bits (an
+/// IPv6 subscriber holds a whole /64 or more, and could take a fresh address per request).
+pub fn bucket_key(client: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match client {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = u128::MAX.checked_shl(128 - u32::from(ipv6_prefix.min(128))).unwrap_or(0);
+            IpAddr::V6((bits & mask).into())
+        }
+        v4 => v4,
+    }
+}
+
 /// One request class's buckets, keyed by client IP.
 pub struct Bucket<C: Clock = DefaultClock> {
     limiter: RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
@@ -112,6 +125,22 @@ mod tests {
         clock.advance(Duration::from_secs(6));
         b.check(a).unwrap();
         assert!(b.check(a).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_network() {
+        let key = |ip: &str, p| bucket_key(ip.parse().unwrap(), p).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 48), "2001:db8:1::");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 128), "2001:db8:1:2:aaaa:bbbb:cccc:dddd");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 56), "2001:db8:1::", "/56 keeps 8 bits of the 4th group");
+        assert_eq!(key("2001:db8:1:2ff:aaaa::1", 56), "2001:db8:1:200::");
+        assert_eq!(key("198.51.100.7", 64), "198.51.100.7", "IPv4 stays whole");
+        // One /64, one bucket: a second address of it finds the first one's bucket empty.
+        let (b, _) = bucket(1, 0);
+        b.check(bucket_key("2001:db8::1".parse().unwrap(), 64)).unwrap();
+        assert!(b.check(bucket_key("2001:db8::ffff:2".parse().unwrap(), 64)).is_err());
+        b.check(bucket_key("2001:db8:0:1::1".parse().unwrap(), 64)).unwrap();
     }
 
     #[test]

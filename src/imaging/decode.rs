@@ -3,7 +3,13 @@
 //! Accepts JPEG (including grayscale and CMYK), PNG (8/16-bit, palette, alpha), WebP and GIF
 //! (first frame). Applies the EXIF orientation, drops every other piece of metadata (the result
 //! is re-encoded from pixels), and splits alpha off so the engine sees RGB only.
+//!
+//! Memory is bounded before the first byte is read: the decoder's allocation limit comes from
+//! the pixel limit, and PNG's compressed metadata chunks (an ICC profile or text that inflates
+//! to gigabytes from a few megabytes) are cut out of the bytes before any decoder sees them,
+//! since nothing here uses them.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
@@ -57,7 +63,9 @@ impl Classify for DecodeError {
 
 const SUPPORTED: [ImageFormat; 4] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif];
 
-fn reader(bytes: &[u8]) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat), DecodeError> {
+/// A reader with its limits set before it reads anything: no buffer beyond what `max_pixels`
+/// of 16-bit RGBA need, and PNG metadata chunks removed (`without_png_metadata`).
+fn reader(bytes: &[u8], max_pixels: u64) -> Result<(ImageReader<Cursor<Cow<'_, [u8]>>>, ImageFormat), DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -66,9 +74,58 @@ fn reader(bytes: &[u8]) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat), Dec
     if !SUPPORTED.contains(&format) {
         return Err(DecodeError::UnsupportedFormat(format));
     }
+    let bytes = if format == ImageFormat::Png { without_png_metadata(bytes) } else { Cow::Borrowed(bytes) };
     let mut r = ImageReader::with_format(Cursor::new(bytes), format);
-    r.no_limits();
+    r.limits(limits(max_pixels));
     Ok((r, format))
+}
+
+/// 16-bit RGBA is the widest buffer a decoder makes: 8 bytes per pixel, plus slack for its
+/// working buffers.
+fn limits(max_pixels: u64) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    limits
+}
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// PNG chunks upres never uses whose content a decoder would inflate or keep: the ICC profile
+/// (`iCCP`, zlib) and text (`zTXt`, `iTXt` possibly zlib, `tEXt`). A 3 MB `iCCP` inflates to
+/// 3 GB. `eXIf` (orientation) stays.
+const DROPPED_PNG_CHUNKS: [&[u8; 4]; 4] = [b"iCCP", b"zTXt", b"iTXt", b"tEXt"];
+
+/// The PNG without its `DROPPED_PNG_CHUNKS`; borrowed when it has none. Chunks are walked by
+/// their length fields only, as the decoder walks them: from the first chunk that does not fit
+/// the rest is kept as it is, so the decoder fails there just as it would have.
+fn without_png_metadata(bytes: &[u8]) -> Cow<'_, [u8]> {
+    if !bytes.starts_with(PNG_SIGNATURE) {
+        return Cow::Borrowed(bytes);
+    }
+    let mut kept: Option<Vec<u8>> = None;
+    let mut pos = PNG_SIGNATURE.len();
+    while let Some(head) = bytes.get(pos..pos + 8) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let kind = &head[4..8];
+        // length, type, data, CRC
+        let Some(end) = len.checked_add(12).and_then(|n| n.checked_add(pos)).filter(|&e| e <= bytes.len()) else { break };
+        if DROPPED_PNG_CHUNKS.iter().any(|d| d[..] == *kind) {
+            kept.get_or_insert_with(|| bytes[..pos].to_vec());
+        } else if let Some(k) = kept.as_mut() {
+            k.extend_from_slice(&bytes[pos..end]);
+        }
+        pos = end;
+        if kind == b"IEND" {
+            break;
+        }
+    }
+    match kept {
+        None => Cow::Borrowed(bytes),
+        Some(mut k) => {
+            k.extend_from_slice(&bytes[pos..]);
+            Cow::Owned(k)
+        }
+    }
 }
 
 fn check_pixels(width: u32, height: u32, limit: u64) -> Result<(), DecodeError> {
@@ -95,7 +152,7 @@ pub fn sniff_media_type(bytes: &[u8]) -> Option<&'static str> {
 
 /// Reads only the header: format and oriented dimensions, limit-checked.
 pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<Header, DecodeError> {
-    let (r, format) = reader(bytes)?;
+    let (r, format) = reader(bytes, max_pixels)?;
     let mut decoder = r.into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     check_pixels(w, h, max_pixels)?;
@@ -112,14 +169,10 @@ fn swaps_axes(o: image::metadata::Orientation) -> bool {
 /// Decodes fully. The pixel limit is checked from the header first, and the decoder's own
 /// allocation limit is set from it, so a decompression bomb is refused before allocating.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
-    let (r, _) = reader(bytes)?;
+    let (r, _) = reader(bytes, max_pixels)?;
     let mut decoder = r.into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     check_pixels(w, h, max_pixels)?;
-    let mut limits = Limits::default();
-    // 16-bit RGBA is the widest buffer a decoder makes: 8 bytes per pixel, plus slack.
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
-    decoder.set_limits(limits).map_err(corrupt)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
@@ -248,6 +301,73 @@ mod tests {
         let truncated = &bytes[..bytes.len() / 2];
         assert_eq!(decode(truncated, 1 << 20).unwrap_err().class(), ErrorClass::Unprocessable);
         // BMP is a real image format we do not accept.
-        assert!(matches!(reader(b"BM\0\0\0\0\0\0\0\0\0\0\0\0"), Err(DecodeError::UnsupportedFormat(_))));
+        assert!(matches!(reader(b"BM\0\0\0\0\0\0\0\0\0\0\0\0", 10), Err(DecodeError::UnsupportedFormat(_))));
+    }
+
+    fn chunk(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut c = (body.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(body);
+        let mut h = crc32fast::Hasher::new();
+        h.update(kind);
+        h.update(body);
+        c.extend_from_slice(&h.finalize().to_be_bytes());
+        c
+    }
+
+    /// `png` with `extra` chunks inserted after IHDR (signature 8 + IHDR 25 bytes).
+    fn with_chunks(png: &[u8], extra: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = png[..33].to_vec();
+        for c in extra {
+            out.extend_from_slice(c);
+        }
+        out.extend_from_slice(&png[33..]);
+        out
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(data).unwrap();
+        z.finish().unwrap()
+    }
+
+    #[test]
+    fn png_metadata_chunks_are_dropped_before_decoding() {
+        let img = ImageBuffer::<Rgba<u8>, _>::from_fn(5, 4, |x, y| Rgba([x as u8 * 40, y as u8 * 60, 7, 200]));
+        let plain = png(DynamicImage::ImageRgba8(img));
+        let profile = zlib(&vec![0u8; 1 << 20]);
+        let mut iccp = b"bomb\0\0".to_vec();
+        iccp.extend_from_slice(&profile);
+        let mut ztxt = b"Comment\0\0".to_vec();
+        ztxt.extend_from_slice(&profile);
+        let mut itxt = b"XML:com.adobe.xmp\0\x01\0\0\0".to_vec();
+        itxt.extend_from_slice(&profile);
+        let extra = [chunk(b"iCCP", &iccp), chunk(b"zTXt", &ztxt), chunk(b"iTXt", &itxt), chunk(b"tEXt", b"k\0v")];
+        let hostile = with_chunks(&plain, &extra);
+        let stripped = without_png_metadata(&hostile);
+        assert_eq!(&stripped[..], &plain[..], "exactly the metadata chunks are gone");
+        assert!(matches!(without_png_metadata(&plain), Cow::Borrowed(_)), "no copy without metadata");
+        assert_eq!(probe(&hostile, 20).unwrap(), probe(&plain, 20).unwrap());
+        assert_eq!(decode(&hostile, 20).unwrap().rgb.data, decode(&plain, 20).unwrap().rgb.data);
+    }
+
+    #[test]
+    fn malformed_png_chunk_framing_is_left_to_the_decoder() {
+        let plain = png(DynamicImage::new_rgb8(3, 3));
+        // A metadata chunk, then a chunk whose length runs past the end: the first goes, and
+        // from the second on everything stays byte for byte, so the decoder fails there as before.
+        let runaway = [0xff, 0xff, 0xff, 0xf0, b'i', b'C', b'C', b'P', 1, 2, 3];
+        let mut bad = plain[..33].to_vec();
+        bad.extend_from_slice(&chunk(b"tEXt", b"k\0v"));
+        bad.extend_from_slice(&runaway);
+        bad.extend_from_slice(&plain[33..]);
+        let want = [&plain[..33], &runaway[..], &plain[33..]].concat();
+        assert_eq!(&without_png_metadata(&bad)[..], &want[..]);
+        assert_eq!(decode(&bad, 100).unwrap_err().class(), ErrorClass::Unprocessable);
+        // Truncated inside the signature or the first chunk: unchanged.
+        for n in [0, 5, 8, 12, 20] {
+            assert!(matches!(without_png_metadata(&plain[..n]), Cow::Borrowed(_)));
+        }
     }
 }

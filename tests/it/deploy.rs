@@ -10,6 +10,7 @@ use figment::Figment;
 use serde_json::Value;
 use upres::config::{Config, Overrides};
 
+use crate::process::ChildServer;
 use crate::support::python;
 
 fn repo() -> &'static Path {
@@ -53,7 +54,10 @@ fn kubernetes_manifests_parse_and_carry_the_fleet_design() {
     }
     let cpu = find(&objects, "Deployment", "upres");
     let gpu = find(&objects, "Deployment", "upres-gpu");
-    let secret = find(&objects, "Secret", "upres-signing");
+    // `kubectl apply -f deploy/k8s/` must never replace the real signing key with a placeholder:
+    // no Secret is applied from here; deploy/README.md creates it once, with every key the pods read.
+    assert!(!objects.iter().any(|o| o["kind"] == "Secret"), "a Secret in deploy/k8s/ would overwrite the real one on apply");
+    let (secret_name, secret_keys) = documented_secret();
     for d in [cpu, gpu] {
         let pod = &d["spec"]["template"];
         let labels = pod["metadata"]["labels"].as_object().unwrap();
@@ -64,12 +68,20 @@ fn kubernetes_manifests_parse_and_carry_the_fleet_design() {
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+        // No service-link variables (UPRES_SERVICE_HOST, UPRES_PORT_8080_TCP…) in the pods.
+        assert_eq!(pod["spec"]["enableServiceLinks"], false);
+        // The ServiceAccount the pods run as is shipped.
+        let account = pod["spec"]["serviceAccountName"].as_str().expect("serviceAccountName");
+        find(&objects, "ServiceAccount", account);
+        let mut secret_refs = 0;
         for env in c["env"].as_array().unwrap() {
             if let Some(r) = env["valueFrom"]["secretKeyRef"].as_object() {
-                assert_eq!(r["name"], secret["metadata"]["name"]);
-                assert!(secret["stringData"][r["key"].as_str().unwrap()].is_string(), "secret key {r:?}");
+                assert_eq!(r["name"], secret_name.as_str());
+                assert!(secret_keys.iter().any(|k| r["key"] == k.as_str()), "secret key {r:?} is not created by {secret_keys:?}");
+                secret_refs += 1;
             }
         }
+        assert_eq!(secret_refs, 2, "UPRES_KEY and UPRES_SALT come from the Secret");
         let config_volume = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "config").unwrap();
         assert_eq!(config_volume["configMap"]["name"], "upres-config");
     }
@@ -96,6 +108,45 @@ fn kubernetes_manifests_parse_and_carry_the_fleet_design() {
     let cfg: Config = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(&toml)).extract().unwrap();
     cfg.validate().unwrap();
     assert!(cfg.cache.store.url.starts_with("s3://") && cfg.cache.claims.enabled);
+    // Rate limits believe the one header the proxy in front overwrites, and only from it.
+    assert!(!cfg.server.trusted_proxies.is_empty());
+    assert_eq!(cfg.server.client_ip_header, "x-real-ip");
+}
+
+/// deploy/nginx.conf overwrites the one header upres is told to believe with the peer address.
+#[test]
+fn nginx_sets_the_client_ip_header_upres_trusts() {
+    let conf = std::fs::read_to_string(repo().join("deploy/nginx.conf")).unwrap();
+    let set: Vec<String> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("proxy_set_header "))
+        .filter(|l| l.contains("$remote_addr") || l.contains("$proxy_add_x_forwarded_for"))
+        .map(|l| l.split_whitespace().next().unwrap().to_ascii_lowercase())
+        .collect();
+    assert_eq!(set, ["x-real-ip"], "nginx writes exactly one client-address header");
+    assert!(conf.contains("client_ip_header = \"x-real-ip\""), "nginx.conf says which upres setting goes with it");
+}
+
+/// The `kubectl create secret generic NAME --from-literal=KEY=…` command in deploy/README.md:
+/// its name and keys.
+fn documented_secret() -> (String, Vec<String>) {
+    let readme = std::fs::read_to_string(repo().join("deploy/README.md")).unwrap();
+    let joined = readme.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find(|l| l.trim_start().starts_with("kubectl create secret generic"))
+        .expect("deploy/README.md shows `kubectl create secret generic …`");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let name = words[4].to_string();
+    let keys: Vec<String> = words
+        .iter()
+        .filter_map(|w| w.strip_prefix("--from-literal="))
+        .map(|kv| kv.split_once('=').expect("--from-literal=KEY=VALUE").0.to_string())
+        .collect();
+    assert!(!keys.is_empty(), "{line}");
+    (name, keys)
 }
 
 #[test]
@@ -143,4 +194,56 @@ fn dockerfiles_only_name_files_and_features_that_exist() {
     }
     let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l == "target"), "the build context leaves target/ out");
+}
+
+/// What the kubelet injects into every pod for a Service named `upres` (with
+/// `enableServiceLinks` on, the default).
+const SERVICE_LINKS: [(&str, &str); 8] = [
+    ("UPRES_SERVICE_HOST", "10.0.0.1"),
+    ("UPRES_SERVICE_PORT", "8080"),
+    ("UPRES_SERVICE_PORT_HTTP", "8080"),
+    ("UPRES_PORT", "tcp://10.0.0.1:8080"),
+    ("UPRES_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+    ("UPRES_PORT_8080_TCP_PROTO", "tcp"),
+    ("UPRES_PORT_8080_TCP_PORT", "8080"),
+    ("UPRES_PORT_8080_TCP_ADDR", "10.0.0.1"),
+];
+
+/// The real binary, started the way a pod starts it: with the service-link variables and the
+/// kernel switches' env aliases set, it serves; a misspelt config key still stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_starts_with_service_link_and_alias_variables() {
+    let origin = tempfile::tempdir().unwrap();
+    std::fs::write(origin.path().join("a.png"), crate::support::png(8, 6)).unwrap();
+    let start = |env: Vec<(&'static str, &'static str)>| {
+        let dir = origin.path().to_path_buf();
+        tokio::task::spawn_blocking(move || ChildServer::start(&dir, &env))
+    };
+    let mut env = SERVICE_LINKS.to_vec();
+    // The kernel switches (portable runs on every CPU) and a nested key.
+    env.extend([
+        ("UPRES_FASTCONV", "portable"),
+        ("UPRES_FASTCONV_WINOGRAD", "off"),
+        ("UPRES_CPU_HIDE", "amx,avx512bf16"),
+        ("UPRES_SERVER__MAX_CONNECTIONS", "64"),
+    ]);
+    let server = start(env).await.unwrap().unwrap_or_else(|f| panic!("the server did not start: {f:?}"));
+    let client = crate::support::client();
+    assert_eq!(client.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    let r = client.get(server.url("/x2/model=lanczos/format=png/a.png")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(crate::support::dimensions(&r.bytes().await.unwrap()), (16, 12));
+    let log = server.log();
+    assert!(log.contains("UPRES_SERVICE_HOST") && log.contains("UPRES_PORT_8080_TCP_ADDR"), "the ignored names are logged once:\n{log}");
+    drop(server);
+
+    // Inside a section the config stays strict: a misspelt key is a clear startup error.
+    let mut env = SERVICE_LINKS.to_vec();
+    env.push(("UPRES_SERVER__MAX_CONECTIONS", "64"));
+    let failed = match start(env).await.unwrap() {
+        Ok(s) => panic!("started at {} with a misspelt key", s.addr),
+        Err(f) => f,
+    };
+    assert!(failed.exit.is_some_and(|e| !e.success()), "{failed:?}");
+    assert!(failed.log.contains("max_conections"), "the error names the key:\n{}", failed.log);
 }

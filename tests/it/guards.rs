@@ -176,3 +176,63 @@ async fn oversized_heads_and_bodies_on_get_routes_are_refused() {
     assert_eq!(client().get(s.url("/healthz")).send().await.unwrap().status(), 200);
     s.stop().await;
 }
+
+/// Behind a trusted proxy that writes one header, a client that adds the other forwarding
+/// headers (new addresses each time) still lands in its own bucket: for each header upres can
+/// be told to trust.
+#[tokio::test]
+async fn rate_limit_keys_ignore_spoofed_forwarding_headers_for_each_trusted_header() {
+    let value = |header: &str, ip: &str| if header == "forwarded" { format!("for=\"{ip}\"") } else { ip.to_string() };
+    for trusted in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+        let s = Setup::new()
+            .config(move |c| {
+                c.rate_limit.transforms.per_minute = 2;
+                c.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+                c.server.client_ip_header = trusted.into();
+            })
+            .start()
+            .await;
+        s.put_source("a.png", &png(4, 4));
+        let get = |client_ip: &str, n: u8| {
+            let mut r = client().get(s.url("/x2/a.png")).header(trusted, value(trusted, client_ip));
+            for other in ["x-forwarded-for", "forwarded", "x-real-ip"].into_iter().filter(|h| *h != trusted) {
+                r = r.header(other, value(other, &format!("203.0.113.{n}")));
+            }
+            r.send()
+        };
+        assert_eq!(get("198.51.100.1", 1).await.unwrap().status(), 200, "trusting {trusted}");
+        assert_eq!(get("198.51.100.1", 2).await.unwrap().status(), 200, "trusting {trusted}");
+        assert_eq!(get("198.51.100.1", 3).await.unwrap().status(), 429, "trusting {trusted}: the spoofed headers changed the key");
+        assert_eq!(get("198.51.100.2", 4).await.unwrap().status(), 200, "trusting {trusted}: another client");
+        s.stop().await;
+    }
+}
+
+/// IPv6 clients share a bucket per /64 (`rate_limit.ipv6_prefix`): a client cannot escape its
+/// limit by taking another address of its own network.
+#[tokio::test]
+async fn ipv6_clients_are_limited_per_network() {
+    let start = |prefix: u8| {
+        Setup::new()
+            .config(move |c| {
+                c.rate_limit.transforms.per_minute = 2;
+                c.rate_limit.ipv6_prefix = prefix;
+                c.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+            })
+            .start()
+    };
+    let get = |s: &TestServer, ip: &str| client().get(s.url("/x2/a.png")).header("x-forwarded-for", ip.to_string()).send();
+    let s = start(64).await;
+    s.put_source("a.png", &png(4, 4));
+    assert_eq!(get(&s, "2001:db8:0:7::1").await.unwrap().status(), 200);
+    assert_eq!(get(&s, "2001:db8:0:7::2").await.unwrap().status(), 200);
+    assert_eq!(get(&s, "2001:db8:0:7:ffff:1:2:3").await.unwrap().status(), 429);
+    assert_eq!(get(&s, "2001:db8:0:8::1").await.unwrap().status(), 200, "the next /64 is another client");
+    s.stop().await;
+    let s = start(128).await;
+    s.put_source("a.png", &png(4, 4));
+    for i in 1..=3 {
+        assert_eq!(get(&s, &format!("2001:db8:0:7::{i}")).await.unwrap().status(), 200, "per address at /128");
+    }
+    s.stop().await;
+}

@@ -1,6 +1,7 @@
 //! The integration test binary: real servers on ephemeral ports, real HTTP clients, temporary
 //! origin and store folders. One module per area:
 mod support; // server harness, test engines, image makers
+mod process; // the upres binary as a child process: its environment, its peak memory
 mod serving; // dimensions, formats, headers, cache tiers, 304, HEAD, /r/
 mod cdn; // Cache-Control per route, Last-Modified/If-Modified-Since, source tags, purge
 mod coalescing; // concurrent identical misses, cancellation on disconnect
@@ -9,7 +10,8 @@ mod jobs; // the jobs API end to end, with a signed callback to a local receiver
 mod errors; // every error status and server health afterwards
 mod origins; // an HTTP origin: fetch, 404, deadline, byte cap, SSRF guard
 mod guards; // API keys, CORS, rate limits, header/body size limits
-mod hostile; // the hostile-file corpus through the URL path
+mod hostile; // the hostile-file corpus through the URL path, PNG metadata bombs
+mod fuzz; // the fuzz targets on stable: corpus replay and mutations, bounded
 mod tls; // rustls, ALPN h2 and http/1.1
 mod playground; // pages, samples, signing, progress streams, cancel with a progress id
 mod browser; // the playground in headless Chromium (playwright-core)
