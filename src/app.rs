@@ -1,14 +1,17 @@
 //! The server's shared state, built once from a validated `Config`.
 //!
 //! Owns construction order (origins → tiers → models → batcher) and readiness: `/readyz` turns
-//! ready only after every engine ran one warm-up inference and the result store answered.
+//! ready only after every engine ran one warm-up inference (the result store's state is
+//! reported beside it, and does not make the replica unready).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::admission::MemoryBudget;
 use crate::cache::claim::Claims;
 use crate::cache::memory::MemoryTier;
 use crate::cache::store::StoreTier;
+use crate::cache::writer::StoreWriter;
 use crate::coalesce::Coalescer;
 use crate::config::Config;
 use crate::engine::batcher::{BatchConfig, Batcher};
@@ -34,9 +37,13 @@ pub struct App {
     pub store: Option<StoreTier>,
     /// Claims in the shared store (cross-replica coalescing); none without a store.
     pub claims: Option<Claims>,
+    /// Writes results to the store after their responses.
+    pub store_writes: StoreWriter,
     pub flights: Coalescer<FlightValue>,
     pub registry: Registry,
     pub batcher: Batcher,
+    /// Bytes of image buffers running jobs may hold (`admission.rs`).
+    pub memory_budget: MemoryBudget,
     pub metrics: Arc<Metrics>,
     pub signer: Option<Signer>,
     /// Progress of running flights for the playground's event streams.
@@ -67,7 +74,8 @@ impl App {
         let store = if cfg.cache.store.url.is_empty() {
             None
         } else {
-            Some(StoreTier::new(Bucket::open(&cfg.cache.store.url, &cfg.cache.store.options, true).map_err(|e| err(&e))?))
+            let bucket = Bucket::open(&cfg.cache.store.url, &cfg.cache.store.options, true).map_err(|e| err(&e))?;
+            Some(StoreTier::with_timeout(bucket, cfg.cache.store.timeout))
         };
         let memory = MemoryTier::new(cfg.cache.memory.max_bytes, cfg.cache.memory.ttl);
         let registry = Registry::new(models);
@@ -76,6 +84,7 @@ impl App {
             .as_ref()
             .filter(|_| cfg.cache.claims.enabled)
             .map(|s| Claims::new(s.clone(), &cfg.cache.claims, metrics.clone()));
+        let store_writes = StoreWriter::new(store.clone(), cfg.cache.store.max_pending_writes, metrics.clone());
         let engines: Vec<_> = registry.entries().iter().map(|e| e.engine.clone()).collect();
         let batcher = Batcher::start(
             &engines,
@@ -86,6 +95,7 @@ impl App {
             },
             metrics.clone(),
         );
+        let memory_budget = MemoryBudget::from_config(&cfg.limits, metrics.clone());
         let signer = Signer::from_config(&cfg.signing).map_err(|e| err(&e))?;
         let guards = Guards::from_config(&cfg).map_err(|e| err(&e))?;
         let param_limits = ParamLimits {
@@ -105,9 +115,11 @@ impl App {
             memory,
             store,
             claims,
+            store_writes,
             flights: Coalescer::new(),
             registry,
             batcher,
+            memory_budget,
             metrics,
             signer,
             progress: Arc::new(ProgressBoard::new()),
@@ -152,8 +164,12 @@ impl App {
                 tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, ms_per_input_mpx, "engine warmed up");
             }
         }
+        // A store in trouble does not keep the replica from serving: it computes and serves from
+        // memory meanwhile, and `/readyz` reports the store's state.
         if let Some(store) = &self.store {
-            store.probe().await.map_err(|e| StartupError(e.to_string()))?;
+            if let Err(e) = store.probe().await {
+                tracing::warn!(store = %store.url(), error = %e, "the result store does not answer; serving uncached until it does");
+            }
         }
         self.ready.store(true, Ordering::Release);
         Ok(())

@@ -77,9 +77,15 @@ impl Default for Config {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Time allowed for a client to send its request head.
+    /// Time allowed for a client to send its request head, counted from the connection's opening
+    /// (or its TLS handshake, which gets the same time): a connection that starts no request
+    /// within it is closed. Also how long HTTP/2 waits for a keep-alive ping's answer.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long after its last one is closed
+    /// (HTTP/1 keep-alive and HTTP/2 alike); HTTP/2 peers are pinged at this interval.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// On SIGTERM/ctrl-c, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -108,6 +114,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             max_connections: 4096,
             request_deadline: Duration::from_secs(60),
@@ -171,6 +178,13 @@ pub struct LimitsConfig {
     pub max_output_pixels: u64,
     /// Largest prompt or negative prompt in bytes.
     pub max_prompt_bytes: usize,
+    /// Bytes of image buffers all running jobs may hold together; a job is estimated from its
+    /// plan before decoding and refused with 503 + `Retry-After` while the budget is in use (413
+    /// when it exceeds the whole budget). 0: `memory_budget_fraction` of the memory limit.
+    pub memory_budget: u64,
+    /// With `memory_budget = 0`: this fraction of the cgroup's memory limit (v2 `memory.max`,
+    /// v1 `memory.limit_in_bytes`), or of `MemTotal` when no limit is set.
+    pub memory_budget_fraction: f64,
 }
 
 impl Default for LimitsConfig {
@@ -180,6 +194,8 @@ impl Default for LimitsConfig {
             max_source_pixels: 16_000_000,
             max_output_pixels: 64_000_000,
             max_prompt_bytes: 1024,
+            memory_budget: 0,
+            memory_budget_fraction: 0.5,
         }
     }
 }
@@ -216,11 +232,23 @@ pub struct StoreCacheConfig {
     /// Extra `object_store` options, passed through by key.
     #[serde(deserialize_with = "string_map")]
     pub options: BTreeMap<String, String>,
+    /// Longest time one store call (read with its body, write, probe, claim step) may take;
+    /// past it the call counts as failed: a read is a miss, a write is retried once.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Result writes in flight at most (they run after the response); a result finished while
+    /// all are taken is served but not stored (`event="write_dropped"`).
+    pub max_pending_writes: usize,
 }
 
 impl Default for StoreCacheConfig {
     fn default() -> Self {
-        Self { url: "file://data/results".into(), options: BTreeMap::new() }
+        Self {
+            url: "file://data/results".into(),
+            options: BTreeMap::new(),
+            timeout: Duration::from_secs(5),
+            max_pending_writes: 64,
+        }
     }
 }
 
@@ -726,6 +754,12 @@ impl Config {
         if self.cache.claims.enabled && self.cache.claims.ttl < self.server.request_deadline {
             return bad("cache.claims.ttl must be at least server.request_deadline");
         }
+        if !(self.limits.memory_budget_fraction > 0.0 && self.limits.memory_budget_fraction <= 1.0) {
+            return bad("limits.memory_budget_fraction must be in (0, 1]");
+        }
+        if self.cache.store.timeout.is_zero() || self.cache.store.max_pending_writes == 0 {
+            return bad("cache.store.timeout and cache.store.max_pending_writes must be > 0");
+        }
         if self.cache.claims.poll.is_zero() {
             return bad("cache.claims.poll must be > 0");
         }
@@ -760,6 +794,9 @@ impl Config {
         }
         if self.jobs.max_jobs == 0 || self.jobs.ttl.is_zero() {
             return bad("jobs.max_jobs and jobs.ttl must be > 0");
+        }
+        if self.server.header_read_timeout.is_zero() || self.server.idle_timeout.is_zero() {
+            return bad("server.header_read_timeout and server.idle_timeout must be > 0");
         }
         if self.server.max_header_bytes < 8192 {
             return bad("server.max_header_bytes must be >= 8192 (HTTP/1's smallest read buffer)");

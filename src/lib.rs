@@ -54,6 +54,7 @@
 //!   progress streams (`assets/playground/` holds the compiled-in HTML, CSS and JavaScript).
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod cache;

@@ -130,8 +130,10 @@ async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::
     let engine = planned.plan.engine.id().to_string();
     let (w, h) = (planned.plan.out_w, planned.plan.out_h);
     let started = std::time::Instant::now();
-    let computed = pipeline::compute(&app, planned.bytes, planned.plan, planned.key, Timings::default(), &CancellationToken::new(), None)
-        .await
+    let memory = app.memory_budget.admit(upres::admission::job_bytes(&planned.plan)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let computed =
+        pipeline::compute(&app, planned.bytes, planned.plan, planned.key, Timings::default(), &CancellationToken::new(), None, memory)
+            .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::fs::write(output, &computed.result.bytes).await.with_context(|| format!("writing {}", output.display()))?;
     eprintln!(

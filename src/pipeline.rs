@@ -39,6 +39,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admission::{self, AdmitError, MemoryPermit};
 use crate::api::{self, RequestBody};
 use crate::app::App;
 use crate::cache::claim::{self, Turn};
@@ -371,17 +372,29 @@ pub async fn produce_planned(
     }
     // Shed before claiming and decoding: under overload a refused request costs next to nothing.
     app.batcher.check_room().map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
+    // Admit by memory, estimated from the header: over the budget, refuse before any decoding.
+    let memory = app.memory_budget.admit(admission::job_bytes(&planned.plan)).map_err(|e| match e {
+        AdmitError::Busy { .. } => ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after),
+        AdmitError::TooLarge { .. } => ProxyError::from(e),
+    })?;
     // Another replica may be computing this result: wait for it rather than compute it twice.
     let held = match claim::wait_or_claim(app.claims.as_ref(), &planned.key, app.cfg.server.request_deadline).await {
         Turn::Found(found) => return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t })),
         Turn::Compute(held) => held,
     };
-    let value = compute(app, planned.bytes, planned.plan, planned.key, t, cancel, progress).await;
-    held.release().await;
+    let value = compute(app, planned.bytes, planned.plan, planned.key, t, cancel, progress, memory).await;
+    match &value {
+        // Stored after the response; the claim goes once the result is in the store.
+        Ok(c) => app.store_writes.write_behind(c.result.clone(), held.release()),
+        Err(_) => held.release().await,
+    }
     value
 }
 
-/// Decode → infer → finish → store, for a planned result that no tier holds.
+/// Decode → infer → finish, for a planned result that no tier holds. `memory` is the job's share
+/// of the memory budget; every stage holding its buffers holds a clone. Blocking stages stop
+/// between steps once `cancel` fires (no client is waiting any more).
+#[allow(clippy::too_many_arguments)]
 pub async fn compute(
     app: &Arc<App>,
     bytes: Bytes,
@@ -390,12 +403,16 @@ pub async fn compute(
     mut t: Timings,
     cancel: &CancellationToken,
     progress: Option<ProgressFn>,
+    memory: MemoryPermit,
 ) -> FlightValue {
     let clock = Instant::now();
     let max_pixels = app.cfg.limits.max_source_pixels;
     let tiling = plan.engine.tiling();
+    let (stop, hold) = (cancel.clone(), memory.clone());
     let (decoded, grid, tiles) = blocking(move || {
+        let _hold = hold;
         let decoded = decode::decode(&bytes, max_pixels)?;
+        abandoned(&stop)?;
         let grid = Grid::new(decoded.rgb.width, decoded.rgb.height, tiling);
         let tiles = grid.cut(&decoded.rgb);
         Ok::<_, ProxyError>((decoded.alpha, grid, tiles))
@@ -404,28 +421,22 @@ pub async fn compute(
     stage(app, &mut t, "decode", clock);
 
     let clock = Instant::now();
-    let upscaled = infer(app, &plan, grid, tiles, cancel, progress).await?;
+    let upscaled = infer(app, &plan, grid, tiles, cancel, progress, &memory).await?;
     stage(app, &mut t, "infer", clock);
 
     let clock = Instant::now();
     let (out_w, out_h, format, model) = (plan.out_w, plan.out_h, plan.format, plan.engine.id().to_string());
-    let encoded = blocking(move || finish(&plan, upscaled, decoded)).await?;
+    let (stop, hold) = (cancel.clone(), memory);
+    let encoded = blocking(move || {
+        let _hold = hold;
+        finish(&plan, upscaled, decoded, &stop)
+    })
+    .await?;
     stage(app, &mut t, "encode", clock);
 
     let result =
         Arc::new(CachedResult { key: result_key, bytes: encoded.into(), format, model, width: out_w, height: out_h, source: None });
 
-    if let Some(store) = &app.store {
-        let clock = Instant::now();
-        match store.put(&result).await {
-            Ok(()) => app.metrics.cache_event("store", "write"),
-            Err(e) => {
-                app.metrics.cache_event("store", "error");
-                warn!(key = %result_key.short(), error = %e, "result store write failed; serving uncached");
-            }
-        }
-        stage(app, &mut t, "store", clock);
-    }
     Ok(Arc::new(Computed { result, outcome: CacheOutcome::Miss, timings: t }))
 }
 
@@ -437,6 +448,7 @@ async fn infer(
     tiles: Vec<Tile>,
     cancel: &CancellationToken,
     progress: Option<ProgressFn>,
+    memory: &MemoryPermit,
 ) -> Result<Tile, ProxyError> {
     if let Some(report) = &progress {
         report(JobProgress::Tiles(crate::engine::Progress { done: 0, total: tiles.len() as u32 }));
@@ -449,11 +461,18 @@ async fn infer(
         .await
         .map_err(|_| ProxyError::new(ErrorClass::Internal, "the inference worker dropped the job"))??;
     let scale = plan.engine.scale();
-    blocking(move || Ok(grid.stitch(&tiles, scale))).await
+    let (stop, hold) = (cancel.clone(), memory.clone());
+    blocking(move || {
+        let _hold = hold;
+        abandoned(&stop)?;
+        Ok(grid.stitch(&tiles, scale))
+    })
+    .await
 }
 
 /// Final resize (box, fit, crop), alpha (Lanczos, separately), encode.
-fn finish(plan: &Plan, upscaled: Tile, alpha: Option<Vec<f32>>) -> Result<Vec<u8>, ProxyError> {
+fn finish(plan: &Plan, upscaled: Tile, alpha: Option<Vec<f32>>, stop: &CancellationToken) -> Result<Vec<u8>, ProxyError> {
+    abandoned(stop)?;
     let crop = plan.crop_px();
     let rgb = if upscaled.shape() == (plan.out_w, plan.out_h) && crop.is_none() {
         upscaled
@@ -469,11 +488,16 @@ fn finish(plan: &Plan, upscaled: Tile, alpha: Option<Vec<f32>>) -> Result<Vec<u8
         });
         resize::resize_plane(&a, plan.src_w, plan.src_h, plan.out_w, plan.out_h, crop)
     });
+    abandoned(stop)?;
     Ok(encode::encode(&rgb, alpha.as_deref(), plan.format, plan.quality)?)
 }
 
 pub(crate) async fn lookup_store(app: &App, key: &ResultKey) -> Option<CachedResult> {
     let store = app.store.as_ref()?;
+    if let Some(writing) = app.store_writes.pending(key) {
+        app.metrics.cache_event("store", "hit");
+        return Some(writing);
+    }
     match store.get(key).await {
         Ok(Lookup::Hit(r)) => {
             app.metrics.cache_event("store", "hit");
@@ -554,25 +578,45 @@ fn metrics(app: &App, head: &Parts) -> Answer {
     Ok((respond::text(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render()), CacheOutcome::None))
 }
 
+/// `/readyz` probes the store in the background when no store call finished for this long.
+const READYZ_STORE_STALE: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn readyz(app: &App, head: &Parts) -> Answer {
     get_or_head(head)?;
     let models: Vec<String> = app.registry.entries().iter().map(|e| e.engine.id().to_string()).collect();
-    let store = match &app.store {
-        None => "disabled".to_string(),
-        Some(s) => match s.probe().await {
-            Ok(()) => "ok".to_string(),
-            Err(e) => format!("error: {e}"),
-        },
+    // The store's state as its recent calls left it: never awaited here (probes have short
+    // timeouts), and never a reason to leave rotation, since a replica computes without it.
+    let (store, failures) = match &app.store {
+        None => ("disabled".to_string(), 0),
+        Some(s) => {
+            s.refresh_health(READYZ_STORE_STALE);
+            let h = s.health();
+            let state = match (&h.last_seen, h.failures_in_a_row, &h.last_error) {
+                (None, _, _) => "unknown".to_string(),
+                (Some(_), 0, _) => "ok".to_string(),
+                (Some(_), _, e) => format!("error: {}", e.as_deref().unwrap_or("unknown")),
+            };
+            (state, h.failures_in_a_row)
+        }
     };
-    let ready = app.is_ready() && !store.starts_with("error");
+    let ready = app.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    Ok((respond::json(status, &serde_json::json!({ "ready": ready, "models": models, "store": store })), CacheOutcome::None))
+    let body = serde_json::json!({ "ready": ready, "models": models, "store": store, "store_failures_in_a_row": failures });
+    Ok((respond::json(status, &body), CacheOutcome::None))
 }
 
 pub(crate) fn stage(app: &App, t: &mut Timings, name: &'static str, since: Instant) {
     let d = since.elapsed();
     app.metrics.stage_seconds.with_label_values(&[name]).observe(d.as_secs_f64());
     t.push(name, d);
+}
+
+/// Between the steps of a blocking stage: stop when no client waits for the result any more.
+fn abandoned(cancel: &CancellationToken) -> Result<(), ProxyError> {
+    if cancel.is_cancelled() {
+        return Err(ProxyError::new(ErrorClass::Timeout, "abandoned: no client is waiting"));
+    }
+    Ok(())
 }
 
 /// Runs CPU-bound work on the blocking pool.

@@ -44,6 +44,16 @@ pub struct Metrics {
     /// Jobs (`/api/v1/jobs`) by how they ended (done, failed), and callbacks by outcome.
     pub jobs: IntCounterVec,
     pub callbacks: IntCounterVec,
+    /// Connections closed for saying nothing: `header_timeout` (no request head in time after
+    /// opening) or `idle` (no request after the last one).
+    pub connections_dropped: IntCounterVec,
+    /// Result-store writes in flight (they run after the response).
+    pub store_writes_pending: IntGauge,
+    /// Bytes the running jobs hold from the memory budget (`admission.rs`), and the budget.
+    pub memory_admitted_bytes: IntGauge,
+    pub memory_budget_bytes: IntGauge,
+    /// Jobs refused because the memory budget was in use.
+    pub memory_refused: IntCounter,
 }
 
 impl Metrics {
@@ -94,6 +104,20 @@ impl Metrics {
         let jobs = IntCounterVec::new(Opts::new("upres_jobs_total", "Jobs by how they ended"), &["state"]).expect("valid metric");
         let callbacks =
             IntCounterVec::new(Opts::new("upres_job_callbacks_total", "Job callbacks by outcome"), &["outcome"]).expect("valid metric");
+        let connections_dropped = IntCounterVec::new(
+            Opts::new("upres_connections_dropped_total", "Connections closed for saying nothing, by reason"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let store_writes_pending = IntGauge::new("upres_store_writes_pending", "Result-store writes in flight")
+            .expect("valid metric");
+        let memory_admitted_bytes =
+            IntGauge::new("upres_memory_admitted_bytes", "Bytes running jobs hold from the memory budget").expect("valid metric");
+        let memory_budget_bytes =
+            IntGauge::new("upres_memory_budget_bytes", "The memory budget for running jobs").expect("valid metric");
+        let memory_refused =
+            IntCounter::new("upres_memory_refused_total", "Jobs refused (503) because the memory budget was in use")
+                .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stage_seconds.clone()),
@@ -107,6 +131,11 @@ impl Metrics {
             Box::new(background_runs.clone()),
             Box::new(jobs.clone()),
             Box::new(callbacks.clone()),
+            Box::new(connections_dropped.clone()),
+            Box::new(store_writes_pending.clone()),
+            Box::new(memory_admitted_bytes.clone()),
+            Box::new(memory_budget_bytes.clone()),
+            Box::new(memory_refused.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -124,6 +153,11 @@ impl Metrics {
             background_runs,
             jobs,
             callbacks,
+            connections_dropped,
+            store_writes_pending,
+            memory_admitted_bytes,
+            memory_budget_bytes,
+            memory_refused,
         }
     }
 

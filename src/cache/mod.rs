@@ -4,6 +4,8 @@
 //!   bounds how long a URL maps to a result before the origin is read again.
 //! - `store`: an object store keyed by `ResultKey` (content meaning), shared by replicas.
 //! - `claim`: claims in that store, so replicas sharing it compute each result once.
+//! - `timed`: the time limit on every call to that store.
+//! - `writer`: results written to the store after the response, bounded and counted.
 //!
 //! A cache failure never fails a request: the store reports errors, the caller logs them and
 //! goes on uncached (`CacheBypass` in metrics).
@@ -12,6 +14,8 @@ pub mod claim;
 mod claim_cell;
 pub mod memory;
 pub mod store;
+pub mod timed;
+pub mod writer;
 
 use bytes::Bytes;
 

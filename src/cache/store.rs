@@ -5,6 +5,12 @@
 //! content type, model id, dimensions and the blake3 of the image bytes; a read whose bytes do
 //! not hash to that value (torn write, bit rot, tampering) is reported `Corrupt` and treated as a
 //! miss, and the recomputed result overwrites it. Writes are single atomic puts.
+//!
+//! Every call goes through `TimedStore` (the tier is opened with `cache.store.timeout`), and its
+//! outcome is kept in `StoreHealth`, which `/readyz` reports without waiting on the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use object_store::path::Path;
@@ -43,11 +49,62 @@ pub struct StoreError(String);
 #[derive(Clone)]
 pub struct StoreTier {
     bucket: Bucket,
+    health: Arc<parking_lot::Mutex<StoreHealth>>,
+    probing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the tier's recent calls say about the store.
+#[derive(Clone, Debug, Default)]
+pub struct StoreHealth {
+    /// Calls failed (or timed out) since the last one that succeeded.
+    pub failures_in_a_row: u32,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// When a call last finished (success or failure); none before the first.
+    pub last_seen: Option<Instant>,
 }
 
 impl StoreTier {
     pub fn new(bucket: Bucket) -> Self {
-        Self { bucket }
+        Self { bucket, health: Default::default(), probing: Default::default() }
+    }
+
+    /// The tier with a time limit on every call (results and claims alike).
+    pub fn with_timeout(bucket: Bucket, limit: Duration) -> Self {
+        let store = Arc::new(super::timed::TimedStore::new(bucket.store, limit));
+        Self::new(Bucket { store, ..bucket })
+    }
+
+    pub fn health(&self) -> StoreHealth {
+        self.health.lock().clone()
+    }
+
+    /// Probes the store in a spawned task when no call finished for `stale` (one probe at a
+    /// time), so `health` stays current without anyone waiting on the store.
+    pub fn refresh_health(&self, stale: Duration) {
+        use std::sync::atomic::Ordering;
+        let fresh = self.health.lock().last_seen.is_some_and(|t| t.elapsed() < stale);
+        if fresh || self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tier = self.clone();
+        tokio::spawn(async move {
+            let _ = tier.probe().await;
+            tier.probing.store(false, Ordering::Release);
+        });
+    }
+
+    fn observe<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut h = self.health.lock();
+        h.last_seen = Some(Instant::now());
+        match &r {
+            Ok(_) => h.failures_in_a_row = 0,
+            Err(e) => {
+                h.failures_in_a_row += 1;
+                h.last_error = Some(e.0.clone());
+            }
+        }
+        r
     }
 
     pub fn url(&self) -> &str {
@@ -65,6 +122,11 @@ impl StoreTier {
     }
 
     pub async fn get(&self, key: &ResultKey) -> Result<Lookup, StoreError> {
+        let r = self.get_unobserved(key).await;
+        self.observe(r)
+    }
+
+    async fn get_unobserved(&self, key: &ResultKey) -> Result<Lookup, StoreError> {
         let res = match self.bucket.store.get(&self.location(key)).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(Lookup::Miss),
@@ -79,21 +141,24 @@ impl StoreTier {
 
     pub async fn put(&self, result: &CachedResult) -> Result<(), StoreError> {
         let framed = frame(result);
-        self.bucket
+        let r = self
+            .bucket
             .store
             .put(&self.location(&result.key), PutPayload::from(framed))
             .await
             .map(|_| ())
-            .map_err(|e| StoreError(e.to_string()))
+            .map_err(|e| StoreError(e.to_string()));
+        self.observe(r)
     }
 
     /// Readiness: the store answers (a missing probe object is fine).
     pub async fn probe(&self) -> Result<(), StoreError> {
         let path: Path = self.bucket.prefix.parts().chain(Path::from("upres-readyz-probe").parts()).collect();
-        match self.bucket.store.head(&path).await {
+        let r = match self.bucket.store.head(&path).await {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(StoreError(e.to_string())),
-        }
+        };
+        self.observe(r)
     }
 }
 

@@ -77,6 +77,7 @@ async fn a_replica_serves_another_replicas_result_from_s3_without_computing() {
     assert_eq!(ra.headers()["x-upres-cache"], "miss");
     let key = key_of(&ra);
     let body_a = ra.bytes().await.unwrap();
+    a.stored().await;
     // The object is in the bucket, framed, under results/.
     assert!(s3.bucket().store.head(&result_path(&key)).await.is_ok(), "A wrote its result to S3");
 
@@ -106,6 +107,7 @@ async fn a_result_corrupted_in_the_bucket_is_caught_by_the_other_replica_recompu
     let ra = client().get(a.url(url)).send().await.unwrap();
     let key = key_of(&ra);
     let good = ra.bytes().await.unwrap();
+    a.stored().await;
 
     // Flip the last byte of the stored frame, in the bucket.
     let bucket = s3.bucket();
@@ -120,6 +122,7 @@ async fn a_result_corrupted_in_the_bucket_is_caught_by_the_other_replica_recompu
     assert_eq!(rb.bytes().await.unwrap(), good);
     assert_eq!(events(&b, "store", "corrupt").await, 1);
     assert!(b.engine_runs().await >= 1);
+    b.stored().await;
     let rewritten = bucket.store.get(&result_path(&key)).await.unwrap().bytes().await.unwrap();
     assert_eq!(rewritten, framed, "B rewrote the object with the verified result");
 
@@ -180,7 +183,9 @@ async fn concurrent_identical_misses_on_two_replicas_run_the_engine_once() {
     let waited = events(&a, "claim", "wait").await + events(&b, "claim", "wait").await;
     let found = events(&a, "claim", "found").await + events(&b, "claim", "found").await;
     assert_eq!((waited, found), (1, 1), "{outcomes:?}");
-    // The claim is released once the result is stored.
+    // The claim is released once the result is stored (after the responses).
+    a.stored().await;
+    b.stored().await;
     let key = key_of(&client().get(a.url(path)).send().await.unwrap());
     assert_released(&s3.bucket(), &key).await;
     a.stop().await;
@@ -194,6 +199,7 @@ async fn a_crashed_replicas_claim_is_taken_over_when_it_expires() {
     a.put_source("d.png", &png(20, 20));
     let url = "/x2/model=lanczos/format=png/d.png";
     let key = key_of(&client().get(a.url(url)).send().await.unwrap());
+    a.stored().await;
     let bucket = s3.bucket();
 
     for (expires_in_ms, wait_at_least) in [(-5_000i64, Duration::ZERO), (1_500, Duration::from_millis(1_200))] {
@@ -211,6 +217,7 @@ async fn a_crashed_replicas_claim_is_taken_over_when_it_expires() {
         assert!(started.elapsed() >= wait_at_least, "a live claim is respected until it expires");
         assert_eq!(events(&b, "claim", "takeover").await, 1);
         assert!(b.engine_runs().await >= 1);
+        b.stored().await;
         assert!(bucket.store.head(&result_path(&key)).await.is_ok(), "the result is stored again");
         assert_released(&bucket, &key).await;
         b.stop().await;

@@ -20,4 +20,5 @@ mod models; // real SPAN models by name, alias and `photo` over the URL and REST
 mod examples; // examples/ (curl, Python, Node) run against a live server
 mod warm; // `upres warm`, the binary against a live server
 mod fleet; // replicas sharing a real S3 tier (moto): cross-replica hits, verification, claims
+mod pressure; // quiet connections, a hanging result store, a memory budget under a burst
 mod deploy; // deploy/: manifests parse and hold the fleet design; Dockerfiles name real files

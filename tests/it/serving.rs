@@ -140,6 +140,7 @@ async fn a_corrupted_store_entry_is_detected_and_recomputed() {
     let first = client().get(a.url("/x2/format=png/a.png")).send().await.unwrap();
     let etag = first.headers()[ETAG].to_str().unwrap().trim_matches('"').to_string();
     let good = first.bytes().await.unwrap();
+    a.stored().await;
     let file = a.store.path().join("results").join(&etag[..2]).join(&etag);
     let mut raw = std::fs::read(&file).unwrap();
     let n = raw.len();
@@ -154,6 +155,7 @@ async fn a_corrupted_store_entry_is_detected_and_recomputed() {
     assert_eq!(r.bytes().await.unwrap(), good);
     assert_eq!(b.metric("upres_cache_events_total{event=\"corrupt\"").await, 1);
     // The recomputed result was written back over the corrupt one.
+    b.stored().await;
     let c = Setup::sharing(&b).start().await;
     let again = client().get(c.url("/x2/format=png/a.png")).send().await.unwrap();
     assert_eq!(again.headers()["x-upres-cache"], "hit-store");

@@ -106,6 +106,12 @@ impl TestServer {
         metric_sum(&text, name_and_labels)
     }
 
+    /// Resolves once the results this server computed are written to its store (writes run
+    /// after the responses).
+    pub async fn stored(&self) {
+        self.app.store_writes.settled().await;
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
