@@ -72,7 +72,9 @@ async fn a_slow_model_answers_a_preview_within_the_budget_then_the_final() {
     let final_bytes = last.bytes().await.unwrap();
     assert_eq!(dimensions(&final_bytes), (32, 24));
     assert_ne!(final_bytes, preview);
-    // Stored: another replica on the same store serves the final, never the preview.
+    // Stored (writes run after the response): another replica on the same store serves the
+    // final, never the preview.
+    s.stored().await;
     let (other, _) = {
         let engine = GatedEngine::new();
         let o = Setup::sharing(&s).models(vec![entry("gated", engine.clone())]).config(|c| c.ml.warm_up = false).start().await;
