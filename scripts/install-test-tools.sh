@@ -3,7 +3,8 @@
 # scripts/test.sh (the README's test command), so a fresh machine needs nothing else.
 # tests/it/examples.rs runs examples/ against a live server: curl and openssl (curl.sh),
 # python3 (client.py, standard library only), node >= 18 (client.mjs).
-# tests/it/browser.rs drives the playground in Debian's chromium with playwright-core (npm).
+# tests/it/browser.rs drives the playground in Debian's chromium with playwright-core (npm);
+# tests/it/imgproxy.rs signs URLs with @imgproxy/imgproxy-node (npm).
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
@@ -23,6 +24,15 @@ if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installe
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
     && cp package-lock.json node_modules/.installed-lock.json)
 fi
+
+# tests/it/imgproxy.rs builds URLs with imgproxy's official Node SDK, pinned the same way;
+# so does examples/imgproxy-srcset/, the srcset page that the same test renders.
+for dir in tests/imgproxy examples/imgproxy-srcset; do
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
+      && cp package-lock.json node_modules/.installed-lock.json)
+  fi
+done
 
 # The fleet tests start a real S3 server (moto) on 127.0.0.1; the deploy test reads YAML with it.
 sh scripts/install-moto.sh

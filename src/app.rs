@@ -22,7 +22,7 @@ use crate::guard::Guards;
 use crate::jobs::memory::MemoryJobs;
 use crate::jobs::JobStore;
 use crate::objects::Bucket;
-use crate::params::ParamLimits;
+use crate::params::{imgproxy, ParamLimits};
 use crate::pipeline::FlightValue;
 use crate::playground::progress::ProgressBoard;
 use crate::source::Origins;
@@ -32,6 +32,8 @@ use crate::verify::Signer;
 pub struct App {
     pub cfg: Config,
     pub param_limits: ParamLimits,
+    /// imgproxy's URL syntax (origins by base URL); `None` when `[imgproxy] enabled = false`.
+    pub imgproxy: Option<imgproxy::Syntax>,
     pub origins: Origins,
     pub memory: MemoryTier,
     pub store: Option<StoreTier>,
@@ -98,12 +100,17 @@ impl App {
         let memory_budget = MemoryBudget::from_config(&cfg.limits, metrics.clone());
         let signer = Signer::from_config(&cfg.signing).map_err(|e| err(&e))?;
         let guards = Guards::from_config(&cfg).map_err(|e| err(&e))?;
-        let param_limits = ParamLimits {
+        let mut param_limits = ParamLimits {
             max_path_bytes: cfg.server.max_path_bytes,
             max_prompt_bytes: cfg.limits.max_prompt_bytes,
             max_dimension: 16384,
+            presets: Default::default(),
         };
         let jobs: Arc<dyn JobStore> = Arc::new(MemoryJobs::new(cfg.jobs.max_jobs, cfg.jobs.ttl));
+        param_limits.presets = crate::params::parse_presets(&cfg.presets, &param_limits).map_err(|e| err(&e))?;
+        let imgproxy = cfg.imgproxy.enabled.then(|| {
+            imgproxy::Syntax::new(cfg.origins.iter().map(|(n, o)| (n.as_str(), o.url.as_str())), cfg.imgproxy.ignore_unsupported)
+        });
         let id_prefix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
@@ -111,6 +118,7 @@ impl App {
         Ok(Arc::new(App {
             cfg,
             param_limits,
+            imgproxy,
             origins,
             memory,
             store,

@@ -8,6 +8,7 @@
 //! Only those two forms are read: any other `UPRES_*` variable is not ours (Kubernetes injects
 //! `UPRES_SERVICE_HOST`, `UPRES_PORT_8080_TCP…` for a Service named `upres`) and is ignored,
 //! while a misspelt key inside a section (`UPRES_SERVER__LISTN`) is still an error.
+//! imgproxy's `IMGPROXY_*` names are aliases too (`imgproxy_env`), below the `UPRES_*` ones.
 //!
 //! `config/upres.toml` lists every key with its default and is round-trip-tested against
 //! `Config::default()`. Doc comments on fields are the config reference.
@@ -16,6 +17,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod imgproxy_env;
 
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::Figment;
@@ -43,6 +46,10 @@ pub struct Config {
     pub serve: ServeConfig,
     pub jobs: JobsConfig,
     pub kernels: KernelsConfig,
+    pub imgproxy: ImgproxyConfig,
+    /// Named option sets in upres's URL syntax (`thumb = "w=300/h=300/fit=cover"`), used as
+    /// `preset=thumb` or imgproxy's `pr:thumb`; `default` applies to every request.
+    pub presets: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -68,6 +75,8 @@ impl Default for Config {
             serve: ServeConfig::default(),
             jobs: JobsConfig::default(),
             kernels: KernelsConfig::default(),
+            imgproxy: ImgproxyConfig::default(),
+            presets: BTreeMap::new(),
         }
     }
 }
@@ -456,7 +465,7 @@ impl std::fmt::Debug for JobsConfig {
     }
 }
 
-#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SigningConfig {
     /// Hex-encoded HMAC key; signing is on when set. Several keys: `keys`/`salts` lists.
@@ -466,6 +475,30 @@ pub struct SigningConfig {
     /// More hex key/salt pairs accepted for rotation (same order as `salts`).
     pub keys: Vec<String>,
     pub salts: Vec<String>,
+    /// Bytes of the HMAC kept in signatures, 1..=32 (imgproxy's `IMGPROXY_SIGNATURE_SIZE`).
+    pub size: usize,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self { key: None, salt: None, keys: Vec::new(), salts: Vec::new(), size: 32 }
+    }
+}
+
+/// imgproxy's URL syntax, served beside upres's own.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImgproxyConfig {
+    /// Recognise `/<signature>/<options>/plain/<source>@<ext>` and the base64 form.
+    pub enabled: bool,
+    /// Drop imgproxy options upres does not implement instead of answering 400.
+    pub ignore_unsupported: bool,
+}
+
+impl Default for ImgproxyConfig {
+    fn default() -> Self {
+        Self { enabled: true, ignore_unsupported: false }
+    }
 }
 
 impl std::fmt::Debug for SigningConfig {
@@ -473,6 +506,7 @@ impl std::fmt::Debug for SigningConfig {
         f.debug_struct("SigningConfig")
             .field("enabled", &(self.key.is_some() || !self.keys.is_empty()))
             .field("pairs", &(self.keys.len() + usize::from(self.key.is_some())))
+            .field("size", &self.size)
             .finish()
     }
 }
@@ -709,7 +743,8 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(env_overlay());
+        let imgproxy = imgproxy_env::aliases(std::env::vars()).map_err(ConfigError::Invalid)?;
+        fig = fig.merge(imgproxy).merge(env_overlay());
         let mut cfg: Config = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
         if let Some(listen) = overrides.listen {
             cfg.server.listen = listen;
@@ -785,6 +820,9 @@ impl Config {
         }
         if self.signing.keys.len() != self.signing.salts.len() || self.signing.key.is_some() != self.signing.salt.is_some() {
             return bad("signing keys and salts must come in pairs");
+        }
+        if !(1..=32).contains(&self.signing.size) {
+            return bad("signing.size must be in 1..=32");
         }
         if self.api.max_upload_bytes == 0 || self.api.max_batch_bytes == 0 || self.api.max_batch_images == 0 {
             return bad("api.max_upload_bytes, api.max_batch_bytes and api.max_batch_images must be > 0");

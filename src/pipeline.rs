@@ -53,6 +53,7 @@ use crate::error::{ErrorClass, ProxyError};
 use crate::imaging::encode::OutputFormat;
 use crate::imaging::{decode, encode, resize};
 use crate::key::{RequestKey, ResultKey, SourceHash, SourceTag};
+use crate::params::imgproxy::Disposition;
 use crate::params::{self, TransformPath, TransformSpec};
 use crate::plan::{Caller, Plan, Variant};
 use crate::playground;
@@ -157,7 +158,7 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
         Some(signer) => signer.verify(raw_path)?,
         None => raw_path,
     };
-    let request = params::parse(path, &app.param_limits)?;
+    let (request, disposition) = parse_either(app, path)?;
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let variant = Variant::negotiate(request.spec.format, accept);
     let key = RequestKey::for_request(
@@ -171,10 +172,11 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
         app.metrics.cache_event("memory", "hit");
         watcher.answered();
         let r = reply(app, head, &hit, CacheOutcome::HitMemory, &Timings::default(), variant, &app.cfg.output.cache_control);
-        return Ok((r, CacheOutcome::HitMemory));
+        return Ok((disposed(r, disposition.as_ref(), &request.source, &hit), CacheOutcome::HitMemory));
     }
     app.metrics.cache_event("memory", "miss");
 
+    let source = request.source.clone();
     let (c, cache) = fly(app, key.as_bytes(), key, &watcher, move |app, cancel, progress, flight| async move {
         preview::produce(&app, &request, variant, &cancel, Some(progress), flight).await
     })
@@ -187,7 +189,31 @@ async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
         }
         _ => &app.cfg.output.cache_control,
     };
-    Ok((reply(app, head, &c.result, cache, &c.timings, variant, cache_control), cache))
+    let response = reply(app, head, &c.result, cache, &c.timings, variant, cache_control);
+    Ok((disposed(response, disposition.as_ref(), &source, &c.result), cache))
+}
+
+/// upres's URL syntax, or imgproxy's when the path is in it (`params::imgproxy::recognise`).
+fn parse_either(app: &App, path: &str) -> Result<(TransformPath, Option<Disposition>), ProxyError> {
+    if let Some(syntax) = &app.imgproxy {
+        if let Some(rest) = params::imgproxy::recognise(path, app.signer.is_some()) {
+            let r = params::imgproxy::parse(rest, syntax, &app.param_limits)?;
+            return Ok((r.path, r.disposition));
+        }
+    }
+    Ok((params::parse(path, &app.param_limits)?, None))
+}
+
+/// Adds imgproxy's `Content-Disposition` when the URL asked for one (`filename`, `return_attachment`).
+fn disposed(mut response: Response<Body>, disposition: Option<&Disposition>, source: &str, result: &CachedResult) -> Response<Body> {
+    if let Some(d) = disposition {
+        let file = source.rsplit('/').next().unwrap_or(source);
+        let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
+        if let Ok(v) = header::HeaderValue::from_str(&d.header_value(stem, result.format.extension())) {
+            response.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    response
 }
 
 /// An uploaded image through the shared miss path: plan it, then the memory tier, then one flight

@@ -173,23 +173,27 @@ impl Plan {
         let bh = spec.height.map(|h| (h as f64 * dpr).round().max(1.0));
         check(bw.unwrap_or(0.0) as u64, bh.unwrap_or(0.0) as u64)?;
         let fit = spec.fit.unwrap_or_default();
+        // `inside` never grows past the image at the URL's scale; with no scale in the URL, past
+        // the source (imgproxy's "no enlarge").
+        let (lim_w, lim_h) = if spec.scale.is_some() { (up_w, up_h) } else { (src_w as f64, src_h as f64) };
         let mut crop = None;
         let (out_w, out_h) = match (bw, bh) {
             (None, None) => (up_w, up_h),
-            (Some(w), None) => shrink_for_inside(fit, w, (up_h * w / up_w).round(), up_w, up_h),
-            (None, Some(h)) => shrink_for_inside(fit, (up_w * h / up_h).round(), h, up_w, up_h),
+            (Some(w), None) => shrink_for_inside(fit, w, (up_h * w / up_w).round(), lim_w, lim_h),
+            (None, Some(h)) => shrink_for_inside(fit, (up_w * h / up_h).round(), h, lim_w, lim_h),
             (Some(w), Some(h)) => match fit {
                 Fit::Fill => (w, h),
                 Fit::Contain | Fit::Inside => {
                     let s = (w / up_w).min(h / up_h);
-                    let s = if fit == Fit::Inside { s.min(1.0) } else { s };
+                    let s = if fit == Fit::Inside { s.min(lim_w / up_w) } else { s };
                     ((up_w * s).round(), (up_h * s).round())
                 }
                 Fit::Cover => {
-                    // Scale to cover the box, then take the centred box-shaped region.
+                    // Scale to cover the box, then take the box-shaped region at the gravity.
                     let s = (w / up_w).max(h / up_h);
                     let (cw, ch) = (w / (up_w * s), h / (up_h * s));
-                    crop = Some(((1.0 - cw) / 2.0, (1.0 - ch) / 2.0, cw, ch));
+                    let (ax, ay) = spec.gravity.unwrap_or_default().anchor();
+                    crop = Some(((1.0 - cw) * ax, (1.0 - ch) * ay, cw, ch));
                     (w, h)
                 }
             },
@@ -270,10 +274,10 @@ impl Plan {
     }
 }
 
-/// With only one of `w`/`h`, `inside` never enlarges past the upscaled size.
-fn shrink_for_inside(fit: Fit, w: f64, h: f64, up_w: f64, up_h: f64) -> (f64, f64) {
-    if fit == Fit::Inside && w > up_w {
-        (up_w, up_h)
+/// With only one of `w`/`h`, `inside` never enlarges past `lim` (see `Plan::resolve`).
+fn shrink_for_inside(fit: Fit, w: f64, h: f64, lim_w: f64, lim_h: f64) -> (f64, f64) {
+    if fit == Fit::Inside && w > lim_w {
+        (lim_w, lim_h)
     } else {
         (w, h)
     }
@@ -323,6 +327,14 @@ mod tests {
         assert_eq!((p.out_w, p.out_h), (100, 100));
         let p = plan("/x2/w=1000/fit=inside/a.png", 100, 50).unwrap();
         assert_eq!((p.out_w, p.out_h), (200, 100));
+        // No scale in the URL: `inside` stops at the source's size.
+        let p = plan("/w=1000/fit=inside/a.png", 100, 50).unwrap();
+        assert_eq!((p.out_w, p.out_h), (100, 50));
+        let p = plan("/w=1000/h=1000/fit=inside/a.png", 100, 50).unwrap();
+        assert_eq!((p.out_w, p.out_h), (100, 50));
+        let p = plan("/x2/w=100/h=100/fit=cover/gravity=east/a.png", 100, 50).unwrap();
+        let (l, t, cw, _) = p.crop.unwrap();
+        assert!((l - 0.5).abs() < 1e-9 && t.abs() < 1e-9 && (cw - 0.5).abs() < 1e-9);
         let p = plan("/x2/w=100/dpr=2/a.png", 100, 50).unwrap();
         assert_eq!((p.out_w, p.out_h), (200, 100));
         assert_eq!(plan("/x3/a.png", 10, 10).unwrap().engine.scale(), 3);

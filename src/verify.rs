@@ -3,7 +3,8 @@
 //! When signing is on, the first path segment is
 //! `base64url_nopad(HMAC-SHA256(key, salt ‖ rest_of_path))`, where `rest_of_path` starts with
 //! `/` and is the path exactly as sent after that segment. Keys and salts are hex in the config;
-//! several pairs are accepted so keys can be rotated. The signature is not part of any cache key.
+//! several pairs are accepted so keys can be rotated. `signing.size` keeps only the first bytes
+//! of the MAC (imgproxy's `IMGPROXY_SIGNATURE_SIZE`). The signature is not part of any cache key.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -19,6 +20,8 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Clone)]
 pub struct Signer {
     pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Bytes of the MAC a signature carries (1..=32).
+    size: usize,
 }
 
 #[derive(thiserror::Error, Debug, PartialEq)]
@@ -48,7 +51,10 @@ impl Signer {
             }
             pairs.push((key, salt));
         }
-        Ok((!pairs.is_empty()).then_some(Signer { pairs }))
+        if !(1..=32).contains(&cfg.size) {
+            return Err("signing.size must be in 1..=32".into());
+        }
+        Ok((!pairs.is_empty()).then_some(Signer { pairs, size: cfg.size }))
     }
 
     pub fn from_hex(key: &str, salt: &str) -> Result<Signer, String> {
@@ -59,7 +65,7 @@ impl Signer {
     /// The signature for `path` (which starts with `/`) under the first (current) pair.
     pub fn sign(&self, path: &str) -> String {
         let (key, salt) = &self.pairs[0];
-        URL_SAFE_NO_PAD.encode(mac(key, salt, path).finalize().into_bytes())
+        URL_SAFE_NO_PAD.encode(&mac(key, salt, path).finalize().into_bytes()[..self.size])
     }
 
     /// Checks the first segment of `full_path` and returns the rest (starting with `/`).
@@ -70,8 +76,11 @@ impl Signer {
             None => return Err(SignatureError::Missing),
         };
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| SignatureError::Invalid)?;
+        if sig.len() != self.size {
+            return Err(SignatureError::Invalid);
+        }
         // Constant-time comparison through the MAC's own verify.
-        let ok = self.pairs.iter().any(|(key, salt)| mac(key, salt, rest).verify_slice(&sig).is_ok());
+        let ok = self.pairs.iter().any(|(key, salt)| mac(key, salt, rest).verify_truncated_left(&sig).is_ok());
         if ok {
             Ok(rest)
         } else {
@@ -118,6 +127,22 @@ mod tests {
     }
 
     #[test]
+    fn truncated_signatures_keep_the_first_bytes() {
+        let full = Signer::from_hex(KEY, SALT).unwrap();
+        let cfg = SigningConfig { key: Some(KEY.into()), salt: Some(SALT.into()), size: 8, ..Default::default() };
+        let short = Signer::from_config(&cfg).unwrap().unwrap();
+        let sig = short.sign(PATH);
+        let full_bytes = URL_SAFE_NO_PAD.decode(full.sign(PATH)).unwrap();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&sig).unwrap(), full_bytes[..8]);
+        assert_eq!(short.verify(&format!("/{sig}{PATH}")), Ok(PATH));
+        // The full signature, or a shorter prefix, is not accepted in place of the configured size.
+        assert_eq!(short.verify(&format!("/{}{PATH}", full.sign(PATH))), Err(SignatureError::Invalid));
+        let four = URL_SAFE_NO_PAD.encode(&full_bytes[..4]);
+        assert_eq!(short.verify(&format!("/{four}{PATH}")), Err(SignatureError::Invalid));
+        assert!(Signer::from_config(&SigningConfig { size: 33, ..cfg }).is_err());
+    }
+
+    #[test]
     fn rotation_accepts_every_configured_pair() {
         let old = Signer::from_hex("aa", "bb").unwrap();
         let cfg = SigningConfig {
@@ -125,6 +150,7 @@ mod tests {
             salt: Some("dd".into()),
             keys: vec!["aa".into()],
             salts: vec!["bb".into()],
+            ..Default::default()
         };
         let both = Signer::from_config(&cfg).unwrap().unwrap();
         let path = "/x4/cat.jpg";

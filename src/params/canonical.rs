@@ -28,6 +28,7 @@ pub fn canonical(spec: &TransformSpec) -> String {
         width,
         height,
         fit,
+        gravity,
         dpr,
         format,
         quality,
@@ -66,6 +67,9 @@ pub fn canonical(spec: &TransformSpec) -> String {
     }
     if let Some(v) = fit {
         parts.push(("fit", v.as_str().to_string()));
+    }
+    if let Some(v) = gravity {
+        parts.push(("gravity", v.as_str().to_string()));
     }
     if let Some(v) = dpr {
         parts.push(("dpr", number(*v)));

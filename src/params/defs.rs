@@ -4,7 +4,7 @@
 //! parser. The canonical writer for each field lives in `canonical.rs`, which is exhaustive over
 //! `TransformSpec`.
 
-use super::{Fit, Format, ModelChoice, ParamLimits, TransformSpec};
+use super::{Fit, Format, Gravity, ModelChoice, ParamError, ParamLimits, TransformSpec};
 
 /// One transform option.
 pub struct OptionDef {
@@ -136,7 +136,7 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "fit",
         aliases: &[],
         syntax: "`contain` \\| `cover` \\| `fill` \\| `inside`",
-        doc: "How the upscaled image meets the `w`×`h` box. Default `contain`.",
+        doc: "How the upscaled image meets the `w`×`h` box. Default `contain`; `inside` never grows past the image at the URL's scale (without `xN`, past the source).",
         apply: |s, v, _| {
             s.fit = Some(match v {
                 "contain" => Fit::Contain,
@@ -145,6 +145,16 @@ pub static OPTIONS: &[OptionDef] = &[
                 "inside" => Fit::Inside,
                 _ => return Err("expected contain, cover, fill or inside".into()),
             });
+            Ok(())
+        },
+    },
+    OptionDef {
+        name: "gravity",
+        aliases: &[],
+        syntax: "`centre` \\| `north` \\| `south` \\| `east` \\| `west` \\| `northeast` \\| `northwest` \\| `southeast` \\| `southwest`",
+        doc: "Which part `fit=cover` keeps when it crops. Default `centre`.",
+        apply: |s, v, _| {
+            s.gravity = Some(gravity(v).ok_or("expected centre, north, south, east, west or a corner (northeast…)")?);
             Ok(())
         },
     },
@@ -200,7 +210,34 @@ pub static OPTIONS: &[OptionDef] = &[
             Ok(())
         },
     },
+    OptionDef {
+        name: "preset",
+        aliases: &[],
+        syntax: "a preset name from `[presets]`",
+        doc: "Options from a named preset; options in the URL win. A `default` preset applies to every request.",
+        apply: |s, v, l| {
+            let preset = l.presets.get(v).ok_or_else(|| ParamError::UnknownPreset(v.chars().take(64).collect()).to_string())?;
+            s.fill_from(preset);
+            Ok(())
+        },
+    },
 ];
+
+/// `gravity=` values (`center` is accepted for `centre`).
+pub fn gravity(v: &str) -> Option<Gravity> {
+    Some(match v {
+        "centre" | "center" => Gravity::Centre,
+        "north" => Gravity::North,
+        "south" => Gravity::South,
+        "east" => Gravity::East,
+        "west" => Gravity::West,
+        "northeast" => Gravity::NorthEast,
+        "northwest" => Gravity::NorthWest,
+        "southeast" => Gravity::SouthEast,
+        "southwest" => Gravity::SouthWest,
+        _ => return None,
+    })
+}
 
 /// What a path segment is, if it is an option at all.
 pub enum Recognised {

@@ -10,6 +10,7 @@
 
 mod canonical;
 pub mod defs;
+pub mod imgproxy;
 
 use percent_encoding::percent_decode_str;
 
@@ -48,7 +49,8 @@ pub enum Fit {
     Cover,
     /// Stretch to exactly the box.
     Fill,
-    /// Like `contain`, but never larger than the upscaled image.
+    /// Like `contain`, but never larger than the image at the URL's scale (the source itself
+    /// when the URL names no scale).
     Inside,
 }
 
@@ -59,6 +61,52 @@ impl Fit {
             Fit::Cover => "cover",
             Fit::Fill => "fill",
             Fit::Inside => "inside",
+        }
+    }
+}
+
+/// Which part of the image `fit=cover` keeps when it crops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Gravity {
+    #[default]
+    Centre,
+    North,
+    South,
+    East,
+    West,
+    NorthEast,
+    NorthWest,
+    SouthEast,
+    SouthWest,
+}
+
+impl Gravity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gravity::Centre => "centre",
+            Gravity::North => "north",
+            Gravity::South => "south",
+            Gravity::East => "east",
+            Gravity::West => "west",
+            Gravity::NorthEast => "northeast",
+            Gravity::NorthWest => "northwest",
+            Gravity::SouthEast => "southeast",
+            Gravity::SouthWest => "southwest",
+        }
+    }
+
+    /// Where the crop window sits in the room it has: 0 = left/top, 1 = right/bottom.
+    pub fn anchor(self) -> (f64, f64) {
+        match self {
+            Gravity::Centre => (0.5, 0.5),
+            Gravity::North => (0.5, 0.0),
+            Gravity::South => (0.5, 1.0),
+            Gravity::East => (1.0, 0.5),
+            Gravity::West => (0.0, 0.5),
+            Gravity::NorthEast => (1.0, 0.0),
+            Gravity::NorthWest => (0.0, 0.0),
+            Gravity::SouthEast => (1.0, 1.0),
+            Gravity::SouthWest => (0.0, 1.0),
         }
     }
 }
@@ -87,6 +135,8 @@ pub struct TransformSpec {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub fit: Option<Fit>,
+    /// Crop anchor for `fit=cover`; `None` is the centre.
+    pub gravity: Option<Gravity>,
     pub dpr: Option<f32>,
     pub format: Format,
     pub quality: Option<u8>,
@@ -109,6 +159,7 @@ impl std::fmt::Debug for TransformSpec {
             .field("width", &self.width)
             .field("height", &self.height)
             .field("fit", &self.fit)
+            .field("gravity", &self.gravity)
             .field("dpr", &self.dpr)
             .field("format", &self.format)
             .field("quality", &self.quality)
@@ -117,7 +168,84 @@ impl std::fmt::Debug for TransformSpec {
     }
 }
 
-/// Limits the parser enforces (from the config).
+impl TransformSpec {
+    /// Sets every field `other` sets (presets in imgproxy's syntax apply where they appear).
+    pub fn overlay(&mut self, other: &TransformSpec) {
+        self.merge(other, true);
+    }
+
+    /// Sets the fields this spec leaves unset from `base` (upres's `preset=` and the `default`
+    /// preset: options in the URL win whatever their order).
+    pub fn fill_from(&mut self, base: &TransformSpec) {
+        self.merge(base, false);
+    }
+
+    fn merge(&mut self, o: &TransformSpec, overwrite: bool) {
+        fn pick<T: Clone>(dst: &mut Option<T>, src: &Option<T>, overwrite: bool) {
+            if src.is_some() && (overwrite || dst.is_none()) {
+                *dst = src.clone();
+            }
+        }
+        // Destructure so a new field cannot be forgotten here.
+        let TransformSpec {
+            scale,
+            model,
+            prompt,
+            negative_prompt,
+            noise_level,
+            steps,
+            guidance,
+            seed,
+            width,
+            height,
+            fit,
+            gravity,
+            dpr,
+            format,
+            quality,
+            origin,
+        } = o;
+        pick(&mut self.scale, scale, overwrite);
+        if *model != ModelChoice::Auto && (overwrite || self.model == ModelChoice::Auto) {
+            self.model = model.clone();
+        }
+        pick(&mut self.prompt, prompt, overwrite);
+        pick(&mut self.negative_prompt, negative_prompt, overwrite);
+        pick(&mut self.noise_level, noise_level, overwrite);
+        pick(&mut self.steps, steps, overwrite);
+        pick(&mut self.guidance, guidance, overwrite);
+        pick(&mut self.seed, seed, overwrite);
+        pick(&mut self.width, width, overwrite);
+        pick(&mut self.height, height, overwrite);
+        pick(&mut self.fit, fit, overwrite);
+        pick(&mut self.gravity, gravity, overwrite);
+        pick(&mut self.dpr, dpr, overwrite);
+        if *format != Format::Auto && (overwrite || self.format == Format::Auto) {
+            self.format = *format;
+        }
+        pick(&mut self.quality, quality, overwrite);
+        pick(&mut self.origin, origin, overwrite);
+    }
+}
+
+/// Named option sets from the config's `[presets]`, parsed once at startup.
+pub type Presets = std::sync::Arc<std::collections::BTreeMap<String, TransformSpec>>;
+
+/// Parses the config's `[presets]` (each value in upres's option syntax, e.g.
+/// `w=300/h=300/fit=cover`). A preset cannot name another preset.
+pub fn parse_presets(raw: &std::collections::BTreeMap<String, String>, limits: &ParamLimits) -> Result<Presets, String> {
+    let plain = ParamLimits { presets: Presets::default(), ..limits.clone() };
+    let mut out = std::collections::BTreeMap::new();
+    for (name, options) in raw {
+        let options = options.trim_matches('/');
+        let path = if options.is_empty() { "/-/x".to_string() } else { format!("/{options}/-/x") };
+        let parsed = parse(&path, &plain).map_err(|e| format!("preset `{name}`: {e}"))?;
+        out.insert(name.clone(), parsed.spec);
+    }
+    Ok(std::sync::Arc::new(out))
+}
+
+/// Limits the parser enforces (from the config), and the presets it expands.
 #[derive(Clone, Debug)]
 pub struct ParamLimits {
     /// Longest accepted request path, in bytes.
@@ -126,11 +254,13 @@ pub struct ParamLimits {
     pub max_prompt_bytes: usize,
     /// Largest `w` or `h`.
     pub max_dimension: u32,
+    /// `[presets]`; the one named `default` applies to every request.
+    pub presets: Presets,
 }
 
 impl Default for ParamLimits {
     fn default() -> Self {
-        Self { max_path_bytes: 8192, max_prompt_bytes: 1024, max_dimension: 16384 }
+        Self { max_path_bytes: 8192, max_prompt_bytes: 1024, max_dimension: 16384, presets: Presets::default() }
     }
 }
 
@@ -161,6 +291,12 @@ pub enum ParamError {
     BadEncoding,
     #[error("the path is longer than {0} bytes")]
     TooLong(usize),
+    #[error("option `{0}` is not supported by upres")]
+    Unsupported(String),
+    #[error("unknown preset `{0}`")]
+    UnknownPreset(String),
+    #[error("invalid source: {0}")]
+    BadSource(String),
 }
 
 impl Classify for ParamError {
@@ -227,6 +363,9 @@ pub fn parse(path: &str, limits: &ParamLimits) -> Result<TransformPath, ParamErr
     }
     if source.is_empty() {
         return Err(ParamError::MissingSource);
+    }
+    if let Some(default) = limits.presets.get("default") {
+        spec.fill_from(default);
     }
     Ok(TransformPath { spec, source: source.join("/") })
 }

@@ -117,9 +117,9 @@ fn arb_spec() -> impl Strategy<Value = TransformSpec> {
             proptest::option::of(0usize..4),
             proptest::option::of(10u32..=40),
         ),
-        (0usize..4, proptest::option::of(1u8..=100), proptest::option::of("[a-z]{1,8}")),
+        (0usize..4, proptest::option::of(1u8..=100), proptest::option::of("[a-z]{1,8}"), proptest::option::of(0usize..9)),
     )
-        .prop_map(|((scale, model, prompt, neg), (noise, steps, g, seed), (w, h, fit, dpr), (fmt, q, origin))| {
+        .prop_map(|((scale, model, prompt, neg), (noise, steps, g, seed), (w, h, fit, dpr), (fmt, q, origin, gravity))| {
             TransformSpec {
                 scale,
                 model: match model {
@@ -135,6 +135,10 @@ fn arb_spec() -> impl Strategy<Value = TransformSpec> {
                 width: w,
                 height: h,
                 fit: fit.map(|i| [Fit::Contain, Fit::Cover, Fit::Fill, Fit::Inside][i]),
+                gravity: gravity.map(|i| {
+                    use Gravity::*;
+                    [Centre, North, South, East, West, NorthEast, NorthWest, SouthEast, SouthWest][i]
+                }),
                 dpr: dpr.map(|d| d as f32 / 10.0),
                 format: [Format::Auto, Format::Webp, Format::Jpeg, Format::Png][fmt],
                 quality: q,

@@ -22,3 +22,4 @@ mod warm; // `upres warm`, the binary against a live server
 mod fleet; // replicas sharing a real S3 tier (moto): cross-replica hits, verification, claims
 mod pressure; // quiet connections, a hanging result store, a memory budget under a burst
 mod deploy; // deploy/: manifests parse and hold the fleet design; Dockerfiles name real files
+mod imgproxy; // imgproxy's URL syntax: the official Node SDK against a live server, shared cache entries
