@@ -116,7 +116,7 @@ impl MemoryBudget {
 pub fn job_bytes(plan: &Plan) -> u64 {
     let px = |w: u32, h: u32| u64::from(w) * u64::from(h);
     let (src, eng, out) = (px(plan.src_w, plan.src_h), px(plan.engine_w, plan.engine_h), px(plan.out_w, plan.out_h));
-    let overlap = match plan.engine.tiling() {
+    let overlap = match plan.engine.as_ref().and_then(|e| e.tiling()) {
         Some(t) if t.tile > 2 * t.overlap => {
             let inner = f64::from(t.tile - 2 * t.overlap);
             (f64::from(t.tile) / inner).powi(2).min(4.0)

@@ -194,6 +194,9 @@ pub struct LimitsConfig {
     /// With `memory_budget = 0`: this fraction of the cgroup's memory limit (v2 `memory.max`,
     /// v1 `memory.limit_in_bytes`), or of `MemTotal` when no limit is set.
     pub memory_budget_fraction: f64,
+    /// Largest enlargement of the source a request may ask for (model scale × Lanczos beyond
+    /// it); more is a 413.
+    pub max_upscale: f64,
 }
 
 impl Default for LimitsConfig {
@@ -205,6 +208,7 @@ impl Default for LimitsConfig {
             max_prompt_bytes: 1024,
             memory_budget: 0,
             memory_budget_fraction: 0.5,
+            max_upscale: 8.0,
         }
     }
 }
@@ -297,6 +301,34 @@ pub struct EngineConfig {
     pub retry_after: Duration,
     /// Worker threads for the Lanczos engine; 0 means one per core.
     pub lanczos_workers: usize,
+    /// What a replica does when the model an `auto` rule picks is not loaded here.
+    pub auto_unavailable: AutoUnavailable,
+    /// `model=auto` without a prompt: the first rule whose `max_input_pixels` covers the
+    /// source's pixels names the model. Chosen from the request and this list only, so every
+    /// replica with the same config picks the same model. Empty: the highest-ranked model.
+    pub auto: Vec<AutoRule>,
+}
+
+/// One `model=auto` rule.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AutoRule {
+    /// The rule applies to sources of at most this many pixels; absent: to every source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_pixels: Option<u64>,
+    /// Model name or alias.
+    pub model: String,
+}
+
+/// See `EngineConfig::auto_unavailable`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoUnavailable {
+    /// Use the next rule whose model is loaded (its result key and `X-Upres-Model` differ).
+    #[default]
+    Next,
+    /// Answer 503 with `Retry-After`, so the balancer retries on a replica that has it.
+    Refuse,
 }
 
 impl Default for EngineConfig {
@@ -307,6 +339,11 @@ impl Default for EngineConfig {
             max_wait: Duration::from_millis(5),
             retry_after: Duration::from_secs(2),
             lanczos_workers: 0,
+            auto_unavailable: AutoUnavailable::Next,
+            auto: vec![
+                AutoRule { max_input_pixels: Some(524_288), model: "realesrgan-x4plus".into() },
+                AutoRule { max_input_pixels: None, model: "realesr-animevideov3".into() },
+            ],
         }
     }
 }
@@ -318,7 +355,12 @@ pub struct MlConfig {
     pub models_dir: PathBuf,
     /// `auto`, `cpu` or `cuda:N`.
     pub device: String,
-    /// Tile edge in input pixels for the GAN models.
+    /// Activation memory one forward pass of a GAN model may use, in bytes (each model, its
+    /// batches included): an image needing no more runs whole in one pass (x4plus at the
+    /// default: up to ~0.6 MP input), a larger one in overlapping `tile`² squares.
+    pub activation_budget: u64,
+    /// Tile edge in input pixels: GAN models' squares beyond the activation budget, and
+    /// sd-x4's tiles.
     pub tile: u32,
     /// Overlap between GAN tiles in input pixels.
     pub tile_overlap: u32,
@@ -333,6 +375,7 @@ impl Default for MlConfig {
         Self {
             models_dir: "models".into(),
             device: "auto".into(),
+            activation_budget: 10 << 30,
             tile: 128,
             tile_overlap: 16,
             warm_up: true,
@@ -800,6 +843,9 @@ impl Config {
         }
         if self.engine.queue_capacity == 0 || self.engine.max_batch == 0 {
             return bad("engine.queue_capacity and engine.max_batch must be > 0");
+        }
+        if !(self.limits.max_upscale >= 1.0) {
+            return bad("limits.max_upscale must be >= 1");
         }
         if self.ml.tile < 16 || self.ml.tile_overlap * 2 >= self.ml.tile {
             return bad("ml.tile must be >= 16 and ml.tile_overlap less than half of it");

@@ -127,7 +127,7 @@ async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::
     let app = App::build(cfg)?;
     let variant = Variant::negotiate(request.spec.format, None);
     let planned = pipeline::plan_bytes(&app, bytes.into(), &request.spec, variant, Caller::Api).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = planned.plan.engine.id().to_string();
+    let engine = planned.plan.model();
     let (w, h) = (planned.plan.out_w, planned.plan.out_h);
     let started = std::time::Instant::now();
     let memory = app.memory_budget.admit(upres::admission::job_bytes(&planned.plan)).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -51,7 +51,7 @@ use crate::engine::tiling::Grid;
 use crate::engine::Tile;
 use crate::error::{ErrorClass, ProxyError};
 use crate::imaging::encode::OutputFormat;
-use crate::imaging::{decode, encode, resize};
+use crate::imaging::{decode, encode, resize, resize_only};
 use crate::key::{RequestKey, ResultKey, SourceHash, SourceTag};
 use crate::params::imgproxy::Disposition;
 use crate::params::{self, TransformPath, TransformSpec};
@@ -380,8 +380,12 @@ pub async fn plan_bytes(app: &App, bytes: Bytes, spec: &TransformSpec, variant: 
     let max_pixels = app.cfg.limits.max_source_pixels;
     let read = bytes.clone();
     let (header, hash) = blocking(move || Ok((decode::probe(&read, max_pixels)?, SourceHash::of(&read)))).await?;
-    let plan = Plan::resolve(spec, variant, &header, &app.registry, &app.cfg, caller)?;
-    let key = ResultKey::for_result(&hash, &plan.canonical(), &plan.engine.id().to_string());
+    let plan = Plan::resolve(spec, variant, &header, &app.registry, &app.cfg, caller).map_err(|e| {
+        // `auto` refused here: another replica may have the model.
+        let e = ProxyError::from(e);
+        if e.class == ErrorClass::Overloaded { e.with_retry_after(app.cfg.engine.retry_after) } else { e }
+    })?;
+    let key = ResultKey::for_result(&hash, &plan.canonical(), &plan.model());
     Ok(Planned { bytes, plan, key })
 }
 
@@ -433,25 +437,52 @@ pub async fn compute(
 ) -> FlightValue {
     let clock = Instant::now();
     let max_pixels = app.cfg.limits.max_source_pixels;
-    let tiling = plan.engine.tiling();
+    if let Some(target) = plan.resize_only() {
+        // No model: decode (shrunk on load), resize and encode in 8 bits, one blocking call.
+        let (header, format, model) = (plan.source, plan.format, plan.model());
+        let (stop, hold) = (cancel.clone(), memory);
+        let encoded = blocking(move || {
+            let _hold = hold;
+            abandoned(&stop)?;
+            Ok(resize_only::render(&bytes, &header, &target, max_pixels)?)
+        })
+        .await?;
+        stage(app, &mut t, "resize", clock);
+        let result = CachedResult { key: result_key, bytes: encoded.into(), format, model, width: target.width, height: target.height, source: None };
+        return Ok(Arc::new(Computed { result: Arc::new(result), outcome: CacheOutcome::Miss, timings: t }));
+    }
+    let tiling = plan.engine.as_ref().map(|e| e.tiling());
     let (stop, hold) = (cancel.clone(), memory.clone());
-    let (decoded, grid, tiles) = blocking(move || {
+    // Without an engine the decoded source is what `finish` resizes; with one, only its tiles.
+    let (decoded, source) = blocking(move || {
         let _hold = hold;
         let decoded = decode::decode(&bytes, max_pixels)?;
         abandoned(&stop)?;
-        let grid = Grid::new(decoded.rgb.width, decoded.rgb.height, tiling);
-        let tiles = grid.cut(&decoded.rgb);
-        Ok::<_, ProxyError>((decoded.alpha, grid, tiles))
+        let source = match tiling {
+            Some(tiling) => {
+                let grid = Grid::new(decoded.rgb.width, decoded.rgb.height, tiling);
+                let tiles = grid.cut(&decoded.rgb);
+                Pixels::Tiles(grid, tiles)
+            }
+            None => Pixels::Whole(decoded.rgb),
+        };
+        Ok::<_, ProxyError>((decoded.alpha, source))
     })
     .await?;
     stage(app, &mut t, "decode", clock);
 
-    let clock = Instant::now();
-    let upscaled = infer(app, &plan, grid, tiles, cancel, progress, &memory).await?;
-    stage(app, &mut t, "infer", clock);
+    let upscaled = match source {
+        Pixels::Whole(rgb) => rgb,
+        Pixels::Tiles(grid, tiles) => {
+            let clock = Instant::now();
+            let upscaled = infer(app, &plan, grid, tiles, cancel, progress, &memory).await?;
+            stage(app, &mut t, "infer", clock);
+            upscaled
+        }
+    };
 
     let clock = Instant::now();
-    let (out_w, out_h, format, model) = (plan.out_w, plan.out_h, plan.format, plan.engine.id().to_string());
+    let (out_w, out_h, format, model) = (plan.out_w, plan.out_h, plan.format, plan.model());
     let (stop, hold) = (cancel.clone(), memory);
     let encoded = blocking(move || {
         let _hold = hold;
@@ -464,6 +495,12 @@ pub async fn compute(
         Arc::new(CachedResult { key: result_key, bytes: encoded.into(), format, model, width: out_w, height: out_h, source: None });
 
     Ok(Arc::new(Computed { result, outcome: CacheOutcome::Miss, timings: t }))
+}
+
+/// The decoded source as `compute` needs it: whole (no engine) or cut for the engine.
+enum Pixels {
+    Whole(Tile),
+    Tiles(Grid, Vec<Tile>),
 }
 
 /// Tiles → batcher → stitched engine output.
@@ -479,14 +516,15 @@ async fn infer(
     if let Some(report) = &progress {
         report(JobProgress::Tiles(crate::engine::Progress { done: 0, total: tiles.len() as u32 }));
     }
+    let engine = plan.engine.as_ref().expect("infer runs only for plans with an engine");
     let rx = app
         .batcher
-        .submit(&*plan.engine, tiles, plan.gen.clone(), cancel.clone(), progress)
+        .submit(&**engine, tiles, plan.gen.clone(), cancel.clone(), progress)
         .map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
     let tiles = rx
         .await
         .map_err(|_| ProxyError::new(ErrorClass::Internal, "the inference worker dropped the job"))??;
-    let scale = plan.engine.scale();
+    let scale = engine.scale();
     let (stop, hold) = (cancel.clone(), memory.clone());
     blocking(move || {
         let _hold = hold;

@@ -1,9 +1,15 @@
 //! Resolving a `TransformSpec` against the source header, the request and the config: which
-//! engine, what sizes, which output format and quality. Only a `Plan` reaches the engine.
+//! engine (if any), what sizes, which output format and quality. Only a `Plan` reaches the
+//! engine.
 //!
-//! Sizes: the engine upscales the source by its own scale; the result is then resized (Lanczos)
-//! to `source × requested scale`, or into the `w`×`h` box (× `dpr`) by `fit`. Every limit is
-//! checked here, before any pixel is decoded.
+//! The output decides what runs. Its size is `source × scale` without a box (no scale: the
+//! source's size), else the `w`×`h` box (× `dpr`) by `fit` (`inside` never exceeds
+//! `source × scale`, no scale: the source). A model runs only when the output needs more pixels
+//! than the part of the source it shows has, on either axis, and then at the smallest loaded
+//! scale that covers the need; Lanczos does the rest (down into the box, or up beyond the
+//! largest model scale to `limits.max_upscale`). Otherwise it is a plain resize (or a
+//! re-encode). Every limit is checked here, before any pixel is decoded, and only on sizes that
+//! are really made.
 
 use std::sync::Arc;
 
@@ -14,7 +20,8 @@ use crate::error::{Classify, ErrorClass};
 use crate::imaging::decode::Header;
 use crate::imaging::encode::OutputFormat;
 use crate::imaging::resize::Crop;
-use crate::params::{Fit, Format, TransformSpec};
+use crate::imaging::resize_only::{self, Target};
+use crate::params::{Fit, Format, ModelChoice, TransformSpec};
 
 /// The output format after `Accept` negotiation, as far as it is known before decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,6 +66,21 @@ impl Variant {
             Variant::AutoLegacy => OutputFormat::Jpeg,
         }
     }
+
+    /// The format for a `w`×`h` output: a side over the format's limit (WebP: 16383) is refused
+    /// for an explicit format, and makes `auto` fall back to JPEG (PNG with alpha), which holds
+    /// it. Decided before any work.
+    fn resolve_for_size(self, has_alpha: bool, w: u32, h: u32) -> Result<OutputFormat, PlanError> {
+        let fits = |f: OutputFormat| w <= f.max_side() && h <= f.max_side();
+        let first = self.resolve(has_alpha);
+        let fallback = if has_alpha { OutputFormat::Png } else { OutputFormat::Jpeg };
+        match self {
+            _ if fits(first) => Ok(first),
+            Variant::AutoWebp | Variant::AutoLegacy if fits(fallback) => Ok(fallback),
+            Variant::AutoWebp | Variant::AutoLegacy if fits(OutputFormat::Png) => Ok(OutputFormat::Png),
+            _ => Err(PlanError::FormatSideLimit { format: first.as_str(), max: first.max_side(), width: w, height: h }),
+        }
+    }
 }
 
 /// `image/webp` listed with a non-zero q. A bare `*/*` does not count: old browsers send it.
@@ -84,12 +106,13 @@ pub enum Caller {
 /// Everything the compute path needs.
 #[derive(Clone)]
 pub struct Plan {
-    pub engine: Arc<dyn Engine>,
-    /// Requested scale.
-    pub scale: u32,
+    /// The model that runs; `None` when the source has every pixel the output needs.
+    pub engine: Option<Arc<dyn Engine>>,
+    /// The source's header (format, oriented size, alpha, orientation).
+    pub source: Header,
     pub src_w: u32,
     pub src_h: u32,
-    /// Size of the engine's output.
+    /// Size of the engine's output (the source's size when no engine runs).
     pub engine_w: u32,
     pub engine_h: u32,
     /// Final output size.
@@ -105,8 +128,7 @@ pub struct Plan {
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plan")
-            .field("engine", &self.engine.id().to_string())
-            .field("scale", &self.scale)
+            .field("engine", &self.model())
             .field("src", &(self.src_w, self.src_h))
             .field("out", &(self.out_w, self.out_h))
             .field("format", &self.format)
@@ -122,13 +144,20 @@ pub enum PlanError {
     OutputTooLarge { width: u64, height: u64, pixels: u64, limit: u64 },
     #[error("{model} accepts inputs up to {max} pixels per side; this one is {width}x{height}")]
     InputTooLarge { model: String, max: u32, width: u32, height: u32 },
+    #[error("the output would enlarge the source {factor:.2}x, over the limit of {limit}x")]
+    UpscaleTooLarge { factor: f64, limit: f64 },
+    #[error("{format} output is limited to {max} pixels per side; the result would be {width}x{height}")]
+    FormatSideLimit { format: &'static str, max: u32, width: u32, height: u32 },
 }
 
 impl Classify for PlanError {
     fn class(&self) -> ErrorClass {
         match self {
             PlanError::Model(e) => e.class(),
-            PlanError::OutputTooLarge { .. } | PlanError::InputTooLarge { .. } => ErrorClass::TooLarge,
+            PlanError::OutputTooLarge { .. }
+            | PlanError::InputTooLarge { .. }
+            | PlanError::UpscaleTooLarge { .. }
+            | PlanError::FormatSideLimit { .. } => ErrorClass::TooLarge,
         }
     }
 }
@@ -142,20 +171,8 @@ impl Plan {
         cfg: &Config,
         caller: Caller,
     ) -> Result<Plan, PlanError> {
-        let scale = spec.scale.unwrap_or(4);
         let has_prompt = spec.prompt.as_deref().is_some_and(|p| !p.trim().is_empty());
         let (src_w, src_h) = (header.width, header.height);
-        // `auto` must finish in time: half the deadline leaves room for queueing and encoding.
-        let budget = cfg.server.request_deadline / 2;
-        let engine = registry.resolve_within(&spec.model, scale, has_prompt, src_w as u64 * src_h as u64, budget)?;
-        if engine.prompt_guided() && src_w.max(src_h) > cfg.sd.max_input_side {
-            return Err(PlanError::InputTooLarge {
-                model: engine.id().name.clone(),
-                max: cfg.sd.max_input_side,
-                width: src_w,
-                height: src_h,
-            });
-        }
         let limit = cfg.limits.max_output_pixels;
         let check = |w: u64, h: u64| {
             let pixels = w.saturating_mul(h);
@@ -165,42 +182,44 @@ impl Plan {
                 Ok(())
             }
         };
-        let es = engine.scale() as u64;
-        check(src_w as u64 * es, src_h as u64 * es)?;
-        let (up_w, up_h) = (src_w as f64 * scale as f64, src_h as f64 * scale as f64);
         let dpr = spec.dpr.unwrap_or(1.0) as f64;
         let bw = spec.width.map(|w| (w as f64 * dpr).round().max(1.0));
         let bh = spec.height.map(|h| (h as f64 * dpr).round().max(1.0));
         check(bw.unwrap_or(0.0) as u64, bh.unwrap_or(0.0) as u64)?;
-        let fit = spec.fit.unwrap_or_default();
-        // `inside` never grows past the image at the URL's scale; with no scale in the URL, past
-        // the source (imgproxy's "no enlarge").
-        let (lim_w, lim_h) = if spec.scale.is_some() { (up_w, up_h) } else { (src_w as f64, src_h as f64) };
-        let mut crop = None;
-        let (out_w, out_h) = match (bw, bh) {
-            (None, None) => (up_w, up_h),
-            (Some(w), None) => shrink_for_inside(fit, w, (up_h * w / up_w).round(), lim_w, lim_h),
-            (None, Some(h)) => shrink_for_inside(fit, (up_w * h / up_h).round(), h, lim_w, lim_h),
-            (Some(w), Some(h)) => match fit {
-                Fit::Fill => (w, h),
-                Fit::Contain | Fit::Inside => {
-                    let s = (w / up_w).min(h / up_h);
-                    let s = if fit == Fit::Inside { s.min(lim_w / up_w) } else { s };
-                    ((up_w * s).round(), (up_h * s).round())
-                }
-                Fit::Cover => {
-                    // Scale to cover the box, then take the box-shaped region at the gravity.
-                    let s = (w / up_w).max(h / up_h);
-                    let (cw, ch) = (w / (up_w * s), h / (up_h * s));
-                    let (ax, ay) = spec.gravity.unwrap_or_default().anchor();
-                    crop = Some(((1.0 - cw) * ax, (1.0 - ch) * ay, cw, ch));
-                    (w, h)
-                }
-            },
+        let geometry = Geometry::of(spec, bw, bh, src_w, src_h);
+        let (out_w, out_h) = (geometry.out_w, geometry.out_h);
+        check(out_w as u64, out_h as u64)?;
+        let factor = geometry.enlargement(src_w, src_h);
+        if factor > cfg.limits.max_upscale + 1e-9 {
+            return Err(PlanError::UpscaleTooLarge { factor, limit: cfg.limits.max_upscale });
+        }
+        // A named model is checked even when none runs, so a typo is a 400 on every URL.
+        if let ModelChoice::Named(_) = spec.model {
+            registry.resolve(&spec.model, 1, has_prompt)?;
+        }
+        let engine = if geometry.missing_pixels(src_w, src_h) {
+            let want = (factor - 1e-9).ceil().max(1.0) as u32;
+            let pixels = src_w as u64 * src_h as u64;
+            let e = &cfg.engine;
+            Some(registry.pick(&spec.model, want, has_prompt, pixels, &e.auto, e.auto_unavailable)?)
+        } else {
+            None
         };
-        let (out_w, out_h) = (out_w.max(1.0) as u64, out_h.max(1.0) as u64);
-        check(out_w, out_h)?;
-        let format = variant.resolve(header.has_alpha);
+        if let Some(engine) = &engine {
+            if engine.prompt_guided() && src_w.max(src_h) > cfg.sd.max_input_side {
+                return Err(PlanError::InputTooLarge {
+                    model: engine.id().name.clone(),
+                    max: cfg.sd.max_input_side,
+                    width: src_w,
+                    height: src_h,
+                });
+            }
+            let es = engine.scale() as u64;
+            check(src_w as u64 * es, src_h as u64 * es)?;
+        }
+        let es = engine.as_ref().map_or(1, |e| e.scale());
+        let crop = geometry.crop;
+        let format = variant.resolve_for_size(header.has_alpha, out_w, out_h)?;
         let quality = spec.quality.unwrap_or(match format {
             OutputFormat::Webp => cfg.output.webp_quality,
             OutputFormat::Jpeg => cfg.output.jpeg_quality,
@@ -219,13 +238,13 @@ impl Plan {
             seed: spec.seed.unwrap_or(defaults.seed),
         };
         Ok(Plan {
-            scale,
+            source: *header,
             src_w,
             src_h,
-            engine_w: src_w * engine.scale(),
-            engine_h: src_h * engine.scale(),
-            out_w: out_w as u32,
-            out_h: out_h as u32,
+            engine_w: src_w * es,
+            engine_h: src_h * es,
+            out_w,
+            out_h,
             crop,
             format,
             quality,
@@ -234,12 +253,21 @@ impl Plan {
         })
     }
 
-    /// The canonical form of what is computed (the engine id is hashed beside it). Generation
+    /// The engine id that runs, or `resize` when none does (`X-Upres-Model`, result key).
+    pub fn model(&self) -> String {
+        self.engine.as_ref().map_or_else(|| "resize".to_string(), |e| e.id().to_string())
+    }
+
+    /// Whether the engine reads generation parameters.
+    fn prompt_guided(&self) -> bool {
+        self.engine.as_ref().is_some_and(|e| e.prompt_guided())
+    }
+
+    /// The canonical form of what is computed (`model()` is hashed beside it). Generation
     /// parameters count only for engines that read them.
     pub fn canonical(&self) -> String {
         let mut s = format!(
-            "scale={}/out={}x{}/format={}/q={}",
-            self.scale,
+            "out={}x{}/format={}/q={}",
             self.out_w,
             self.out_h,
             self.format.as_str(),
@@ -248,7 +276,7 @@ impl Plan {
         if let Some((l, t, w, h)) = self.crop {
             s.push_str(&format!("/crop={l:.6},{t:.6},{w:.6},{h:.6}"));
         }
-        if self.engine.prompt_guided() {
+        if self.prompt_guided() {
             let g = &self.gen;
             s.push_str(&format!(
                 "/prompt={}/neg={}/noise={}/steps={}/guidance={}/seed={}",
@@ -263,6 +291,17 @@ impl Plan {
         s
     }
 
+    /// What the resize-only path makes, when no engine runs and the source has no alpha.
+    pub fn resize_only(&self) -> Option<Target> {
+        (self.engine.is_none() && resize_only::handles(&self.source)).then_some(Target {
+            width: self.out_w,
+            height: self.out_h,
+            crop: self.crop,
+            format: self.format,
+            quality: self.quality,
+        })
+    }
+
     /// The crop in engine-output pixels.
     pub fn crop_px(&self) -> Option<Crop> {
         self.crop.map(|(l, t, w, h)| Crop {
@@ -274,10 +313,71 @@ impl Plan {
     }
 }
 
-/// With only one of `w`/`h`, `inside` never enlarges past `lim` (see `Plan::resolve`).
-fn shrink_for_inside(fit: Fit, w: f64, h: f64, lim_w: f64, lim_h: f64) -> (f64, f64) {
-    if fit == Fit::Inside && w > lim_w {
-        (lim_w, lim_h)
+/// The output's size and which part of the source it shows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Geometry {
+    out_w: u32,
+    out_h: u32,
+    /// Source rectangle (left, top, width, height) as fractions, for `cover`.
+    crop: Option<(f64, f64, f64, f64)>,
+}
+
+impl Geometry {
+    /// `bw`/`bh`: the box in device pixels, if given.
+    fn of(spec: &TransformSpec, bw: Option<f64>, bh: Option<f64>, src_w: u32, src_h: u32) -> Geometry {
+        // The size without a box, and the cap of `inside`.
+        let scale = spec.scale.unwrap_or(1) as f64;
+        let (up_w, up_h) = (src_w as f64 * scale, src_h as f64 * scale);
+        let fit = spec.fit.unwrap_or_default();
+        let mut crop = None;
+        let (w, h) = match (bw, bh) {
+            (None, None) => (up_w, up_h),
+            (Some(w), None) => cap_inside(fit, w, (up_h * w / up_w).round(), up_w, up_h),
+            (None, Some(h)) => cap_inside(fit, (up_w * h / up_h).round(), h, up_w, up_h),
+            (Some(w), Some(h)) => match fit {
+                Fit::Fill => (w, h),
+                Fit::Contain | Fit::Inside => {
+                    let s = (w / up_w).min(h / up_h);
+                    let s = if fit == Fit::Inside { s.min(1.0) } else { s };
+                    ((up_w * s).round(), (up_h * s).round())
+                }
+                Fit::Cover => {
+                    // Scale to cover the box, then take the centred box-shaped region.
+                    let s = (w / up_w).max(h / up_h);
+                    let (cw, ch) = (w / (up_w * s), h / (up_h * s));
+                    let (ax, ay) = spec.gravity.unwrap_or_default().anchor();
+                    crop = Some(((1.0 - cw) * ax, (1.0 - ch) * ay, cw, ch));
+                    (w, h)
+                }
+            },
+        };
+        Geometry { out_w: w.max(1.0) as u32, out_h: h.max(1.0) as u32, crop }
+    }
+
+    /// The source pixels the output shows (all of them, or the `cover` crop).
+    fn shown(&self, src_w: u32, src_h: u32) -> (f64, f64) {
+        let (cw, ch) = self.crop.map_or((1.0, 1.0), |(_, _, w, h)| (w, h));
+        (src_w as f64 * cw, src_h as f64 * ch)
+    }
+
+    /// Output pixels per shown source pixel on the more enlarged axis.
+    fn enlargement(&self, src_w: u32, src_h: u32) -> f64 {
+        let (sw, sh) = self.shown(src_w, src_h);
+        (self.out_w as f64 / sw).max(self.out_h as f64 / sh)
+    }
+
+    /// The output needs more pixels than the source shows on some axis (rounding to whole
+    /// pixels does not count).
+    fn missing_pixels(&self, src_w: u32, src_h: u32) -> bool {
+        let (sw, sh) = self.shown(src_w, src_h);
+        self.out_w as f64 > sw.round().max(1.0) || self.out_h as f64 > sh.round().max(1.0)
+    }
+}
+
+/// With only one of `w`/`h`, `inside` never enlarges past `source × scale`.
+fn cap_inside(fit: Fit, w: f64, h: f64, up_w: f64, up_h: f64) -> (f64, f64) {
+    if fit == Fit::Inside && w > up_w {
+        (up_w, up_h)
     } else {
         (w, h)
     }
@@ -288,43 +388,87 @@ mod tests {
     use super::*;
     use crate::engine::lanczos::Lanczos;
     use crate::engine::registry::ModelEntry;
+    use crate::engine::{EngineId, InferError, RunContext, Tile, Tiling};
+    use image::metadata::Orientation;
     use image::ImageFormat;
 
-    fn registry() -> Registry {
-        Registry::new(
-            [2, 3, 4]
-                .into_iter()
-                .map(|s| ModelEntry {
-                    name: "lanczos".into(),
-                    aliases: vec![],
-                    rank: 0,
-                    engine: Arc::new(Lanczos::new(s, 1)),
-                    description: String::new(),
-                })
-                .collect(),
-        )
+    /// A model that is only planned with, never run.
+    struct Fake {
+        id: EngineId,
+        scale: u32,
+    }
+
+    impl Engine for Fake {
+        fn id(&self) -> &EngineId {
+            &self.id
+        }
+        fn scale(&self) -> u32 {
+            self.scale
+        }
+        fn tiling(&self) -> Option<Tiling> {
+            None
+        }
+        fn upscale(&self, _: &[Tile], _: &[GenParams], _: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
+            Err(InferError::Model("planned only".into()))
+        }
+    }
+
+    fn lanczos() -> Vec<ModelEntry> {
+        [2, 3, 4]
+            .into_iter()
+            .map(|s| ModelEntry {
+                name: "lanczos".into(),
+                aliases: vec![],
+                rank: 0,
+                engine: Arc::new(Lanczos::new(s, 1)),
+                description: String::new(),
+            })
+            .collect()
+    }
+
+    /// Lanczos plus the Real-ESRGAN family as `scripts/fetch-models.sh` loads it.
+    fn full_registry() -> Registry {
+        let fake = |name: &str, alias: &str, rank, scale| ModelEntry {
+            name: name.into(),
+            aliases: vec![alias.into()],
+            rank,
+            engine: Arc::new(Fake { id: EngineId::new(format!("{name}-x{scale}"), "0"), scale }),
+            description: String::new(),
+        };
+        let mut entries = lanczos();
+        entries.extend([2, 3, 4].map(|s| fake("realesr-animevideov3", "animevideo", 5, s)));
+        entries.push(fake("realesrgan-x4plus", "realesrgan", 10, 4));
+        Registry::new(entries)
+    }
+
+    fn plan_with(registry: &Registry, path: &str, w: u32, h: u32, accept: &str) -> Result<Plan, PlanError> {
+        let t = crate::params::parse(path, &Default::default()).unwrap();
+        let header = Header { format: ImageFormat::Jpeg, width: w, height: h, has_alpha: false, orientation: Orientation::NoTransforms };
+        Plan::resolve(&t.spec, Variant::negotiate(t.spec.format, Some(accept)), &header, registry, &Config::default(), Caller::Url)
     }
 
     fn plan(path: &str, w: u32, h: u32) -> Result<Plan, PlanError> {
-        let t = crate::params::parse(path, &Default::default()).unwrap();
-        let header = Header { format: ImageFormat::Png, width: w, height: h, has_alpha: false };
-        Plan::resolve(&t.spec, Variant::negotiate(t.spec.format, Some("image/webp")), &header, &registry(), &Config::default(), Caller::Url)
+        plan_with(&Registry::new(lanczos()), path, w, h, "image/webp")
+    }
+
+    fn engine_scale(p: &Plan) -> Option<u32> {
+        p.engine.as_ref().map(|e| e.scale())
     }
 
     #[test]
-    fn sizes_follow_scale_and_fit() {
+    fn sizes_follow_scale_and_fit_and_the_output_decides_what_runs() {
         let p = plan("/x4/a.png", 100, 50).unwrap();
-        assert_eq!((p.out_w, p.out_h, p.engine_w), (400, 200, 400));
+        assert_eq!((p.out_w, p.out_h, p.engine_w, engine_scale(&p)), (400, 200, 400, Some(4)));
         let p = plan("/x2/w=100/a.png", 100, 50).unwrap();
-        assert_eq!((p.out_w, p.out_h), (100, 50));
+        assert_eq!((p.out_w, p.out_h, engine_scale(&p)), (100, 50, None));
         let p = plan("/x2/w=100/h=100/a.png", 100, 50).unwrap();
-        assert_eq!((p.out_w, p.out_h), (100, 50));
+        assert_eq!((p.out_w, p.out_h, engine_scale(&p)), (100, 50, None));
         let p = plan("/x2/w=100/h=100/fit=cover/a.png", 100, 50).unwrap();
-        assert_eq!((p.out_w, p.out_h), (100, 100));
+        assert_eq!((p.out_w, p.out_h, engine_scale(&p)), (100, 100, Some(2)));
         let (l, _, cw, ch) = p.crop.unwrap();
         assert!((cw - 0.5).abs() < 1e-9 && (ch - 1.0).abs() < 1e-9 && (l - 0.25).abs() < 1e-9);
         let p = plan("/x2/w=100/h=100/fit=fill/a.png", 100, 50).unwrap();
-        assert_eq!((p.out_w, p.out_h), (100, 100));
+        assert_eq!((p.out_w, p.out_h, engine_scale(&p)), (100, 100, Some(2)), "fill: y needs 2x");
         let p = plan("/x2/w=1000/fit=inside/a.png", 100, 50).unwrap();
         assert_eq!((p.out_w, p.out_h), (200, 100));
         // No scale in the URL: `inside` stops at the source's size.
@@ -337,21 +481,88 @@ mod tests {
         assert!((l - 0.5).abs() < 1e-9 && t.abs() < 1e-9 && (cw - 0.5).abs() < 1e-9);
         let p = plan("/x2/w=100/dpr=2/a.png", 100, 50).unwrap();
         assert_eq!((p.out_w, p.out_h), (200, 100));
-        assert_eq!(plan("/x3/a.png", 10, 10).unwrap().engine.scale(), 3);
+        assert_eq!(plan("/x3/a.png", 10, 10).unwrap().engine.unwrap().scale(), 3);
+        let p = plan("/a.png", 100, 50).unwrap();
+        assert_eq!((p.out_w, p.out_h, p.model()), (100, 50, "resize".to_string()), "no scale, no box: re-encode");
     }
 
     #[test]
-    fn output_limit_is_checked_before_work() {
+    fn output_limit_is_checked_before_work_on_sizes_really_made() {
         let e = plan("/x4/a.png", 5000, 4000).unwrap_err();
         assert_eq!(e.class(), ErrorClass::TooLarge);
         assert!(plan("/x2/w=16384/h=16384/fit=fill/a.png", 10, 10).is_err());
+        // A 16 MP source with x4 and a thumbnail box makes no 64 MP intermediate.
+        let p = plan("/x4/w=300/a.png", 4000, 4000).unwrap();
+        assert_eq!((p.out_w, p.out_h, p.model()), (300, 300, "resize".to_string()));
+        let e = plan("/w=2000/a.png", 200, 100).unwrap_err();
+        assert!(matches!(e, PlanError::UpscaleTooLarge { .. }), "{e}");
+        assert_eq!(e.class(), ErrorClass::TooLarge);
     }
 
     #[test]
-    fn unknown_model_is_a_400_listing_models() {
-        let e = plan("/x4/model=realesrgan/a.png", 10, 10).unwrap_err();
-        assert_eq!(e.class(), ErrorClass::BadRequest);
-        assert!(e.to_string().contains("lanczos"));
+    fn webp_side_limit_is_decided_in_the_plan() {
+        let r = full_registry();
+        let p = plan_with(&r, "/x4/a.jpg", 4100, 900, "image/webp").unwrap();
+        assert_eq!((p.out_w, p.format), (16400, OutputFormat::Jpeg), "auto falls back to JPEG");
+        let p = plan_with(&r, "/x4/a.jpg", 4000, 900, "image/webp").unwrap();
+        assert_eq!(p.format, OutputFormat::Webp);
+        let e = plan_with(&r, "/x4/format=webp/a.jpg", 4100, 900, "image/webp").unwrap_err();
+        assert!(matches!(e, PlanError::FormatSideLimit { max: 16383, .. }), "{e}");
+        assert_eq!(e.class(), ErrorClass::TooLarge);
+        // With alpha, auto falls back to PNG.
+        assert_eq!(Variant::AutoWebp.resolve_for_size(true, 16400, 10).unwrap(), OutputFormat::Png);
+    }
+
+    #[test]
+    fn unknown_model_is_a_400_listing_models_even_without_missing_pixels() {
+        for path in ["/x4/model=realesrgan/a.png", "/w=5/model=realesrgan/a.png"] {
+            let e = plan(path, 10, 10).unwrap_err();
+            assert_eq!(e.class(), ErrorClass::BadRequest);
+            assert!(e.to_string().contains("lanczos"));
+        }
+    }
+
+    /// Every row of the README's URL rules table, with the default config.
+    #[test]
+    fn readme_rules_table_holds() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let table = readme.split("<!-- url rules:").nth(1).expect("the README has the url rules table");
+        let rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("| source")).skip(2).take_while(|l| l.starts_with('|')).collect();
+        assert!(rows.len() >= 20, "{} rows", rows.len());
+        let r = full_registry();
+        let size = |cell: &str| -> Option<(u32, u32)> {
+            let (w, h) = cell.trim().split_once('×')?;
+            Some((w.parse().ok()?, h.parse().ok()?))
+        };
+        let ticked = |cell: &str| cell.split('`').nth(1).unwrap_or("").to_string();
+        for row in rows {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (src, url, runs, out) = (cells[1], cells[2], cells[3], cells[4]);
+            let (sw, sh) = size(src).unwrap_or_else(|| panic!("{row}: source"));
+            let accept = if url.contains("Accept: image/webp") { "image/webp" } else { "*/*" };
+            let got = plan_with(&r, &ticked(url), sw, sh, accept);
+            let what = ticked(runs);
+            match (what.as_str(), got) {
+                ("413", Err(e)) => assert_eq!(e.class(), ErrorClass::TooLarge, "{row}"),
+                ("413", Ok(p)) => panic!("{row}: expected 413, got {p:?}"),
+                (_, Err(e)) => panic!("{row}: {e}"),
+                (what, Ok(p)) => {
+                    assert_eq!(Some((p.out_w, p.out_h)), size(out), "{row}");
+                    match what {
+                        "re-encode" => assert!(p.engine.is_none() && (p.out_w, p.out_h) == (sw, sh), "{row}: {p:?}"),
+                        "resize" => assert!(p.engine.is_none() && (p.out_w, p.out_h) != (sw, sh), "{row}: {p:?}"),
+                        model => {
+                            let scale: u32 = runs.split('`').nth(2).and_then(|t| t.trim().strip_prefix('x')).and_then(|t| t[..1].parse().ok()).unwrap_or_else(|| panic!("{row}: scale"));
+                            let name = p.engine.as_ref().map(|e| e.id().name.clone());
+                            assert_eq!(name, Some(format!("{model}-x{scale}")), "{row}");
+                        }
+                    }
+                    if runs.contains("JPEG") {
+                        assert_eq!(p.format, OutputFormat::Jpeg, "{row}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
             shared.push((name.as_str(), value.as_str()));
         }
     }
-    let defaults = fields::spec(&TransformSpec::default(), shared, &app.param_limits)?;
+    let defaults = fields::spec(&fields::api_base(), shared, &app.param_limits)?;
     let overrides = parse_params(per_image, form.images.len())?;
 
     let items = form.images.into_iter().zip(overrides).enumerate().map(|(index, (bytes, over))| {

@@ -46,6 +46,13 @@ fn known() -> String {
     FIELDS.iter().map(|(f, _)| format!("`{f}`")).collect::<Vec<_>>().join(", ")
 }
 
+/// The spec API fields start from: the REST API is for upscaling, so `scale` defaults to 4
+/// there (a URL without a scale keeps the source's size). With a `width`/`height` box the box
+/// decides, as for URLs.
+pub fn api_base() -> TransformSpec {
+    TransformSpec { scale: Some(4), ..TransformSpec::default() }
+}
+
 /// Builds a spec from `base` plus `(name, value)` pairs; a name may appear once.
 pub fn spec<'a>(
     base: &TransformSpec,

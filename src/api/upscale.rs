@@ -12,7 +12,6 @@ use super::{fields, RequestBody};
 use crate::app::App;
 use crate::cache::CachedResult;
 use crate::error::{ErrorClass, ProxyError};
-use crate::params::TransformSpec;
 use crate::pipeline::{self, Answer};
 use crate::plan::Variant;
 use crate::respond::{self, ImageReply};
@@ -32,7 +31,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
     })?;
     let image = form.images.into_iter().next().ok_or_else(|| ProxyError::new(ErrorClass::BadRequest, "the `image` part is missing"))?;
     let pairs = form.fields.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-    let spec = fields::spec(&TransformSpec::default(), pairs, &app.param_limits)?;
+    let spec = fields::spec(&fields::api_base(), pairs, &app.param_limits)?;
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let variant = Variant::negotiate(spec.format, accept);
 

@@ -224,10 +224,12 @@ fn worker(engine: Arc<dyn Engine>, rx: Receiver<Job>, cfg: BatchConfig, metrics:
         }
         answer_cancelled(&mut pending);
         let Some(head) = pending.front().map(Pending::batch_key) else { continue };
+        // Large tiles (a whole photo in one pass) fill a pass alone: the activation budget holds.
+        let max_batch = engine.tiling().map_or(cfg.max_batch, |t| t.batch_limit(head.0, cfg.max_batch));
 
         if wants_company {
             let deadline = Instant::now() + cfg.max_wait;
-            while available(&pending, head) < cfg.max_batch {
+            while available(&pending, head) < max_batch {
                 let now = Instant::now();
                 if now >= deadline {
                     break;
@@ -247,13 +249,13 @@ fn worker(engine: Arc<dyn Engine>, rx: Receiver<Job>, cfg: BatchConfig, metrics:
             if p.batch_key() != head || p.job.cancel.is_cancelled() {
                 continue;
             }
-            while p.next < p.job.tiles.len() && tiles.len() < cfg.max_batch {
+            while p.next < p.job.tiles.len() && tiles.len() < max_batch {
                 tiles.push(p.job.tiles[p.next].take().expect("each tile is scheduled once"));
                 params.push(p.job.params.clone());
                 owners.push((pi, p.next));
                 p.next += 1;
             }
-            if tiles.len() == cfg.max_batch {
+            if tiles.len() == max_batch {
                 break;
             }
         }
@@ -367,7 +369,7 @@ mod tests {
             2
         }
         fn tiling(&self) -> Option<Tiling> {
-            Some(Tiling { tile: 4, overlap: 0 })
+            Some(Tiling::squares(4, 0))
         }
         fn upscale(&self, tiles: &[Tile], _: &[GenParams], _: &dyn RunContext) -> JobResult {
             self.calls.fetch_add(1, Ordering::SeqCst);

@@ -135,10 +135,31 @@ impl RunContext for Unattended {
 /// How an engine wants images cut before they reach it, in input pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiling {
-    /// Tile edge; images smaller than this on a side use their own size on that side.
+    /// Edge of the squares an image over `max_pixels` is cut into.
     pub tile: u32,
     /// Overlap between neighbouring tiles, blended when stitching.
     pub overlap: u32,
+    /// An image of at most this many pixels is one tile (one pass over the whole image, any
+    /// aspect); one pass never holds more (a batch of squares included). From the engine's
+    /// activation budget (`ml.activation_budget`).
+    pub max_pixels: u64,
+}
+
+impl Tiling {
+    /// Squares of `tile` with `overlap`; only images within one square run whole.
+    pub fn squares(tile: u32, overlap: u32) -> Tiling {
+        Tiling { tile, overlap, max_pixels: tile as u64 * tile as u64 }
+    }
+
+    /// Tiles of `shape` one pass may hold: squares batch up to `max_batch`; a whole image
+    /// larger than a square shares its pass only within `max_pixels`.
+    pub fn batch_limit(&self, shape: (u32, u32), max_batch: usize) -> usize {
+        let pixels = (shape.0 as u64 * shape.1 as u64).max(1);
+        if pixels <= self.tile as u64 * self.tile as u64 {
+            return max_batch.max(1);
+        }
+        ((self.max_pixels / pixels) as usize).clamp(1, max_batch.max(1))
+    }
 }
 
 /// Why a forward pass failed.
@@ -205,9 +226,8 @@ pub trait Engine: Send + Sync + 'static {
     fn idle(&self) {}
 
     /// One small inference so `/readyz` reports ready only once kernels and weights are hot.
-    /// Side of a square tile the server times once at warm-up to learn this engine's speed, so
-    /// `model=auto` can skip it for inputs it could not finish in time (`Registry::resolve_within`).
-    /// `None`: never timed, assumed fast enough.
+    /// Side of a square tile the server times once at warm-up, for the log's speed line.
+    /// `None`: never timed.
     fn speed_probe_side(&self) -> Option<u32> {
         None
     }

@@ -1,19 +1,19 @@
 //! The loaded models, by name and alias, and how a request's `model=` picks one.
 //!
-//! `model=auto` picks the highest-ranked loaded model that fits the request (prompt-guided models
-//! only when a prompt is given) and that can finish in time: the warm-up measures each engine's
-//! speed (`record_speed`), and a model whose estimate for the request's pixels exceeds the budget
-//! (half the request deadline) yields to the next rank, down to the fastest one. A 451×300 photo
-//! takes realesrgan-x4plus minutes on two CPU cores; `auto` must not answer 504 for it when a
-//! model that fits exists. A named model is always honoured. A family with several scales (realesr-animevideov3 x2/x3/x4) is
-//! several entries with one name: the one whose scale equals the request wins, else the smallest
-//! larger one, else the largest (the plan resizes the rest of the way).
+//! `model=auto` is decided by the request and the config only, never by one replica's speed or
+//! load, so every replica with the same config picks the same model for the same URL: with a
+//! prompt, the highest-ranked prompt-guided model; otherwise the first `engine.auto` rule whose
+//! `max_input_pixels` covers the source (a rule naming a model that is not loaded here goes on
+//! to the next rule, or is refused with 503 under `engine.auto_unavailable = "refuse"`); no rule
+//! left: the highest rank. A named model is always honoured. A family with several scales
+//! (realesr-animevideov3 x2/x3/x4) is several entries with one name: the one whose scale
+//! equals the wanted scale wins, else the smallest larger one, else the largest (the plan
+//! resizes the rest of the way).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::Engine;
+use crate::config::{AutoRule, AutoUnavailable};
 use crate::error::{Classify, ErrorClass};
 use crate::params::ModelChoice;
 
@@ -35,37 +35,27 @@ pub struct ModelEntry {
 pub enum ModelError {
     #[error("model `{requested}` is not available; available models: {available}")]
     Unavailable { requested: String, available: String },
+    #[error("model=auto chose `{model}`, which this replica has not loaded; retry on another replica")]
+    AutoNotLoaded { model: String },
 }
 
 impl Classify for ModelError {
     fn class(&self) -> ErrorClass {
-        ErrorClass::BadRequest
+        match self {
+            ModelError::Unavailable { .. } => ErrorClass::BadRequest,
+            ModelError::AutoNotLoaded { .. } => ErrorClass::Overloaded,
+        }
     }
 }
 
 #[derive(Clone, Default)]
 pub struct Registry {
     entries: Vec<ModelEntry>,
-    /// Measured nanoseconds per input pixel (f64 bits), one per entry; 0 = not measured.
-    speeds: Arc<Vec<AtomicU64>>,
 }
 
 impl Registry {
     pub fn new(entries: Vec<ModelEntry>) -> Self {
-        let speeds = Arc::new(entries.iter().map(|_| AtomicU64::new(0)).collect());
-        Self { entries, speeds }
-    }
-
-    /// Records entry `index`'s speed: `elapsed` for one pass over `pixels` input pixels.
-    pub fn record_speed(&self, index: usize, elapsed: Duration, pixels: u64) {
-        let ns_per_px = elapsed.as_nanos() as f64 / pixels.max(1) as f64;
-        self.speeds[index].store(ns_per_px.to_bits(), Ordering::Relaxed);
-    }
-
-    /// Estimated time of entry `index` for `pixels` input pixels, if its speed was measured.
-    pub fn estimate(&self, index: usize, pixels: u64) -> Option<Duration> {
-        let ns_per_px = f64::from_bits(self.speeds[index].load(Ordering::Relaxed));
-        (ns_per_px > 0.0).then(|| Duration::from_nanos((ns_per_px * pixels as f64) as u64))
+        Self { entries }
     }
 
     pub fn entries(&self) -> &[ModelEntry] {
@@ -85,41 +75,47 @@ impl Registry {
         names
     }
 
-    /// Picks the engine for a request, ignoring time (see `resolve_within`).
+    /// Picks the engine for a request without `auto` rules (the highest rank).
     pub fn resolve(&self, choice: &ModelChoice, scale: u32, has_prompt: bool) -> Result<Arc<dyn Engine>, ModelError> {
-        self.resolve_within(choice, scale, has_prompt, 0, Duration::MAX)
+        self.pick(choice, scale, has_prompt, 0, &[], AutoUnavailable::Next)
     }
 
-    /// Picks the engine for a request of `pixels` input pixels: a named model as asked; `auto`
-    /// the highest rank whose estimate fits `budget` (unmeasured engines are assumed to fit),
-    /// else the fastest measured candidate.
-    pub fn resolve_within(
+    /// Picks the engine for a request: a named model as asked, at the scale nearest `scale`
+    /// from above; `auto` by `rules` on the source's `input_pixels` (module docs).
+    pub fn pick(
         &self,
         choice: &ModelChoice,
         scale: u32,
         has_prompt: bool,
-        pixels: u64,
-        budget: Duration,
+        input_pixels: u64,
+        rules: &[AutoRule],
+        unavailable: AutoUnavailable,
     ) -> Result<Arc<dyn Engine>, ModelError> {
         let indexed: Vec<(usize, &ModelEntry)> = self.entries.iter().enumerate().collect();
+        let named = |n: &str| -> Vec<(usize, &ModelEntry)> {
+            indexed.iter().copied().filter(|(_, e)| e.name == n || e.aliases.iter().any(|a| a == n)).collect()
+        };
         let picked = match choice {
-            ModelChoice::Named(n) => {
-                let named: Vec<_> =
-                    indexed.into_iter().filter(|(_, e)| &e.name == n || e.aliases.iter().any(|a| a == n)).collect();
-                pick_scale(&named, scale)
-            }
+            ModelChoice::Named(n) => pick_scale(&named(n), scale),
             ModelChoice::Auto => {
-                let fitting: Vec<_> = indexed.into_iter().filter(|(_, e)| has_prompt || !e.engine.prompt_guided()).collect();
-                let mut ranks: Vec<u32> = fitting.iter().map(|(_, e)| e.rank).collect();
-                ranks.sort_unstable_by(|a, b| b.cmp(a));
-                ranks.dedup();
-                let per_rank = ranks.iter().filter_map(|&r| {
-                    let group: Vec<_> = fitting.iter().copied().filter(|(_, e)| e.rank == r).collect();
-                    pick_scale(&group, scale)
-                });
-                let choices: Vec<_> = per_rank.collect();
-                let in_time = |&&(i, _): &&(usize, &ModelEntry)| self.estimate(i, pixels).is_none_or(|t| t <= budget);
-                choices.iter().find(in_time).or_else(|| choices.iter().min_by_key(|(i, _)| self.estimate(*i, pixels))).copied()
+                let guided: Vec<_> = indexed.iter().copied().filter(|(_, e)| e.engine.prompt_guided()).collect();
+                let by_rule = rules.iter().filter(|r| r.max_input_pixels.is_none_or(|max| input_pixels <= max));
+                let mut from_rules = None;
+                if !(has_prompt && !guided.is_empty()) {
+                    for rule in by_rule {
+                        match pick_scale(&named(&rule.model), scale) {
+                            Some(p) => {
+                                from_rules = Some(p);
+                                break;
+                            }
+                            None if unavailable == AutoUnavailable::Refuse => {
+                                return Err(ModelError::AutoNotLoaded { model: rule.model.clone() });
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                from_rules.or_else(|| self.highest_rank(&indexed, scale, has_prompt))
             }
         };
         picked.map(|(_, e)| e.engine.clone()).ok_or_else(|| ModelError::Unavailable {
@@ -129,6 +125,19 @@ impl Registry {
             },
             available: self.names().join(", "),
         })
+    }
+
+    /// The highest-ranked model (prompt-guided ones only with a prompt), at its nearest scale.
+    fn highest_rank<'a>(
+        &self,
+        indexed: &[(usize, &'a ModelEntry)],
+        scale: u32,
+        has_prompt: bool,
+    ) -> Option<(usize, &'a ModelEntry)> {
+        let fitting: Vec<_> = indexed.iter().copied().filter(|(_, e)| has_prompt || !e.engine.prompt_guided()).collect();
+        let top = fitting.iter().map(|(_, e)| e.rank).max()?;
+        let group: Vec<_> = fitting.into_iter().filter(|(_, e)| e.rank == top).collect();
+        pick_scale(&group, scale)
     }
 }
 
@@ -197,24 +206,27 @@ mod tests {
     }
 
     #[test]
-    fn auto_yields_to_a_faster_rank_when_the_estimate_misses_the_budget() {
+    fn auto_follows_the_rules_on_input_pixels_never_measured_speed() {
         let r = registry();
-        // ns per pixel: lanczos 10, animevideov3 1_000, x4plus 100_000 (entry order of registry()).
-        for (i, ns) in [(0, 10), (1, 10), (2, 1_000), (3, 1_000), (4, 100_000)] {
-            r.record_speed(i, Duration::from_nanos(ns * 100), 100);
-        }
-        let pick = |px: u64, budget_s: u64| {
-            r.resolve_within(&ModelChoice::Auto, 4, false, px, Duration::from_secs(budget_s)).unwrap().id().name.clone()
-        };
-        assert_eq!(pick(100 * 100, 10), "realesrgan-x4plus-x4", "1 s estimated: fits");
-        assert_eq!(pick(450 * 300, 10), "realesr-animevideov3-x4", "13.5 s for x4plus: too slow");
-        assert_eq!(pick(20_000 * 20_000, 10), "lanczos-x4", "only lanczos fits (4 s)");
-        assert_eq!(pick(20_000 * 20_000, 1), "lanczos-x4", "nothing fits: the fastest");
-        // A named model is honoured whatever its estimate.
-        let named = r.resolve_within(&ModelChoice::Named("realesrgan".into()), 4, false, 20_000 * 20_000, Duration::from_secs(1));
-        assert_eq!(named.unwrap().id().name, "realesrgan-x4plus-x4");
-        // Unmeasured engines are assumed to fit.
-        assert_eq!(registry().resolve_within(&ModelChoice::Auto, 4, false, u64::MAX, Duration::ZERO).unwrap().id().name, "realesrgan-x4plus-x4");
+        let rules = vec![
+            AutoRule { max_input_pixels: Some(100_000), model: "realesrgan".into() },
+            AutoRule { max_input_pixels: Some(1_000_000), model: "not-loaded".into() },
+            AutoRule { max_input_pixels: None, model: "animevideo".into() },
+        ];
+        let pick = |px: u64, scale: u32, how| r.pick(&ModelChoice::Auto, scale, false, px, &rules, how).map(|e| e.id().name.clone());
+        assert_eq!(pick(100_000, 4, AutoUnavailable::Next).unwrap(), "realesrgan-x4plus-x4");
+        assert_eq!(pick(100_001, 4, AutoUnavailable::Next).unwrap(), "realesr-animevideov3-x4", "skips the unloaded model");
+        assert_eq!(pick(100_001, 2, AutoUnavailable::Next).unwrap(), "realesr-animevideov3-x2");
+        let refused = pick(100_001, 4, AutoUnavailable::Refuse).unwrap_err();
+        assert_eq!(refused.class(), ErrorClass::Overloaded, "{refused}");
+        assert_eq!(pick(5_000_000, 4, AutoUnavailable::Refuse).unwrap(), "realesr-animevideov3-x4");
+        // A prompt goes to the prompt-guided model whatever the rules say.
+        assert_eq!(r.pick(&ModelChoice::Auto, 4, true, 10, &rules, AutoUnavailable::Next).unwrap().id().name, "sd-x4-x4");
+        // No rule: the highest rank.
+        assert_eq!(r.pick(&ModelChoice::Auto, 4, false, 10, &[], AutoUnavailable::Next).unwrap().id().name, "realesrgan-x4plus-x4");
+        // A named model is honoured whatever the rules say.
+        let named = r.pick(&ModelChoice::Named("lz".into()), 4, false, 10, &rules, AutoUnavailable::Refuse);
+        assert_eq!(named.unwrap().id().name, "lanczos-x4");
     }
 
     #[test]

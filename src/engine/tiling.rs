@@ -1,10 +1,12 @@
 //! Cutting an image into overlapping same-shaped tiles, and stitching upscaled tiles back with
 //! feathered blending so seams do not show.
 //!
-//! Every tile of one image has the same shape (the last tile on an axis is shifted inward rather
-//! than cut short), so a request's tiles can share a forward pass with each other and with other
-//! requests' tiles of the same shape. An image smaller than a tile on some axis is one tile wide
-//! on that axis.
+//! An image with no more pixels than the engine's activation budget allows (`max_pixels`) is one
+//! tile: the whole image in one forward pass, whatever its aspect. Larger images are cut into
+//! overlapping `tile`² squares. Every tile of one image has the same shape (the last tile on an axis is
+//! shifted inward rather than cut short), so a request's tiles can share a forward pass with
+//! each other and with other requests' tiles of the same shape. An image smaller than a tile on
+//! some axis is one tile wide on that axis.
 
 use super::{Tile, Tiling};
 
@@ -24,6 +26,8 @@ pub struct Grid {
 impl Grid {
     pub fn new(width: u32, height: u32, tiling: Option<Tiling>) -> Grid {
         let (tile, overlap) = match tiling {
+            // Within the budget: one pass over the whole image.
+            Some(t) if width as u64 * height as u64 <= t.max_pixels => (u32::MAX, 0),
             Some(t) => (t.tile.max(1), t.overlap),
             None => (u32::MAX, 0),
         };
@@ -186,7 +190,7 @@ mod tests {
     fn cut_then_stitch_at_scale_one_is_identity() {
         for (w, h) in [(1, 1), (7, 5), (64, 64), (100, 37), (129, 200)] {
             let img = gradient(w, h);
-            let grid = Grid::new(w, h, Some(Tiling { tile: 32, overlap: 8 }));
+            let grid = Grid::new(w, h, Some(Tiling::squares(32, 8)));
             let tiles = grid.cut(&img);
             assert!(tiles.iter().all(|t| t.shape() == (grid.tile_w, grid.tile_h)));
             let back = grid.stitch(&tiles, 1);
@@ -209,7 +213,7 @@ mod tests {
             Tile::new(t.width * s, t.height * s, data)
         };
         let img = gradient(90, 70);
-        let grid = Grid::new(90, 70, Some(Tiling { tile: 32, overlap: 6 }));
+        let grid = Grid::new(90, 70, Some(Tiling::squares(32, 6)));
         let up: Vec<Tile> = grid.cut(&img).iter().map(|t| nearest(t, 4)).collect();
         let stitched = grid.stitch(&up, 4);
         let whole = nearest(&img, 4);

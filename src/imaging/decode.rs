@@ -12,7 +12,8 @@
 use std::borrow::Cow;
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::engine::Tile;
 use crate::error::{Classify, ErrorClass};
@@ -25,6 +26,8 @@ pub struct Header {
     pub height: u32,
     /// The pixel format has an alpha channel (it may still be fully opaque).
     pub has_alpha: bool,
+    /// EXIF orientation, applied by every decode here.
+    pub orientation: Orientation,
 }
 
 /// A decoded image: RGB planes and an optional alpha plane, values in `[0, 1]`.
@@ -156,27 +159,39 @@ pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<Header, DecodeError> {
     let mut decoder = r.into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     check_pixels(w, h, max_pixels)?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let (width, height) = if swaps_axes(orientation) { (h, w) } else { (w, h) };
-    Ok(Header { format, width, height, has_alpha: decoder.color_type().has_alpha() })
+    Ok(Header { format, width, height, has_alpha: decoder.color_type().has_alpha(), orientation })
 }
 
-fn swaps_axes(o: image::metadata::Orientation) -> bool {
-    use image::metadata::Orientation::*;
+fn swaps_axes(o: Orientation) -> bool {
+    use Orientation::*;
     matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
 }
 
 /// Decodes fully. The pixel limit is checked from the header first, and the decoder's own
 /// allocation limit is set from it, so a decompression bomb is refused before allocating.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
+    Ok(split(decode_image(bytes, max_pixels)?))
+}
+
+/// Decodes to oriented 8-bit RGB (alpha dropped), for the resize-only path.
+pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
+    Ok(match decode_image(bytes, max_pixels)? {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, DecodeError> {
     let (r, _) = reader(bytes, max_pixels)?;
     let mut decoder = r.into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     check_pixels(w, h, max_pixels)?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
-    Ok(split(img))
+    Ok(img)
 }
 
 fn split(img: DynamicImage) -> Decoded {

@@ -105,47 +105,53 @@ fn interleave(rgb: &Tile, alpha: Option<&[f32]>) -> Vec<u8> {
 /// Encodes. JPEG has no alpha: transparent pixels are composited over white.
 pub fn encode(rgb: &Tile, alpha: Option<&[f32]>, format: OutputFormat, quality: u8) -> Result<Vec<u8>, EncodeError> {
     let (w, h) = rgb.shape();
+    check_sides(w, h, format)?;
+    match (format, alpha) {
+        (OutputFormat::Jpeg, Some(a)) => {
+            let n = rgb.plane_len();
+            let mut data = rgb.data.clone();
+            for c in 0..3 {
+                for i in 0..n {
+                    data[c * n + i] = data[c * n + i] * a[i] + (1.0 - a[i]);
+                }
+            }
+            encode_rgb8(&interleave(&Tile::new(w, h, data), None), w, h, format, quality)
+        }
+        (_, Some(_)) => encode_interleaved(&interleave(rgb, alpha), w, h, true, format, quality),
+        (_, None) => encode_rgb8(&interleave(rgb, None), w, h, format, quality),
+    }
+}
+
+/// Encodes interleaved 8-bit RGB.
+pub fn encode_rgb8(px: &[u8], w: u32, h: u32, format: OutputFormat, quality: u8) -> Result<Vec<u8>, EncodeError> {
+    check_sides(w, h, format)?;
+    encode_interleaved(px, w, h, false, format, quality)
+}
+
+fn check_sides(w: u32, h: u32, format: OutputFormat) -> Result<(), EncodeError> {
+    // The plan refuses these before any work; this is the last line of defence.
     if w > format.max_side() || h > format.max_side() {
         return Err(EncodeError::TooLarge { format: format.as_str(), max: format.max_side(), width: w, height: h });
     }
+    Ok(())
+}
+
+/// RGB8 or (with `alpha`) RGBA8 pixels into `format`; JPEG takes RGB8 only.
+fn encode_interleaved(px: &[u8], w: u32, h: u32, alpha: bool, format: OutputFormat, quality: u8) -> Result<Vec<u8>, EncodeError> {
+    let color = if alpha { ExtendedColorType::Rgba8 } else { ExtendedColorType::Rgb8 };
+    let mut out = Cursor::new(Vec::new());
     match format {
         OutputFormat::Webp => {
-            let px = interleave(rgb, alpha);
-            let enc = if alpha.is_some() { webp::Encoder::from_rgba(&px, w, h) } else { webp::Encoder::from_rgb(&px, w, h) };
+            let enc = if alpha { webp::Encoder::from_rgba(px, w, h) } else { webp::Encoder::from_rgb(px, w, h) };
             let mem = enc.encode_simple(false, quality as f32).map_err(|e| EncodeError::Failed(format!("{e:?}")))?;
-            Ok(mem.to_vec())
+            return Ok(mem.to_vec());
         }
-        OutputFormat::Jpeg => {
-            let flat;
-            let src = match alpha {
-                Some(a) => {
-                    let n = rgb.plane_len();
-                    let mut data = rgb.data.clone();
-                    for c in 0..3 {
-                        for i in 0..n {
-                            data[c * n + i] = data[c * n + i] * a[i] + (1.0 - a[i]);
-                        }
-                    }
-                    flat = Tile::new(w, h, data);
-                    &flat
-                }
-                None => rgb,
-            };
-            let px = interleave(src, None);
-            let mut out = Cursor::new(Vec::new());
-            JpegEncoder::new_with_quality(&mut out, quality)
-                .write_image(&px, w, h, ExtendedColorType::Rgb8)
-                .map_err(|e| EncodeError::Failed(e.to_string()))?;
-            Ok(out.into_inner())
-        }
-        OutputFormat::Png => {
-            let px = interleave(rgb, alpha);
-            let color = if alpha.is_some() { ExtendedColorType::Rgba8 } else { ExtendedColorType::Rgb8 };
-            let mut out = Cursor::new(Vec::new());
-            PngEncoder::new(&mut out).write_image(&px, w, h, color).map_err(|e| EncodeError::Failed(e.to_string()))?;
-            Ok(out.into_inner())
-        }
+        OutputFormat::Jpeg => JpegEncoder::new_with_quality(&mut out, quality)
+            .write_image(px, w, h, color)
+            .map_err(|e| EncodeError::Failed(e.to_string()))?,
+        OutputFormat::Png => PngEncoder::new(&mut out).write_image(px, w, h, color).map_err(|e| EncodeError::Failed(e.to_string()))?,
     }
+    Ok(out.into_inner())
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! Pixels in and out: decoding with limits, Lanczos resampling, encoding.
+//! Pixels in and out: decoding with limits, Lanczos resampling, encoding, and the 8-bit
+//! resize-only path (JPEG shrink-on-load) for outputs that need no model.
 //!
 //! Everything here is synchronous and CPU-bound; callers run it on the blocking pool.
 
 pub mod decode;
 pub mod encode;
 pub mod resize;
+pub mod resize_only;

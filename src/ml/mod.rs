@@ -37,7 +37,7 @@ pub fn discover(cfg: &Config) -> Result<Vec<ModelEntry>, MlError> {
     let sd_dir = sd::model_dir(&cfg.ml.models_dir, cfg.sd.path.as_deref());
     if cfg.sd.path.is_some() || sd_dir.is_dir() {
         let device = sd::select_device(&cfg.ml.device).map_err(|e| MlError::Device(e.to_string()))?;
-        let tiling = Tiling { tile: cfg.ml.tile, overlap: cfg.ml.tile_overlap };
+        let tiling = Tiling::squares(cfg.ml.tile, cfg.ml.tile_overlap);
         let engine = sd::SdEngine::load(&sd_dir, &device, tiling, sd::vae_tiling(&cfg.sd))
             .map_err(|e| MlError::Load { path: sd_dir.display().to_string(), reason: e.to_string() })?;
         tracing::info!(model = sd::NAME, id = %crate::engine::Engine::id(&engine), dir = %sd_dir.display(), "loaded");
@@ -68,13 +68,13 @@ pub(crate) fn discover_ncnn(cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> 
         return Ok(Vec::new());
     }
     let device = device::select(&cfg.device)?;
-    let tiling = Some(Tiling { tile: cfg.tile.max(1), overlap: cfg.tile_overlap });
     let mut entries = Vec::new();
     for stem in stems {
         let Some(known) = realesrgan::Known::by_stem(&stem) else {
             tracing::warn!(file = %dir.join(format!("{stem}.param")).display(), "unknown ncnn model, ignored");
             continue;
         };
+        let tiling = Some(gan_tiling(cfg, &(known.arch)()));
         let engine = realesrgan::RealEsrgan::load(dir, known, &device, tiling).map_err(|reason| MlError::Load {
             path: dir.join(format!("{stem}.param")).display().to_string(),
             reason,
@@ -94,6 +94,14 @@ pub(crate) fn discover_ncnn(cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> 
     }
     photo.for_each(|e| e.aliases.push(PHOTO_ALIAS.into()));
     Ok(entries)
+}
+
+/// A GAN's tiling: whole images up to `ml.activation_budget` worth of input pixels for this
+/// network, `ml.tile`² squares beyond (never below one square).
+pub(crate) fn gan_tiling(cfg: &MlConfig, arch: &realesrgan::Arch) -> Tiling {
+    let square = Tiling::squares(cfg.tile.max(1), cfg.tile_overlap);
+    let budget_pixels = cfg.activation_budget / arch.activation_bytes_per_pixel().max(1);
+    Tiling { max_pixels: budget_pixels.max(square.max_pixels), ..square }
 }
 
 /// Stems of the `.param` files directly in `dir`, sorted.

@@ -1,20 +1,43 @@
 //! The canonical form of a `TransformSpec`: options sorted by name, values normalised.
 //!
-//! Two URLs that mean the same transform (options in another order, aliases, `jpg` for `jpeg`)
-//! have the same canonical form, and therefore the same request key. `parse(canonical(s))`
-//! returns `s` again (property-tested in `tests.rs`).
+//! Two URLs that mean the same transform (options in another order, aliases, `jpg` for `jpeg`,
+//! explicit defaults, options that have no effect) have the same canonical form, and therefore
+//! the same request key. `parse(canonical(s))` returns `normalized(s)` (property-tested in
+//! `tests.rs`).
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::{Format, ModelChoice, TransformSpec};
+use super::{Fit, Format, ModelChoice, TransformSpec};
 
 /// Bytes left unescaped in canonical prompt values: unreserved characters only, so the form is
 /// a valid path segment and unambiguous.
 const VALUE_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
-/// Writes `spec` as `/`-joined `name=value` segments sorted by name (no leading slash).
-/// Options at their "unset" value are omitted.
+/// `spec` without options at their default or without effect: `x1`, `fit=contain`, `dpr=1`,
+/// `origin=default`; `fit` and `dpr` without a `w`/`h` box; a scale beside a box unless
+/// `fit=inside` (only `inside` reads it, as its cap: `plan.rs`).
+pub fn normalized(spec: &TransformSpec) -> TransformSpec {
+    let mut s = spec.clone();
+    let boxed = s.width.is_some() || s.height.is_some();
+    if s.fit == Some(Fit::Contain) || !boxed {
+        s.fit = None;
+    }
+    if s.dpr == Some(1.0) || !boxed {
+        s.dpr = None;
+    }
+    if s.scale == Some(1) || (boxed && s.fit != Some(Fit::Inside)) {
+        s.scale = None;
+    }
+    if s.origin.as_deref() == Some("default") {
+        s.origin = None;
+    }
+    s
+}
+
+/// Writes `normalized(spec)` as `/`-joined `name=value` segments sorted by name (no leading
+/// slash). Options at their "unset" value are omitted.
 pub fn canonical(spec: &TransformSpec) -> String {
+    let spec = &normalized(spec);
     // Destructure so a new field cannot be forgotten here.
     let TransformSpec {
         scale,

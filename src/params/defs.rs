@@ -25,10 +25,10 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef {
         name: "scale",
         aliases: &[],
-        syntax: "`x2` \\| `x3` \\| `x4` (or `scale=2..4`)",
-        doc: "Upscale factor. Default 4.",
+        syntax: "`x1` \\| `x2` \\| `x3` \\| `x4` (or `scale=1..4`)",
+        doc: "Enlargement factor when no `w`/`h` box is given; with `fit=inside`, the box's cap. Default: none (the source's size). See the rules below.",
         apply: |s, v, _| {
-            s.scale = Some(int_in(v, 2, 4)?);
+            s.scale = Some(int_in(v, 1, 4)?);
             Ok(())
         },
     },
@@ -36,7 +36,7 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "model",
         aliases: &["m"],
         syntax: "`auto` \\| `sd-x4` \\| `realesrgan` \\| `anime` \\| `animevideo` \\| `span` \\| `photo` \\| `lanczos` \\| a model name (file stem, lowercase)",
-        doc: "Which upscaler. `auto` picks the best loaded model that finishes in time (sd-x4 only when a prompt is given).",
+        doc: "Which upscaler, when pixels are missing. `auto` follows the `[[engine.auto]]` rules on the source's pixels (sd-x4 when a prompt is given).",
         apply: |s, v, _| {
             if v == "auto" {
                 s.model = ModelChoice::Auto;
@@ -136,7 +136,7 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "fit",
         aliases: &[],
         syntax: "`contain` \\| `cover` \\| `fill` \\| `inside`",
-        doc: "How the upscaled image meets the `w`×`h` box. Default `contain`; `inside` never grows past the image at the URL's scale (without `xN`, past the source).",
+        doc: "How the output meets the `w`×`h` box. Default `contain`; `inside` never exceeds `source × scale` (no scale: the source).",
         apply: |s, v, _| {
             s.fit = Some(match v {
                 "contain" => Fit::Contain,

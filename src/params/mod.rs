@@ -16,7 +16,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::error::{Classify, ErrorClass};
 
-pub use canonical::canonical;
+pub use canonical::{canonical, normalized};
 
 /// Output container requested in the URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -39,7 +39,7 @@ impl Format {
     }
 }
 
-/// How `w`/`h` box the upscaled image.
+/// How the output meets the `w`/`h` box.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Fit {
     /// Scale to fit inside the box, keeping the aspect ratio.
@@ -49,8 +49,7 @@ pub enum Fit {
     Cover,
     /// Stretch to exactly the box.
     Fill,
-    /// Like `contain`, but never larger than the image at the URL's scale (the source itself
-    /// when the URL names no scale).
+    /// Like `contain`, but never larger than `source × scale` (no scale: the source).
     Inside,
 }
 
@@ -120,10 +119,11 @@ pub enum ModelChoice {
 }
 
 /// A validated transform. Fields left `None` take their defaults when the plan is made, so an
-/// explicit default and an omitted option give the same result key.
+/// explicit default and an omitted option give the same result key (and, through `normalized`,
+/// the same request key).
 #[derive(Clone, PartialEq, Default)]
 pub struct TransformSpec {
-    /// Upscale factor 2, 3 or 4.
+    /// Enlargement factor 1..=4 when no box is given, and the cap of `fit=inside`.
     pub scale: Option<u32>,
     pub model: ModelChoice,
     pub prompt: Option<String>,

@@ -90,7 +90,19 @@ fn aliases_and_order_give_one_canonical_form() {
     let a = p("/x4/format=jpg/w=800/prompt=a%20cat/cat.jpg").unwrap();
     let b = p("/w=800/f=jpeg/p=a%20cat/scale=4/cat.jpg").unwrap();
     assert_eq!(canonical(&a.spec), canonical(&b.spec));
-    assert_eq!(canonical(&a.spec), "format=jpeg/prompt=a%20cat/scale=4/w=800");
+    assert_eq!(canonical(&a.spec), "format=jpeg/prompt=a%20cat/w=800");
+}
+
+#[test]
+fn explicit_defaults_and_options_without_effect_are_dropped() {
+    let same = |a: &str, b: &str| assert_eq!(canonical(&p(a).unwrap().spec), canonical(&p(b).unwrap().spec), "{a} vs {b}");
+    same("/x1/a.png", "/a.png");
+    same("/x1/fit=contain/dpr=1/origin=default/model=auto/format=auto/a.png", "/a.png");
+    same("/x4/w=300/a.png", "/w=300/a.png");
+    same("/x4/w=300/fit=cover/h=200/a.png", "/w=300/h=200/fit=cover/a.png");
+    same("/fit=cover/dpr=2/a.png", "/a.png");
+    assert_ne!(canonical(&p("/x4/a.png").unwrap().spec), canonical(&p("/a.png").unwrap().spec), "x4 enlarges, no scale does not");
+    assert_ne!(canonical(&p("/x4/w=300/fit=inside/a.png").unwrap().spec), canonical(&p("/w=300/fit=inside/a.png").unwrap().spec));
 }
 
 #[test]
@@ -104,7 +116,7 @@ fn prompts_are_not_in_debug_output() {
 fn arb_spec() -> impl Strategy<Value = TransformSpec> {
     let text = proptest::option::of("[ -~éß猫]{0,20}");
     (
-        (proptest::option::of(2u32..=4), proptest::option::of("[a-z0-9-]{1,12}"), text.clone(), text),
+        (proptest::option::of(1u32..=4), proptest::option::of("[a-z0-9-]{1,12}"), text.clone(), text),
         (
             proptest::option::of(0u32..=350),
             proptest::option::of(1u32..=200),
@@ -117,7 +129,7 @@ fn arb_spec() -> impl Strategy<Value = TransformSpec> {
             proptest::option::of(0usize..4),
             proptest::option::of(10u32..=40),
         ),
-        (0usize..4, proptest::option::of(1u8..=100), proptest::option::of("[a-z]{1,8}"), proptest::option::of(0usize..9)),
+        (0usize..4, proptest::option::of(1u8..=100), proptest::option::of("[a-z]{1,8}|default"), proptest::option::of(0usize..9)),
     )
         .prop_map(|((scale, model, prompt, neg), (noise, steps, g, seed), (w, h, fit, dpr), (fmt, q, origin, gravity))| {
             TransformSpec {
@@ -149,12 +161,23 @@ fn arb_spec() -> impl Strategy<Value = TransformSpec> {
 
 proptest! {
     #[test]
-    fn parse_of_canonical_is_identity(spec in arb_spec()) {
+    fn parse_of_canonical_is_the_normalized_spec(spec in arb_spec()) {
         let c = canonical(&spec);
         let path = if c.is_empty() { "/-/img.png".to_string() } else { format!("/{c}/-/img.png") };
         let back = p(&path).unwrap();
-        prop_assert_eq!(&back.spec, &spec);
+        prop_assert_eq!(&back.spec, &normalized(&spec));
         prop_assert_eq!(canonical(&back.spec), c);
+    }
+
+    #[test]
+    fn explicit_defaults_give_the_same_canonical_form(spec in arb_spec()) {
+        // Every option left unset, given its default value explicitly.
+        let mut explicit = spec.clone();
+        explicit.scale.get_or_insert(1);
+        explicit.fit.get_or_insert(Fit::Contain);
+        explicit.dpr.get_or_insert(1.0);
+        explicit.origin.get_or_insert_with(|| "default".into());
+        prop_assert_eq!(canonical(&explicit), canonical(&spec));
     }
 
     #[test]

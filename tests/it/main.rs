@@ -23,3 +23,4 @@ mod fleet; // replicas sharing a real S3 tier (moto): cross-replica hits, verifi
 mod pressure; // quiet connections, a hanging result store, a memory budget under a burst
 mod deploy; // deploy/: manifests parse and hold the fleet design; Dockerfiles name real files
 mod imgproxy; // imgproxy's URL syntax: the official Node SDK against a live server, shared cache entries
+mod rules; // the URL API's "what runs" rules: resize vs model, limits and formats decided in the plan

@@ -104,7 +104,7 @@ impl Engine for Stepper {
         2
     }
     fn tiling(&self) -> Option<Tiling> {
-        Some(Tiling { tile: 8, overlap: 0 })
+        Some(Tiling::squares(8, 0))
     }
     fn upscale(&self, tiles: &[Tile], _: &[GenParams], ctx: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
         self.passes.fetch_add(1, Ordering::SeqCst);

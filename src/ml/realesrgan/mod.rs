@@ -43,6 +43,13 @@ use rrdb::{Rrdb, RrdbConfig};
 use span::{Span, SpanConfig};
 use srvgg::{Srvgg, SrvggConfig};
 
+/// Feature maps alive at once per resolution, measured (`tests.rs`,
+/// `activation_estimate_covers_the_kept_buffers`).
+const RRDB_MAPS_1X: u64 = 4;
+const RRDB_MAPS_2X: u64 = 2;
+const RRDB_MAPS_4X: u64 = 3;
+const SRVGG_MAPS: u64 = 3;
+
 /// Which network a file holds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arch {
@@ -52,6 +59,30 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Activation bytes one forward pass holds per input pixel (fastconv's buffers: f32 plus
+    /// the bf16 shadow), from the layer shapes; `tests.rs` checks it against the buffers a pass
+    /// really keeps. RRDBNet: the trunk's dense-block concat and feature maps at 1×, then
+    /// `num_feat` maps at 2× and 4× (16 output pixels per input pixel); SRVGG: `num_feat` maps
+    /// at 1× and the pixel-shuffled output.
+    pub fn activation_bytes_per_pixel(&self) -> u64 {
+        const B: u64 = 6; // f32 + bf16 shadow
+        match self {
+            Arch::Rrdb(c) => {
+                let (f, g) = (c.num_feat as u64, c.num_grow as u64);
+                B * (RRDB_MAPS_1X * f + (f + 4 * g) + RRDB_MAPS_2X * 4 * f + RRDB_MAPS_4X * 16 * f + 16 * 3)
+            }
+            Arch::Srvgg(c) => {
+                let (f, u) = (c.num_feat as u64, c.upscale as u64);
+                B * (SRVGG_MAPS * f + 2 * u * u * 3)
+            }
+            // Not measured: the blocks' maps plus the 4-way concat at 1×, and the shuffled output.
+            Arch::Span(c) => {
+                let (f, s) = (c.feat as u64, c.scale as u64);
+                B * (8 * f + 2 * s * s * 3)
+            }
+        }
+    }
+
     pub fn scale(&self) -> u32 {
         match self {
             Arch::Rrdb(_) => 4,

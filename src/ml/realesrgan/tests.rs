@@ -329,21 +329,21 @@ fn tiled_vs_untiled(stem: &str, (w, h): (u32, u32), tiling: Tiling) -> (f32, f64
 // the default tile: see the report on seams in docs/realesrgan.md.
 #[test]
 fn tiled_matches_untiled_animevideov3() {
-    let (_, psnr) = tiled_vs_untiled("realesr-animevideov3-x4", (150, 120), Tiling { tile: 64, overlap: 16 });
+    let (_, psnr) = tiled_vs_untiled("realesr-animevideov3-x4", (150, 120), Tiling::squares(64, 16));
     assert!(psnr >= 48.0, "tiled vs untiled PSNR {psnr:.1} dB");
-    let (_, psnr) = tiled_vs_untiled("realesr-animevideov3-x3", (100, 90), Tiling { tile: 64, overlap: 16 });
+    let (_, psnr) = tiled_vs_untiled("realesr-animevideov3-x3", (100, 90), Tiling::squares(64, 16));
     assert!(psnr >= 48.0, "tiled vs untiled PSNR {psnr:.1} dB");
 }
 
 #[test]
 fn tiled_matches_untiled_x4plus_anime() {
-    let (_, psnr) = tiled_vs_untiled("realesrgan-x4plus-anime", (80, 64), Tiling { tile: 48, overlap: 16 });
+    let (_, psnr) = tiled_vs_untiled("realesrgan-x4plus-anime", (80, 64), Tiling::squares(48, 16));
     assert!(psnr >= 48.0, "tiled vs untiled PSNR {psnr:.1} dB");
 }
 
 #[test]
 fn tiled_matches_untiled_x4plus() {
-    let (_, psnr) = tiled_vs_untiled("realesrgan-x4plus", (64, 48), Tiling { tile: 40, overlap: 16 });
+    let (_, psnr) = tiled_vs_untiled("realesrgan-x4plus", (64, 48), Tiling::squares(40, 16));
     assert!(psnr >= 33.0, "tiled vs untiled PSNR {psnr:.1} dB");
 }
 
@@ -420,7 +420,11 @@ fn discover_loads_the_models_folder() {
     want.extend(SPAN_STEMS);
     want.sort();
     assert_eq!(stems, want);
-    assert!(entries.iter().all(|e| e.engine.tiling() == Some(Tiling { tile: 64, overlap: 8 })));
+    let tilings: Vec<Tiling> = entries.iter().map(|e| e.engine.tiling().expect("GANs tile")).collect();
+    assert!(tilings.iter().all(|t| (t.tile, t.overlap) == (64, 8)), "{tilings:?}");
+    // The default activation budget runs a 0.5 MP photo through x4plus in one pass.
+    let x4plus = entries.iter().find(|e| e.name == "realesrgan-x4plus").unwrap().engine.tiling().unwrap();
+    assert!(x4plus.max_pixels >= 524_288, "{x4plus:?}");
     let reg = Registry::new(entries);
     let pick = |m: &str, s: u32| {
         let choice = if m == "auto" { ModelChoice::Auto } else { ModelChoice::Named(m.into()) };
@@ -474,7 +478,7 @@ fn seam_survey() {
         ("realesrgan-x4plus", (200, 160), 128, 16),
         ("realesrgan-x4plus", (200, 160), 128, 32),
     ] {
-        tiled_vs_untiled(stem, size, Tiling { tile: t, overlap: o });
+        tiled_vs_untiled(stem, size, Tiling::squares(t, o));
     }
 }
 
@@ -624,4 +628,20 @@ fn span_tiles_and_batches_match() {
     // small seam, like the compact network's.
     let (_, psnr) = tiled_vs_untiled("ClearReality4x", (100, 90), Tiling { tile: 64, overlap: 16 });
     assert!(psnr >= 45.0, "tiled vs untiled PSNR {psnr:.1} dB");
+}
+/// The activation estimate that sizes whole-image passes (`Arch::activation_bytes_per_pixel`,
+/// `ml.activation_budget`) covers the buffers a forward pass really holds, without
+/// overstating them by more than half.
+#[test]
+fn activation_estimate_covers_the_kept_buffers() {
+    for stem in ["realesrgan-x4plus", "realesr-animevideov3-x4"] {
+        let model = load(stem, None);
+        assert!(model.uses_fastconv(), "{stem}: the estimate is for the fastconv path");
+        let (w, h) = (48, 40);
+        run(&model, &[test_image(w, h)]);
+        let kept = model.kept_buffer_bytes() as f64 / (w * h) as f64;
+        let estimate = model.arch().activation_bytes_per_pixel() as f64;
+        println!("{stem}: kept {kept:.0} B per input pixel, estimate {estimate:.0}");
+        assert!(estimate >= kept && estimate <= 1.5 * kept, "{stem}: estimate {estimate:.0} vs kept {kept:.0} B/px");
+    }
 }

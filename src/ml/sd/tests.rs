@@ -136,7 +136,7 @@ impl RunContext for CancelAfter {
 fn engine_upscales_deterministically_and_cancels() {
     // a VAE tile of 8 makes the 10×6 tiles' latents decode in two tiles: the engine path covers it
     let vae = Some(vae::VaeTiling { tile: 8, overlap: 2 });
-    let e = SdEngine::load(&fixture().join("model"), &Device::Cpu, Tiling { tile: 16, overlap: 4 }, vae).unwrap();
+    let e = SdEngine::load(&fixture().join("model"), &Device::Cpu, Tiling::squares(16, 4), vae).unwrap();
     assert_eq!(e.id().name, "sd-x4");
     assert_eq!(e.id().weights.len(), 16 + 2);
     assert!(e.prompt_guided());
