@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 CONCS=${2:-"4 16"}
 ROUNDS=${3:-2}
-FILES=${FILES:-200000}
+FILES=${FILES:-60000}  # ext4 allows 65000 hard links per file
 UPRES_PORT=${UPRES_PORT:-18281}
 IPX_PORT=${IPX_PORT:-18282}
 command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 1; }

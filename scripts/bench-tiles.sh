@@ -7,7 +7,8 @@
 #   - realesr-animevideov3-x4 on a 128² PNG: Server-Timing `infer` against the bench's best
 #     forward at 128².
 #   scripts/bench-tiles.sh [x4plus_runs] [animevideo_runs]      default: 1 5
-# Uses ${CARGO_TARGET_DIR:-target}/debug/{upres,realesrgan-bench} (opt-level 3; built here).
+# Builds and uses ${CARGO_TARGET_DIR:-target}/debug/{upres,realesrgan-bench} (opt-level 3);
+# BIN_DIR=dir uses the binaries there instead, without building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 X4_RUNS=${1:-1}
@@ -15,8 +16,10 @@ AV_RUNS=${2:-5}
 PORT=${PORT:-18381}
 scripts/fetch-models.sh >/dev/null
 scripts/fetch-samples.sh >/dev/null
-cargo build --locked --quiet --bin upres --bin realesrgan-bench
-bin=${CARGO_TARGET_DIR:-target}/debug
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --locked --quiet --bin upres --bin realesrgan-bench
+fi
+bin=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
 work=$(mktemp -d)
 pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
@@ -32,11 +35,14 @@ def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zl
 png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 open(sys.argv[1] + "/sq128.png", "wb").write(png)
 PY
-RUST_LOG=warn "$bin/upres" serve --listen "127.0.0.1:$PORT" --origin "file://$work/origin" --store "" --models models > "$work/upres.log" 2>&1 &
+# x4plus on a whole photo takes minutes on two busy cores: a deadline that lets it finish.
+printf '[server]\nrequest_deadline = "15m"\n[cache.claims]\nttl = "15m"\n' > "$work/upres.toml"
+RUST_LOG=warn "$bin/upres" serve --config "$work/upres.toml" --listen "127.0.0.1:$PORT" --origin "file://$work/origin" \
+  --store "" --models models > "$work/upres.log" 2>&1 &
 pid=$!
 for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.5; done
 timing() { # URL -> the Server-Timing header of a miss
-  curl -sf -o /dev/null -D - "http://127.0.0.1:$PORT$1" | tr -d '\r' | sed -n 's/^server-timing: //Ip'
+  curl -sf --max-time 900 -o /dev/null -D - "http://127.0.0.1:$PORT$1" | tr -d '\r' | sed -n 's/^server-timing: //Ip'
 }
 dur() { sed -n "s/.*$1;dur=\([0-9.]*\).*/\1/p" <<< "$2"; }
 total() { tr ',' '\n' <<< "$1" | sed -n 's/.*dur=\([0-9.]*\).*/\1/p' | paste -sd+ | bc -l; }

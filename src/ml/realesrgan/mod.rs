@@ -47,7 +47,7 @@ use srvgg::{Srvgg, SrvggConfig};
 /// `activation_estimate_covers_the_kept_buffers`).
 const RRDB_MAPS_1X: u64 = 4;
 const RRDB_MAPS_2X: u64 = 2;
-const RRDB_MAPS_4X: u64 = 3;
+const RRDB_MAPS_4X: u64 = 2;
 const SRVGG_MAPS: u64 = 3;
 
 /// Which network a file holds.
