@@ -142,13 +142,13 @@ impl App {
     /// Warms every engine up (on the blocking pool) and probes the store; then reports ready.
     pub async fn warm_up(self: &Arc<Self>) -> Result<(), StartupError> {
         if self.cfg.ml.warm_up {
-            for entry in self.registry.entries() {
+            for (index, entry) in self.registry.entries().iter().enumerate() {
                 let engine = entry.engine.clone();
                 let id = engine.id().to_string();
                 let started = std::time::Instant::now();
                 let probe = tokio::task::spawn_blocking(move || {
                     engine.warm_up()?;
-                    // One timed pass over a probe tile, for the log (never for choosing a model).
+                    // One timed pass over a probe tile: the first-hit budget's estimate (never the model choice).
                     let probe = match engine.speed_probe_side() {
                         Some(side) => {
                             let tile = Tile::new(side, side, vec![0.5; 3 * (side * side) as usize]);
@@ -165,7 +165,10 @@ impl App {
                 .await
                 .map_err(|e| StartupError(format!("warm-up of {id} panicked: {e}")))?
                 .map_err(|e| StartupError(format!("warm-up of {id}: {e}")))?;
-                let ms_per_input_mpx = probe.map(|(elapsed, px)| elapsed.as_secs_f64() * 1e9 / px as f64);
+                let ms_per_input_mpx = probe.map(|(elapsed, px)| {
+                    self.registry.record_speed(index, elapsed, px);
+                    elapsed.as_secs_f64() * 1e9 / px as f64
+                });
                 tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, ms_per_input_mpx, "engine warmed up");
             }
         }

@@ -95,13 +95,14 @@ pub async fn produce(
 /// Whether the plan's model run is expected within `budget`: Lanczos always is; an engine whose
 /// speed was never measured is assumed to be (as `model=auto` does).
 pub fn fits(app: &App, plan: &Plan, budget: Duration) -> bool {
-    plan.engine.id().name.starts_with("lanczos") || estimate(app, plan).is_none_or(|t| t <= budget)
+    plan.engine.as_ref().is_none_or(|e| e.id().name.starts_with("lanczos")) || estimate(app, plan).is_none_or(|t| t <= budget)
 }
 
 /// Measured speed × the request's input pixels, times the jobs ahead of it plus its own (queued
 /// jobs are assumed to be of similar size: a rough bound, which is all a budget needs).
 pub fn estimate(app: &App, plan: &Plan) -> Option<Duration> {
-    let index = app.registry.entries().iter().position(|e| Arc::ptr_eq(&e.engine, &plan.engine))?;
+    let engine = plan.engine.as_ref()?;
+    let index = app.registry.entries().iter().position(|e| Arc::ptr_eq(&e.engine, engine))?;
     let one = app.registry.estimate(index, u64::from(plan.src_w) * u64::from(plan.src_h))?;
     let queued = u32::try_from(app.batcher.depth()).unwrap_or(u32::MAX);
     Some(one.saturating_mul(queued.saturating_add(1)))

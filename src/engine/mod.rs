@@ -226,8 +226,8 @@ pub trait Engine: Send + Sync + 'static {
     fn idle(&self) {}
 
     /// One small inference so `/readyz` reports ready only once kernels and weights are hot.
-    /// Side of a square tile the server times once at warm-up, for the log's speed line.
-    /// `None`: never timed.
+    /// Side of a square tile the server times once at warm-up (the first-hit budget's speed
+    /// estimate; never the model choice). `None`: never timed.
     fn speed_probe_side(&self) -> Option<u32> {
         None
     }

@@ -12,6 +12,9 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use super::Engine;
 use crate::config::{AutoRule, AutoUnavailable};
 use crate::error::{Classify, ErrorClass};
@@ -51,11 +54,27 @@ impl Classify for ModelError {
 #[derive(Clone, Default)]
 pub struct Registry {
     entries: Vec<ModelEntry>,
+    /// Measured nanoseconds per input pixel (f64 bits), one per entry; 0 = not measured. Read
+    /// by the first-hit budget (`preview`) to decide whether to wait, never to choose a model.
+    speeds: Arc<Vec<AtomicU64>>,
 }
 
 impl Registry {
     pub fn new(entries: Vec<ModelEntry>) -> Self {
-        Self { entries }
+        let speeds = Arc::new(entries.iter().map(|_| AtomicU64::new(0)).collect());
+        Self { entries, speeds }
+    }
+
+    /// Records entry `index`'s speed: `elapsed` for one pass over `pixels` input pixels.
+    pub fn record_speed(&self, index: usize, elapsed: Duration, pixels: u64) {
+        let ns_per_px = elapsed.as_nanos() as f64 / pixels.max(1) as f64;
+        self.speeds[index].store(ns_per_px.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Estimated time of entry `index` for `pixels` input pixels, if its speed was measured.
+    pub fn estimate(&self, index: usize, pixels: u64) -> Option<Duration> {
+        let ns_per_px = f64::from_bits(self.speeds[index].load(Ordering::Relaxed));
+        (ns_per_px > 0.0).then(|| Duration::from_nanos((ns_per_px * pixels as f64) as u64))
     }
 
     pub fn entries(&self) -> &[ModelEntry] {
@@ -208,6 +227,10 @@ mod tests {
     #[test]
     fn auto_follows_the_rules_on_input_pixels_never_measured_speed() {
         let r = registry();
+        // A measured speed (as warm-up records it) must not change the choice.
+        for i in 0..6 {
+            r.record_speed(i, Duration::from_secs(1000), 1);
+        }
         let rules = vec![
             AutoRule { max_input_pixels: Some(100_000), model: "realesrgan".into() },
             AutoRule { max_input_pixels: Some(1_000_000), model: "not-loaded".into() },

@@ -626,7 +626,7 @@ fn span_tiles_and_batches_match() {
     }
     // SPAN's receptive radius is 20 input pixels (20 3×3 convs): an overlap of 16 leaves a
     // small seam, like the compact network's.
-    let (_, psnr) = tiled_vs_untiled("ClearReality4x", (100, 90), Tiling { tile: 64, overlap: 16 });
+    let (_, psnr) = tiled_vs_untiled("ClearReality4x", (100, 90), Tiling::squares(64, 16));
     assert!(psnr >= 45.0, "tiled vs untiled PSNR {psnr:.1} dB");
 }
 /// The activation estimate that sizes whole-image passes (`Arch::activation_bytes_per_pixel`,
