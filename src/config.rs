@@ -348,13 +348,63 @@ impl Default for EngineConfig {
     }
 }
 
+/// `ml.device`, checked when the config is read (a typo fails there, not at model load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// The first CUDA device when built with `cuda` and one is present, else the CPU.
+    Auto,
+    Cpu,
+    /// An explicit CUDA device: failing to open it is an error, never a silent CPU fallback.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("ml.device = {other:?}: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MlConfig {
     /// Folder of model files (ncnn `.param`/`.bin`, `stable-diffusion-x4-upscaler/`).
     pub models_dir: PathBuf,
-    /// `auto`, `cpu` or `cuda:N`.
-    pub device: String,
+    /// Where the neural engines run: `auto`, `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    pub device: DeviceSpec,
     /// Activation memory one forward pass of a GAN model may use, in bytes (each model, its
     /// batches included): an image needing no more runs whole in one pass (x4plus at the
     /// default: up to ~0.6 MP input), a larger one in overlapping `tile`² squares.
@@ -374,7 +424,7 @@ impl Default for MlConfig {
     fn default() -> Self {
         Self {
             models_dir: "models".into(),
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
             activation_budget: 10 << 30,
             tile: 128,
             tile_overlap: 16,

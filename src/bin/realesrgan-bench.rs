@@ -359,7 +359,7 @@ fn main() {
         eprintln!("realesrgan-bench: could not size the thread pool: {e}");
     }
     println!("realesrgan-bench: {}", upres::ml::fastconv::kernel_summary());
-    let device = upres::ml::device::select("cpu").expect("cpu device");
+    let device = upres::ml::device::select(upres::config::DeviceSpec::Cpu).expect("cpu device");
     let stems: Vec<&Known> =
         KNOWN.iter().filter(|k| a.only.as_ref().is_none_or(|o| o.iter().any(|s| s == k.stem))).collect();
     let fast = upres::ml::realesrgan::fastconv_enabled_by_env();

@@ -36,7 +36,7 @@ pub fn discover(cfg: &Config) -> Result<Vec<ModelEntry>, MlError> {
     let mut entries = discover_ncnn(&cfg.ml)?;
     let sd_dir = sd::model_dir(&cfg.ml.models_dir, cfg.sd.path.as_deref());
     if cfg.sd.path.is_some() || sd_dir.is_dir() {
-        let device = sd::select_device(&cfg.ml.device).map_err(|e| MlError::Device(e.to_string()))?;
+        let device = device::select(cfg.ml.device)?;
         let tiling = Tiling::squares(cfg.ml.tile, cfg.ml.tile_overlap);
         let engine = sd::SdEngine::load(&sd_dir, &device, tiling, sd::vae_tiling(&cfg.sd))
             .map_err(|e| MlError::Load { path: sd_dir.display().to_string(), reason: e.to_string() })?;
@@ -67,7 +67,7 @@ pub(crate) fn discover_ncnn(cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> 
     if stems.is_empty() {
         return Ok(Vec::new());
     }
-    let device = device::select(&cfg.device)?;
+    let device = device::select(cfg.device)?;
     let mut entries = Vec::new();
     for stem in stems {
         let Some(known) = realesrgan::Known::by_stem(&stem) else {

@@ -411,7 +411,7 @@ fn discover_loads_the_models_folder() {
     use crate::engine::registry::Registry;
     use crate::params::ModelChoice;
 
-    let cfg = MlConfig { models_dir: models_dir(), device: "cpu".into(), tile: 64, tile_overlap: 8, ..MlConfig::default() };
+    let cfg = MlConfig { models_dir: models_dir(), device: crate::config::DeviceSpec::Cpu, tile: 64, tile_overlap: 8, ..MlConfig::default() };
     let entries = crate::ml::discover_ncnn(&cfg).unwrap();
     let mut stems: Vec<String> = entries.iter().map(|e| e.engine.id().name.clone()).collect();
     stems.sort();
@@ -453,7 +453,7 @@ fn discover_without_a_folder_is_empty_and_a_broken_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("realesr-animevideov3-x4.param"), "7767517\n1 1\nInput in 0 1 data\n").unwrap();
     std::fs::write(dir.path().join("realesr-animevideov3-x4.bin"), b"").unwrap();
-    let cfg = MlConfig { models_dir: dir.path().into(), device: "cpu".into(), ..MlConfig::default() };
+    let cfg = MlConfig { models_dir: dir.path().into(), device: crate::config::DeviceSpec::Cpu, ..MlConfig::default() };
     let e = crate::ml::discover_ncnn(&cfg).err().unwrap().to_string();
     assert!(e.contains("realesr-animevideov3-x4.param") && e.contains("`output`"), "{e}");
 

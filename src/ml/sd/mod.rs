@@ -83,20 +83,6 @@ pub fn load_pipeline(dir: &Path, device: &Device, dtype: DType) -> Result<(Pipel
     Ok((Pipeline { tokenizer, text, unet, vae, ddim, low_res, dtype, vae_tiling: None, device: device.clone() }, digest, max_noise))
 }
 
-/// Picks the device from `ml.device` (`auto`, `cpu`, `cuda`, `cuda:N`). An explicit CUDA device
-/// that is unavailable is an error.
-pub fn select_device(spec: &str) -> Result<Device, SdError> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        s => {
-            let n = s.strip_prefix("cuda").map(|r| r.trim_start_matches(':')).unwrap_or("x");
-            let n: usize = if n.is_empty() { 0 } else { n.parse().map_err(|_| SdError::Load(format!("unknown device {s:?}")))? };
-            Device::new_cuda(n).map_err(|e| SdError::Load(format!("device {s}: {e}")))
-        }
-    }
-}
-
 /// The sd-x4 engine.
 pub struct SdEngine {
     id: EngineId,
