@@ -25,7 +25,7 @@ async fn span_server(photo_model: &str) -> (TestServer, tempfile::TempDir) {
     let dir = models_with(&["ClearReality4x", "spanx4_ch48", "spanx2_ch48"]);
     let mut cfg = upres::config::Config::default();
     cfg.ml.models_dir = dir.path().to_path_buf();
-    cfg.ml.device = "cpu".into();
+    cfg.ml.device = upres::config::DeviceSpec::Cpu;
     cfg.ml.photo_model = photo_model.into();
     let models = upres::ml::discover(&cfg).expect("SPAN models load");
     let s = Setup::new().models(models).start().await;
