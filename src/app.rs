@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::admission::MemoryBudget;
+use crate::purge_bus::PurgeBus;
 use crate::cache::claim::Claims;
 use crate::cache::memory::MemoryTier;
 use crate::cache::store::StoreTier;
@@ -20,6 +21,7 @@ use crate::engine::lanczos::Lanczos;
 use crate::engine::registry::{ModelEntry, Registry};
 use crate::guard::Guards;
 use crate::jobs::memory::MemoryJobs;
+use crate::jobs::store::StoreJobs;
 use crate::jobs::JobStore;
 use crate::objects::Bucket;
 use crate::params::{imgproxy, ParamLimits};
@@ -51,6 +53,8 @@ pub struct App {
     /// Progress of running flights for the playground's event streams.
     pub progress: Arc<ProgressBoard>,
     pub guards: Guards,
+    /// Purge fan-out to the other replicas; with a Redis `rate_limit.backend` only.
+    pub purge_bus: Option<Arc<PurgeBus>>,
     /// Job records (`/api/v1/jobs`); in this process for now (`jobs::JobStore` is the seam).
     pub jobs: Arc<dyn JobStore>,
     ready: AtomicBool,
@@ -99,14 +103,18 @@ impl App {
         );
         let memory_budget = MemoryBudget::from_config(&cfg.limits, metrics.clone());
         let signer = Signer::from_config(&cfg.signing).map_err(|e| err(&e))?;
-        let guards = Guards::from_config(&cfg).map_err(|e| err(&e))?;
+        let guards = Guards::build(&cfg, metrics.rate_limit_fallbacks.clone()).map_err(|e| err(&e))?;
         let mut param_limits = ParamLimits {
             max_path_bytes: cfg.server.max_path_bytes,
             max_prompt_bytes: cfg.limits.max_prompt_bytes,
             max_dimension: 16384,
             presets: Default::default(),
         };
-        let jobs: Arc<dyn JobStore> = Arc::new(MemoryJobs::new(cfg.jobs.max_jobs, cfg.jobs.ttl));
+        // A shared bucket holds job records too, so any replica answers for any job.
+        let jobs: Arc<dyn JobStore> = match &store {
+            Some(tier) if is_shared(tier.url()) => Arc::new(StoreJobs::new(tier.bucket().clone(), cfg.jobs.ttl)),
+            _ => Arc::new(MemoryJobs::new(cfg.jobs.max_jobs, cfg.jobs.ttl)),
+        };
         param_limits.presets = crate::params::parse_presets(&cfg.presets, &param_limits).map_err(|e| err(&e))?;
         let imgproxy = cfg.imgproxy.enabled.then(|| {
             imgproxy::Syntax::new(cfg.origins.iter().map(|(n, o)| (n.as_str(), o.url.as_str())), cfg.imgproxy.ignore_unsupported)
@@ -131,6 +139,7 @@ impl App {
             metrics,
             signer,
             progress: Arc::new(ProgressBoard::new()),
+            purge_bus: guards.redis().map(|link| Arc::new(PurgeBus::new(link.clone()))),
             guards,
             jobs,
             ready: AtomicBool::new(false),
@@ -210,4 +219,9 @@ pub fn load_models(cfg: &Config) -> Result<Vec<ModelEntry>, StartupError> {
         .collect();
     entries.extend(crate::ml::discover(cfg).map_err(|e| StartupError(e.to_string()))?);
     Ok(entries)
+}
+
+/// Whether a store URL is one other hosts can reach (S3, GCS, Azure, HTTP), not a local folder.
+fn is_shared(url: &str) -> bool {
+    !(url.starts_with("file:") || url.starts_with("memory:"))
 }

@@ -639,6 +639,13 @@ impl Default for CorsConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
+    /// Where buckets live: "memory" (per replica) or a `redis://` URL (one limit for the fleet).
+    pub backend: String,
+    /// How long a Redis-backed check may take before `redis_unavailable` decides.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// Without an answer from Redis: `allow` the request or `deny` it with 503.
+    pub redis_unavailable: RedisUnavailable,
     /// How often idle buckets are dropped, so memory follows the active clients only.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
@@ -661,9 +668,30 @@ pub struct BucketConfig {
     pub burst: u32,
 }
 
+/// What a Redis-backed rate limit does when Redis does not answer.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisUnavailable {
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl RedisUnavailable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisUnavailable::Allow => "allow",
+            RedisUnavailable::Deny => "deny",
+        }
+    }
+}
+
 impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
+            backend: "memory".into(),
+            redis_timeout: Duration::from_millis(250),
+            redis_unavailable: RedisUnavailable::Allow,
             sweep_interval: Duration::from_secs(60),
             ipv6_prefix: 64,
             uploads: BucketConfig { per_minute: 10, burst: 0 },

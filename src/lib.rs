@@ -74,6 +74,7 @@ pub mod pipeline;
 pub mod playground;
 pub mod plan;
 pub mod preview;
+pub mod purge_bus;
 pub mod respond;
 pub mod server;
 pub mod source;

@@ -85,7 +85,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response
     let rid = app.next_request_id();
     let (head, body) = req.into_parts();
     let path = head.uri.path();
-    let refusal = app.guards.admit(&head);
+    let refusal = app.guards.admit(&head).await;
     let (route, result) = match path {
         _ if refusal.is_some() => ("guard", refusal.expect("checked").map(|r| (r, CacheOutcome::None))),
         "/healthz" => ("healthz", healthz(&head)),

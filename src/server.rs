@@ -56,6 +56,13 @@ pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>,
     let handshake_timeout = app.cfg.server.header_read_timeout;
     let quiet = QuietLimits { first_request: app.cfg.server.header_read_timeout, idle: app.cfg.server.idle_timeout };
     tokio::pin!(shutdown);
+    // Other replicas' purges, applied for as long as this server runs.
+    let _purges = app.purge_bus.clone().map(|bus| {
+        let target = app.clone();
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(bus.listen(move |origin, keys| {
+            crate::api::purge::apply(&target, origin, keys);
+        })))
+    });
 
     loop {
         let permit = tokio::select! {

@@ -54,6 +54,17 @@ pub struct Metrics {
     pub memory_budget_bytes: IntGauge,
     /// Jobs refused because the memory budget was in use.
     pub memory_refused: IntCounter,
+    /// Requests whose rate limit was decided without Redis, by policy (allow, deny).
+    pub rate_limit_fallbacks: IntCounterVec,
+}
+
+/// `upres_rate_limit_fallbacks_total{policy}` (unregistered; `Metrics::new` registers its own).
+pub fn rate_limit_fallbacks() -> IntCounterVec {
+    IntCounterVec::new(
+        Opts::new("upres_rate_limit_fallbacks_total", "Rate-limit checks decided by the fallback policy because Redis was unreachable"),
+        &["policy"],
+    )
+    .expect("valid metric")
 }
 
 impl Metrics {
@@ -118,6 +129,7 @@ impl Metrics {
         let memory_refused =
             IntCounter::new("upres_memory_refused_total", "Jobs refused (503) because the memory budget was in use")
                 .expect("valid metric");
+        let rate_limit_fallbacks = rate_limit_fallbacks();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stage_seconds.clone()),
@@ -136,6 +148,7 @@ impl Metrics {
             Box::new(memory_admitted_bytes.clone()),
             Box::new(memory_budget_bytes.clone()),
             Box::new(memory_refused.clone()),
+            Box::new(rate_limit_fallbacks.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -158,6 +171,7 @@ impl Metrics {
             memory_admitted_bytes,
             memory_budget_bytes,
             memory_refused,
+            rate_limit_fallbacks,
         }
     }
 

@@ -3,8 +3,10 @@
 //!
 //! Body: `{"origin": "default", "keys": ["shop/cat.jpg", …]}` (`origin` optional). Answers each
 //! key's source tag, the value CDNs purge by (`Surrogate-Key`, `Cache-Tag`). The store tier needs
-//! no purge: it is keyed by the source's bytes, so a replaced source maps to new results. A fleet
-//! calls this on every replica; the memory TTL (`cache.memory.ttl`) bounds a missed one.
+//! no purge: it is keyed by the source's bytes, so a replaced source maps to new results. With a
+//! Redis `rate_limit.backend`, the purge is published to every replica (`purge_bus.rs`, answer
+//! `"scope": "fleet"`); without, a fleet calls this on every replica (`"scope": "replica"`). The
+//! memory TTL (`cache.memory.ttl`) bounds a missed one.
 
 use std::sync::Arc;
 
@@ -47,8 +49,26 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
     if !app.cfg.origins.contains_key(origin) {
         return Err(ProxyError::new(ErrorClass::BadRequest, format!("unknown origin `{origin}`")));
     }
-    let purged: Vec<serde_json::Value> = request
-        .keys
+    let purged = apply(app, origin, &request.keys);
+    // With Redis, every other replica applies it too; without (or when Redis is unreachable),
+    // this replica only, and the answer says so.
+    let scope = match &app.purge_bus {
+        Some(bus) => match bus.publish(origin, &request.keys).await {
+            Ok(_) => "fleet",
+            Err(e) => {
+                tracing::warn!(error = %e, "purge fan-out: publishing failed; purged on this replica only");
+                "replica"
+            }
+        },
+        None => "replica",
+    };
+    let body = serde_json::json!({ "origin": origin, "purged": purged, "scope": scope });
+    Ok((respond::json(StatusCode::OK, &body), CacheOutcome::None))
+}
+
+/// Drops the memory-tier entries of `keys` on this replica; each key with its source tag.
+pub fn apply(app: &App, origin: &str, keys: &[String]) -> Vec<serde_json::Value> {
+    let purged: Vec<serde_json::Value> = keys
         .iter()
         .map(|key| {
             let tag = SourceTag::of(origin, key);
@@ -57,8 +77,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
         })
         .collect();
     app.metrics.purged_sources.inc_by(purged.len() as u64);
-    let body = serde_json::json!({ "origin": origin, "purged": purged, "scope": "replica" });
-    Ok((respond::json(StatusCode::OK, &body), CacheOutcome::None))
+    purged
 }
 
 /// A small request body, whole, within `limit` bytes and `timeout`.

@@ -9,9 +9,12 @@
 pub mod auth;
 pub mod client_ip;
 pub mod cors;
+pub mod limiter;
 pub mod ratelimit;
+pub mod shared_limit;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use http::request::Parts;
 use http::{header, HeaderMap, Method, Response};
@@ -23,7 +26,8 @@ use crate::respond::Body;
 use auth::ApiKeys;
 use client_ip::TrustedProxies;
 use cors::Cors;
-use ratelimit::Bucket;
+use limiter::Limiter;
+use shared_limit::RedisLink;
 
 /// The TCP peer of a request; `server.rs` puts it into the request's extensions.
 #[derive(Clone, Copy, Debug)]
@@ -32,10 +36,11 @@ pub struct Peer(pub SocketAddr);
 pub struct Guards {
     keys: ApiKeys,
     cors: Option<Cors>,
-    uploads: Option<Bucket>,
-    transforms: Option<Bucket>,
+    uploads: Option<Limiter>,
+    transforms: Option<Limiter>,
     proxies: TrustedProxies,
     ipv6_prefix: u8,
+    redis: Option<Arc<RedisLink>>,
 }
 
 /// Checks the guard settings of `cfg` (called from `Config::validate`).
@@ -44,31 +49,45 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
 }
 
 impl Guards {
+    /// As `build`, with a fallback counter of its own (for checks and tests).
     pub fn from_config(cfg: &Config) -> Result<Guards, String> {
+        Guards::build(cfg, crate::telemetry::rate_limit_fallbacks())
+    }
+
+    /// `fallbacks` counts the requests decided without Redis (`shared_limit.rs`).
+    pub fn build(cfg: &Config, fallbacks: prometheus::IntCounterVec) -> Result<Guards, String> {
         let rl = &cfg.rate_limit;
+        let redis = match rl.backend.as_str() {
+            "memory" => None,
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Some(Arc::new(RedisLink::new(url, rl.redis_timeout, rl.redis_unavailable, fallbacks)?))
+            }
+            other => return Err(format!("rate_limit.backend must be \"memory\" or a redis:// URL, not {other:?}")),
+        };
         Ok(Guards {
             keys: ApiKeys::parse(&cfg.api.keys)?,
             cors: Cors::from_config(&cfg.cors)?,
-            uploads: Bucket::from_config(&rl.uploads, "uploads", rl.sweep_interval),
-            transforms: Bucket::from_config(&rl.transforms, "image requests", rl.sweep_interval),
+            uploads: Limiter::from_config(rl, &rl.uploads, "uploads", "uploads", redis.as_ref()),
+            transforms: Limiter::from_config(rl, &rl.transforms, "transforms", "image requests", redis.as_ref()),
             proxies: TrustedProxies::parse(&cfg.server.trusted_proxies, &cfg.server.client_ip_header)?,
             ipv6_prefix: match rl.ipv6_prefix {
                 p @ 16..=128 => p,
                 p => return Err(format!("rate_limit.ipv6_prefix must be in 16..=128, not {p}")),
             },
+            redis,
         })
     }
 
     /// `None`: go on to routing. `Some`: the request ends here, with a preflight answer or a
     /// refusal (413 body on a route that takes none, 429, 401, 403).
-    pub fn admit(&self, head: &Parts) -> Option<Result<Response<Body>, ProxyError>> {
+    pub async fn admit(&self, head: &Parts) -> Option<Result<Response<Body>, ProxyError>> {
         if let Some(preflight) = self.cors.as_ref().and_then(|c| c.preflight(&head.method, &head.headers)) {
             return Some(Ok(preflight));
         }
-        self.refusal(head).err().map(Err)
+        self.refusal(head).await.err().map(Err)
     }
 
-    fn refusal(&self, head: &Parts) -> Result<(), ProxyError> {
+    async fn refusal(&self, head: &Parts) -> Result<(), ProxyError> {
         let path = head.uri.path();
         let upload = head.method == Method::POST && path.starts_with("/api/");
         if !upload && declares_body(&head.headers) {
@@ -82,12 +101,17 @@ impl Guards {
             None
         };
         if let Some(bucket) = bucket {
-            bucket.check(ratelimit::bucket_key(self.client_ip(head), self.ipv6_prefix))?;
+            bucket.check(ratelimit::bucket_key(self.client_ip(head), self.ipv6_prefix)).await?;
         }
         if self.keys.enabled() && auth::protects(path) {
             self.keys.check(&head.headers)?;
         }
         Ok(())
+    }
+
+    /// The Redis connection of `rate_limit.backend`, when one is configured (purges share it).
+    pub fn redis(&self) -> Option<&Arc<RedisLink>> {
+        self.redis.as_ref()
     }
 
     /// Adds CORS headers (when CORS is on) to any response, errors included, so a page can read
@@ -131,26 +155,26 @@ mod tests {
         p
     }
 
-    #[test]
-    fn bodies_only_on_upload_routes() {
+    #[tokio::test]
+    async fn bodies_only_on_upload_routes() {
         let g = Guards::from_config(&Config::default()).unwrap();
-        let e = g.admit(&parts("GET", "/x2/a.png", &[("content-length", "5")])).unwrap().unwrap_err();
+        let e = g.admit(&parts("GET", "/x2/a.png", &[("content-length", "5")])).await.unwrap().unwrap_err();
         assert_eq!(e.class, ErrorClass::TooLarge);
-        assert!(g.admit(&parts("GET", "/x2/a.png", &[("transfer-encoding", "chunked")])).is_some());
-        assert!(g.admit(&parts("GET", "/x2/a.png", &[("content-length", "0")])).is_none());
-        assert!(g.admit(&parts("POST", "/api/v1/upscale", &[("content-length", "5")])).is_none());
+        assert!(g.admit(&parts("GET", "/x2/a.png", &[("transfer-encoding", "chunked")])).await.is_some());
+        assert!(g.admit(&parts("GET", "/x2/a.png", &[("content-length", "0")])).await.is_none());
+        assert!(g.admit(&parts("POST", "/api/v1/upscale", &[("content-length", "5")])).await.is_none());
     }
 
-    #[test]
-    fn default_config_limits_uploads_not_images_and_needs_no_key() {
+    #[tokio::test]
+    async fn default_config_limits_uploads_not_images_and_needs_no_key() {
         let g = Guards::from_config(&Config::default()).unwrap();
         for _ in 0..50 {
-            assert!(g.admit(&parts("GET", "/x2/a.png", &[])).is_none());
+            assert!(g.admit(&parts("GET", "/x2/a.png", &[])).await.is_none());
         }
         for _ in 0..10 {
-            assert!(g.admit(&parts("POST", "/api/v1/upscale", &[])).is_none());
+            assert!(g.admit(&parts("POST", "/api/v1/upscale", &[])).await.is_none());
         }
-        let e = g.admit(&parts("POST", "/api/v1/upscale", &[])).unwrap().unwrap_err();
+        let e = g.admit(&parts("POST", "/api/v1/upscale", &[])).await.unwrap().unwrap_err();
         assert_eq!(e.class, ErrorClass::RateLimited);
         assert!(e.retry_after.is_some());
     }

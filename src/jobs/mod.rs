@@ -4,9 +4,10 @@
 //! work this way.
 //!
 //! - `JobStore` is the seam for where job records live: `memory::MemoryJobs` keeps them in this
-//!   process (bounded, finished jobs expire); a fleet can implement it on the shared object
-//!   store (`jobs/<id>.json`, written only by the replica running the job) so any replica answers
-//!   `GET /api/v1/jobs/{id}`. The trait is async and whole-record for that reason.
+//!   process (bounded, finished jobs expire); `store::StoreJobs` keeps them in a shared result
+//!   bucket (`jobs/<id>`, framed and verified, written only by the replica running the job), so
+//!   any replica answers `GET /api/v1/jobs/{id}`; `App` picks it when `[cache.store]` is not a
+//!   local folder.
 //! - `run` is the job's task: the upload miss path (`pipeline::produce_planned`), progress into
 //!   the record, the result into the store tier (its `/r/` URL needs it), then the callback.
 //! - `callback` signs and POSTs the finished record through the SSRF guard.
@@ -16,6 +17,7 @@
 pub mod callback;
 pub mod memory;
 pub mod run;
+pub mod store;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

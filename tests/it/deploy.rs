@@ -153,7 +153,7 @@ fn documented_secret() -> (String, Vec<String>) {
 fn compose_runs_two_replicas_on_an_s3_store_with_a_valid_environment() {
     let compose = yaml_docs(&repo().join("deploy/compose.yaml")).remove(0);
     let services = compose["services"].as_object().unwrap();
-    for name in ["minio", "bucket", "upres-a", "upres-b"] {
+    for name in ["minio", "bucket", "redis", "upres-a", "upres-b"] {
         assert!(services.contains_key(name), "service {name}");
     }
     assert!(services["bucket"]["command"][0].as_str().unwrap().contains("mc mb"));
@@ -167,6 +167,7 @@ fn compose_runs_two_replicas_on_an_s3_store_with_a_valid_environment() {
         let cfg = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
         assert_eq!(cfg.cache.store.url, "s3://upres-results");
         assert_eq!(cfg.cache.store.options["aws_endpoint"], "http://minio:9000");
+        assert_eq!(cfg.rate_limit.backend, "redis://redis:6379/0");
         Ok(())
     });
 }

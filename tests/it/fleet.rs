@@ -327,3 +327,66 @@ async fn on_s3_a_long_computation_renews_its_claim_past_the_ttl() {
     held.release().await;
     assert_released(&bucket, &key.hex()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_accepted_by_one_replica_is_read_and_finished_through_another() {
+    let s3 = S3Server::start().await;
+    let a = replica(&s3, None, lanczos()).await;
+    let b = replica(&s3, Some(&a), lanczos()).await;
+    let image = reqwest::multipart::Part::bytes(png(8, 6)).file_name("a.png").mime_str("image/png").unwrap();
+    let form = reqwest::multipart::Form::new().part("image", image).text("scale", "2").text("model", "lanczos").text("format", "png");
+    let r = client().post(a.url("/api/v1/jobs")).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let id = location.rsplit('/').next().unwrap().to_string();
+    // The record is in the bucket beside results and claims, framed like them.
+    let record = s3.bucket().store.get(&Path::from_iter(["jobs", id.as_str()])).await.unwrap().bytes().await.unwrap();
+    assert!(record.starts_with(b"UPJOB01\n"));
+
+    // The other replica answers for it, through to the result (a store hit there).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let job = loop {
+        let r = client().get(b.url(&location)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the second replica knows the job");
+        let job: serde_json::Value = r.json().await.unwrap();
+        if job["state"] == "done" {
+            break job;
+        }
+        assert!(job["state"] == "queued" || job["state"] == "running", "{job}");
+        assert!(Instant::now() < deadline, "not done within 20 s: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let result = client().get(b.url(job["result"]["url"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(result.status(), 200);
+    assert_eq!(result.headers()["x-upres-cache"], "hit-store");
+    assert_eq!(dimensions(&result.bytes().await.unwrap()), (16, 12));
+
+    // A tampered record reads as unknown, not as someone else's job.
+    let mut tampered = record.to_vec();
+    let last = tampered.len() - 2;
+    tampered[last] ^= 1;
+    let path = Path::from_iter(["jobs", id.as_str()]);
+    let done_record = s3.bucket().store.get(&path).await.unwrap().bytes().await.unwrap();
+    s3.bucket().store.put(&path, PutPayload::from(tampered)).await.unwrap();
+    assert_eq!(client().get(b.url(&location)).send().await.unwrap().status(), 404);
+    s3.bucket().store.put(&path, PutPayload::from(done_record)).await.unwrap();
+    assert_eq!(client().get(a.url(&location)).send().await.unwrap().status(), 200);
+
+    // Finished jobs expire after jobs.ttl: a replica whose TTL has passed answers 404 and deletes
+    // the record, after which no replica knows the job.
+    let (options, bucket) = (s3.options(), s3.bucket.clone());
+    let c = Setup::sharing(&a)
+        .config(move |c| {
+            c.cache.store.url = format!("s3://{bucket}");
+            c.cache.store.options = options;
+            c.ml.warm_up = false;
+            c.jobs.ttl = Duration::from_millis(1);
+        })
+        .start()
+        .await;
+    assert_eq!(client().get(c.url(&location)).send().await.unwrap().status(), 404);
+    assert_eq!(client().get(a.url(&location)).send().await.unwrap().status(), 404);
+    for s in [a, b, c] {
+        s.stop().await;
+    }
+}

@@ -19,6 +19,7 @@ mod api; // REST API: uploads, batch, limits, OpenAPI
 mod models; // real SPAN models by name, alias and `photo` over the URL and REST APIs
 mod examples; // examples/ (curl, Python, Node) run against a live server
 mod warm; // `upres warm`, the binary against a live server
+mod shared_limits; // replicas sharing a real Redis: one rate limit, its fallback, purge fan-out
 mod fleet; // replicas sharing a real S3 tier (moto): cross-replica hits, verification, claims
 mod pressure; // quiet connections, a hanging result store, a memory budget under a burst
 mod deploy; // deploy/: manifests parse and hold the fleet design; Dockerfiles name real files
