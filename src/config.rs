@@ -407,7 +407,7 @@ pub struct MlConfig {
     pub device: DeviceSpec,
     /// Activation memory one forward pass of a GAN model may use, in bytes (each model, its
     /// batches included): an image needing no more runs whole in one pass (x4plus at the
-    /// default: up to ~0.6 MP input), a larger one in overlapping `tile`² squares.
+    /// default: up to ~0.5 MP input), a larger one in overlapping `tile`² squares.
     pub activation_budget: u64,
     /// Tile edge in input pixels: GAN models' squares beyond the activation budget, and
     /// sd-x4's tiles.
@@ -425,7 +425,7 @@ impl Default for MlConfig {
         Self {
             models_dir: "models".into(),
             device: DeviceSpec::Auto,
-            activation_budget: 10 << 30,
+            activation_budget: 12 << 30,
             tile: 128,
             tile_overlap: 16,
             warm_up: true,

@@ -7,7 +7,9 @@ use crate::support::*;
 async fn expect(s: &TestServer, path: &str, status: u16, code: &str) -> serde_json::Value {
     let r = client().get(s.url(path)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), status, "{path}");
-    assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
+    // A 404 may be cached briefly (output.not_found_cache_control); every other error never.
+    let want = if status == 404 { "public, max-age=60" } else { "no-store" };
+    assert_eq!(r.headers()["cache-control"], want, "{path}");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], code, "{path}: {body}");
     body

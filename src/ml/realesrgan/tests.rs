@@ -642,6 +642,12 @@ fn activation_estimate_covers_the_kept_buffers() {
         let kept = model.kept_buffer_bytes() as f64 / (w * h) as f64;
         let estimate = model.arch().activation_bytes_per_pixel() as f64;
         println!("{stem}: kept {kept:.0} B per input pixel, estimate {estimate:.0}");
-        assert!(estimate >= kept && estimate <= 1.5 * kept, "{stem}: estimate {estimate:.0} vs kept {kept:.0} B/px");
+        // The estimate counts a bf16 shadow (2 bytes beside each f32's 4) on every buffer; a
+        // trunk that writes none keeps up to a third less, and the estimate must still cover a
+        // shadowed trunk on another CPU.
+        use crate::ml::fastconv::Backend;
+        let shadows = matches!(model.fastconv_backend(), Backend::AmxBf16 | Backend::AmxBf16W2);
+        let (low, high) = if shadows { (kept, 1.5 * kept) } else { (1.5 * kept, 2.25 * kept) };
+        assert!(estimate >= low && estimate <= high, "{stem}: estimate {estimate:.0} vs kept {kept:.0} B/px (backend {:?})", model.fastconv_backend());
     }
 }
