@@ -24,6 +24,8 @@ use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::ml::fastconv::{Backend, CpuFeature, KernelOverrides, Winograd};
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -759,6 +761,27 @@ impl Default for KernelsConfig {
     }
 }
 
+impl KernelsConfig {
+    /// The kernel choices these settings make (`ml::fastconv::set_overrides` applies them);
+    /// an unknown name is an error.
+    pub fn overrides(&self) -> Result<KernelOverrides, String> {
+        let backend = match self.backend.trim().to_ascii_lowercase().as_str() {
+            "auto" | "off" | "candle" | "0" => None,
+            b => Some(b.parse::<Backend>().map_err(|e| format!("kernels.backend: {e}"))?),
+        };
+        let winograd = match self.winograd.trim().to_ascii_lowercase().as_str() {
+            "default" => None,
+            w => Some(w.parse::<Winograd>().map_err(|e| format!("kernels.winograd: {e}"))?),
+        };
+        let hide = self
+            .hide_cpu_features
+            .iter()
+            .map(|f| f.parse::<CpuFeature>().map_err(|e| format!("kernels.hide_cpu_features: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(KernelOverrides { backend, winograd, hide })
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
@@ -964,6 +987,7 @@ impl Config {
             return bad("server.max_header_bytes must be >= 8192 (HTTP/1's smallest read buffer)");
         }
         crate::guard::validate(self).map_err(ConfigError::Invalid)?;
+        self.kernels.overrides().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }
@@ -1088,6 +1112,26 @@ mod tests {
             assert!(e.contains("max_conections"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn kernel_settings_become_overrides_and_bad_names_are_refused() {
+        let mut k = KernelsConfig::default();
+        assert_eq!(k.overrides().unwrap(), KernelOverrides::default(), "the defaults override nothing");
+        k.backend = "avx512".into();
+        k.winograd = "1".into();
+        k.hide_cpu_features = vec!["amx".into(), "avx512bf16".into()];
+        let o = k.overrides().unwrap();
+        assert_eq!(o.backend, Some(Backend::Avx512));
+        assert_eq!(o.winograd, Some(Winograd::Auto));
+        assert_eq!(o.hide, [CpuFeature::Amx, CpuFeature::Avx512Bf16]);
+        k.backend = "off".into();
+        assert_eq!(k.overrides().unwrap().backend, None, "off is the Real-ESRGAN engine's switch, not a backend");
+        for (backend, winograd, hide) in [("avx1024", "default", "amx"), ("auto", "sometimes", "amx"), ("auto", "default", "sse")] {
+            let mut c = Config::default();
+            c.kernels = KernelsConfig { backend: backend.into(), winograd: winograd.into(), hide_cpu_features: vec![hide.into()] };
+            assert!(c.validate().is_err(), "{backend} {winograd} {hide}");
+        }
     }
 
     #[test]

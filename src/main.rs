@@ -31,6 +31,7 @@ async fn run(cli: Cli) -> Result<()> {
             if !ignored.is_empty() {
                 tracing::info!(?ignored, "UPRES_* variables that are not config keys are ignored");
             }
+            set_kernels(&cfg)?;
             let tls = server::tls_acceptor(&cfg.tls).map_err(anyhow::Error::msg)?;
             let listener = tokio::net::TcpListener::bind(cfg.server.listen)
                 .await
@@ -57,6 +58,7 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.origins.get_mut("default").expect("validated").url = "file://.".into();
             cfg.ml.warm_up = false;
             telemetry::init_tracing(&cfg.telemetry);
+            set_kernels(&cfg)?;
             upscale_file(cfg, &input, &output, &options).await
         }
         Command::Warm { file, server, concurrency, accept, timeout } => {
@@ -105,6 +107,14 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Fixes the CPU kernel choices (`[kernels]`) for this process, before any model is built.
+fn set_kernels(cfg: &Config) -> Result<()> {
+    let overrides = cfg.kernels.overrides().map_err(anyhow::Error::msg)?;
+    upres::ml::fastconv::set_overrides(overrides).map_err(anyhow::Error::msg)?;
+    tracing::info!(kernels = %upres::ml::fastconv::kernel_summary(), "CPU kernels");
+    Ok(())
 }
 
 async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::Path, options: &str) -> Result<()> {

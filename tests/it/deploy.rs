@@ -236,7 +236,19 @@ async fn the_server_starts_with_service_link_and_alias_variables() {
     assert_eq!(crate::support::dimensions(&r.bytes().await.unwrap()), (16, 12));
     let log = server.log();
     assert!(log.contains("UPRES_SERVICE_HOST") && log.contains("UPRES_PORT_8080_TCP_ADDR"), "the ignored names are logged once:\n{log}");
+    // The aliases reached the kernel selector: every role runs the forced portable kernel.
+    assert!(log.contains("GAN trunk portable, image-facing portable, fp32 portable"), "{log}");
+    assert!(log.contains("hidden: amx,avx512bf16"), "{log}");
     drop(server);
+
+    // A forced backend this CPU cannot run (its feature hidden) stops the start, naming it.
+    let mut env = SERVICE_LINKS.to_vec();
+    env.extend([("UPRES_FASTCONV", "avx512"), ("UPRES_CPU_HIDE", "avx512")]);
+    let failed = match start(env).await.unwrap() {
+        Ok(s) => panic!("started at {} with a backend it cannot run", s.addr),
+        Err(f) => f,
+    };
+    assert!(failed.log.contains("kernels.backend"), "{}", failed.log);
 
     // Inside a section the config stays strict: a misspelt key is a clear startup error.
     let mut env = SERVICE_LINKS.to_vec();
