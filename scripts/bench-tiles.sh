@@ -35,8 +35,9 @@ def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zl
 png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 open(sys.argv[1] + "/sq128.png", "wb").write(png)
 PY
-# x4plus on a whole photo takes minutes on two busy cores: a deadline that lets it finish.
-printf '[server]\nrequest_deadline = "15m"\n[cache.claims]\nttl = "15m"\n' > "$work/upres.toml"
+# x4plus on a whole photo takes minutes on two busy cores: a deadline that lets it finish, and
+# no first-hit budget (the miss must wait for the model, not answer a preview).
+printf '[server]\nrequest_deadline = "15m"\n[serve]\nfirst_hit_budget = "0s"\n[cache.claims]\nttl = "15m"\n' > "$work/upres.toml"
 RUST_LOG=warn "$bin/upres" serve --config "$work/upres.toml" --listen "127.0.0.1:$PORT" --origin "file://$work/origin" \
   --store "" --models models > "$work/upres.log" 2>&1 &
 pid=$!
