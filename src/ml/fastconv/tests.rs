@@ -16,16 +16,7 @@ impl Rng {
     }
 }
 
-const BACKENDS: [Backend; 8] = [
-    Backend::Portable,
-    Backend::Avx2,
-    Backend::Avx512,
-    Backend::Avx512Bf16,
-    Backend::AmxBf16,
-    Backend::AmxBf16x2,
-    Backend::AmxBf16x3,
-    Backend::AmxBf16W2,
-];
+const BACKENDS: [Backend; 8] = Backend::ALL;
 
 /// Says in the test output, past libtest's capture (which hides a passing test's `println!`),
 /// that part of a test cannot run on this CPU, so a green run never hides an unexercised path.
