@@ -23,17 +23,16 @@
 //! docs/fastconv.md), which is why the x2 mode splits the input, not the weights.
 //!
 //! Linux only hands out the tile register state after `arch_prctl(ARCH_REQ_XCOMP_PERM,
-//! XFEATURE_XTILEDATA)`; [`available`] asks once and reports AMX unavailable if refused.
+//! XFEATURE_XTILEDATA)`; [`available`](super::amx_tile::available) asks once and reports AMX unavailable if refused.
 // Unsafe is needed for inline assembly (the AMX intrinsics are not stable in Rust), the raw
-// pointer job (see kernels.rs) and `#[target_feature]` calls; the crate root denies it elsewhere.
+// pointer job (see job.rs) and `#[target_feature]` calls; the crate root denies it elsewhere.
 #![allow(unsafe_code)]
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::asm;
-use std::sync::OnceLock;
 
-use super::kernels::RawJob;
-use super::f32_to_bf16;
+use super::amx_tile::{finish, k_step, store_accumulators, tile_consts, with_b_load, TileConfig, TileConsts};
+use super::job::{AmxWeights, RawJob, SendPtr};
 
 /// Output positions per parallel work item (a multiple of the 32-position register block;
 /// 256 measured best of 128/256/512).
@@ -41,169 +40,6 @@ pub(super) const CHUNK: usize = 256;
 /// Positions the kernel may read past the last interior position (one 32-position block, plus
 /// the largest tap offset, which the padded border already covers).
 pub(super) const SLACK_PX: usize = 32;
-
-/// Whether this CPU and OS run AMX bf16 (CPUID AMX-TILE + AMX-BF16 + AVX-512F, and the kernel
-/// granted the tile state to this process). Asked once.
-pub(super) fn available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        // The epilogue and the bf16 conversions use these next to the tile instructions.
-        if !(is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bf16")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl"))
-        {
-            return false;
-        }
-        // CPUID.(EAX=7,ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
-        #[allow(unused_unsafe)]
-        // SAFETY: CPUID leaf 7 exists on every x86_64 CPU with AVX-512F (checked above).
-        let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
-        if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
-            return false;
-        }
-        request_tile_permission()
-    })
-}
-
-#[cfg(target_os = "linux")]
-fn request_tile_permission() -> bool {
-    const SYS_ARCH_PRCTL: i64 = 158;
-    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-    const XFEATURE_XTILEDATA: i64 = 18;
-    let ret: i64;
-    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) only changes this process's permission to use
-    // the AMX register state; the syscall clobbers rcx and r11, declared below.
-    unsafe {
-        asm!("syscall", inlateout("rax") SYS_ARCH_PRCTL => ret, in("rdi") ARCH_REQ_XCOMP_PERM,
-             in("rsi") XFEATURE_XTILEDATA, lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    ret == 0
-}
-
-#[cfg(not(target_os = "linux"))]
-fn request_tile_permission() -> bool {
-    false
-}
-
-/// Weights packed for the tile kernel.
-pub(super) struct AmxWeights {
-    /// 16-channel output tiles, rounded up to an even count (the kernel runs them in pairs).
-    tiles: usize,
-    /// 32-channel input blocks per pass.
-    kb: usize,
-    /// Number of passes over the k-blocks (1 bf16, 2 or 3 split).
-    passes: usize,
-    /// Whether any pass reads the input's `lo` half.
-    a_lo: bool,
-    /// Per pass: (reads the input's lo half, uses the weights' lo half).
-    plan: Vec<(bool, bool)>,
-    /// `[tile][tap][passes·kb][16][32]` bf16.
-    w: Vec<u16>,
-    /// Padded to `tiles·16`.
-    bias: Vec<f32>,
-    slope: Vec<f32>,
-    out_c: usize,
-    /// Winograd F(2×2, 3×3) weights (`amx_wino::pack`), when the conv may run that path.
-    wino: Vec<u16>,
-}
-
-impl AmxWeights {
-    /// Packs OIHW f32 weights; `bias` and `slope` are per output channel (`out_c` long).
-    pub(super) fn pack(weight: &[f32], bias: &[f32], slope: &[f32], in_c: usize, out_c: usize, plan: &[(bool, bool)]) -> Self {
-        let tiles = out_c.div_ceil(32) * 2;
-        let kb = in_c.div_ceil(32);
-        let passes = plan.len();
-        let kk = passes * kb;
-        let mut w = vec![0u16; tiles * 9 * kk * 512];
-        for o in 0..out_c {
-            let (tile, oo) = (o / 16, o % 16);
-            for i in 0..in_c {
-                for t in 0..9 {
-                    let v = weight[(o * in_c + i) * 9 + t];
-                    let hi = f32_to_bf16(v);
-                    let lo = f32_to_bf16(v - bf16_to_f32(hi));
-                    for pass in 0..passes {
-                        let k = pass * kb + i / 32;
-                        let ii = i % 32;
-                        let val = if plan[pass].1 { lo } else { hi };
-                        w[(((tile * 9 + t) * kk + k) * 16 + ii / 2) * 32 + oo * 2 + ii % 2] = val;
-                    }
-                }
-            }
-        }
-        let pad = |v: &[f32], fill: f32| {
-            let mut p = vec![fill; tiles * 16];
-            p[..out_c].copy_from_slice(v);
-            p
-        };
-        let a_lo = plan.iter().any(|p| p.0);
-        AmxWeights { tiles, kb, passes, a_lo, plan: plan.to_vec(), w, bias: pad(bias, 0.0), slope: pad(slope, 1.0), out_c, wino: Vec::new() }
-    }
-
-    /// Channels per pixel of the bf16 input copy: `[hi | lo]` blocks of 32.
-    pub(super) fn copy_channels(&self) -> usize {
-        self.kb * 32 * if self.a_lo { 2 } else { 1 }
-    }
-
-    /// Offset in elements of the `lo` half in the conversion copy.
-    pub(super) fn lo_offset(&self) -> usize {
-        self.kb * 32
-    }
-
-    pub(super) fn split(&self) -> bool {
-        self.a_lo
-    }
-
-    /// Also packs the Winograd F(2×2, 3×3) weights (plain bf16 only: one pass).
-    pub(super) fn with_winograd(mut self, weight: &[f32], in_c: usize) -> Self {
-        assert_eq!(self.passes, 1, "AMX Winograd runs the plain bf16 mode only");
-        self.wino = super::amx_wino::pack(weight, in_c, self.out_c, self.tiles, self.kb);
-        self
-    }
-
-    /// The Winograd weights, if packed.
-    pub(super) fn winograd(&self) -> Option<&[u16]> {
-        (!self.wino.is_empty()).then_some(&self.wino[..])
-    }
-
-    /// Byte offset of k-block `k` (over all passes) in a pixel of the bf16 input copy: a
-    /// pass that reads the split input's `lo` half starts `j.in_lo` elements on.
-    fn a_offset(&self, j: &RawJob, k: usize) -> usize {
-        let (pass, kb) = (k / self.kb, k % self.kb);
-        kb * 64 + if self.plan[pass].0 { j.in_lo * 2 } else { 0 }
-    }
-
-    /// 16-channel output tiles (even).
-    pub(super) fn tiles(&self) -> usize {
-        self.tiles
-    }
-
-    /// 32-channel input blocks.
-    pub(super) fn kb(&self) -> usize {
-        self.kb
-    }
-}
-
-pub(super) fn bf16_to_f32(x: u16) -> f32 {
-    f32::from_bits(u32::from(x) << 16)
-}
-
-/// Tile configuration: palette 1, all eight tiles 16 rows × 64 bytes.
-#[repr(C, align(64))]
-pub(super) struct TileConfig(pub(super) [u8; 64]);
-
-impl TileConfig {
-    pub(super) fn full() -> Self {
-        let mut c = [0u8; 64];
-        c[0] = 1;
-        for t in 0..8 {
-            c[16 + 2 * t] = 64;
-            c[48 + t] = 16;
-        }
-        TileConfig(c)
-    }
-}
 
 /// One register block's accumulators (in the scratch) whose fused epilogue is still running:
 /// 64 rows, row `i` = position `i / 2` of the block × output tile `i % 2`.
@@ -214,36 +50,6 @@ struct Pending {
     next_row: usize,
     /// Per output tile of the pair, `None` past the last output channel.
     tiles: [Option<TileConsts>; 2],
-}
-
-/// What the epilogue needs of one 16-channel output tile, loaded once per block rather than
-/// per row (measured 2–7 % of the narrow 64→32 / 64→64 convs).
-#[derive(Clone, Copy)]
-pub(super) struct TileConsts {
-    bias: std::arch::x86_64::__m512,
-    slope: std::arch::x86_64::__m512,
-    oc: usize,
-    /// Valid lanes of the tile (`out_c` need not be a multiple of 16).
-    mask: u16,
-}
-
-/// The two output tiles of `pair`; `None` past the last output channel.
-#[target_feature(enable = "avx512f")]
-pub(super) fn tile_consts(wts: &AmxWeights, pair: usize) -> [Option<TileConsts>; 2] {
-    use std::arch::x86_64::_mm512_loadu_ps;
-    let tile = |ot: usize| {
-        let oc = (2 * pair + ot) * 16;
-        // SAFETY: bias and slope hold tiles·16 entries and oc < tiles·16.
-        (oc < wts.out_c).then(|| unsafe {
-            TileConsts {
-                bias: _mm512_loadu_ps(wts.bias.as_ptr().add(oc)),
-                slope: _mm512_loadu_ps(wts.slope.as_ptr().add(oc)),
-                oc,
-                mask: ((1u32 << (wts.out_c - oc).min(16)) - 1) as u16,
-            }
-        })
-    };
-    [tile(0), tile(1)]
 }
 
 impl Pending {
@@ -273,9 +79,9 @@ struct Scratch([f32; 1024]);
 /// `tdpbf16ps` latency instead of leaving the tiles idle while 64 rows are finished.
 ///
 /// # Safety
-/// The contract of [`super::kernels::run_range`], with `j.inp` pointing at a bf16 copy laid
+/// The contract of [`super::dispatch::run_range`], with `j.inp` pointing at a bf16 copy laid
 /// out as [`AmxWeights::copy_channels`] channels per pixel (`j.cs_in` equal to that), readable
-/// for [`SLACK_PX`] positions past the last interior one, and [`available`] true.
+/// for [`SLACK_PX`] positions past the last interior one, and [`available`](super::amx_tile::available) true.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usize) {
     let stride = j.cs_in * 2;
@@ -338,18 +144,6 @@ pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usiz
     }
     // SAFETY: releases the tile state configured above.
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
-}
-
-/// Expands the local `asm!` macro `$step` with the B-tile load instruction: `tileloaddt1`
-/// (non-temporal hint) when `$stream`, else `tileloadd`.
-macro_rules! with_b_load {
-    ($stream:expr, $step:ident) => {
-        if $stream {
-            $step!("tileloaddt1")
-        } else {
-            $step!("tileloadd")
-        }
-    };
 }
 
 /// Output rows per band of [`run_band`].
@@ -501,62 +295,6 @@ unsafe fn band_epilogue_rows(j: &RawJob, scratch: &Scratch, p: &mut BandPending,
     p.next_row = end;
 }
 
-/// Stores the four accumulator tiles `tmm0–3` as consecutive 16×16 f32 tiles at `sp`.
-///
-/// # Safety
-/// Tiles configured by the caller; `sp` addresses 1024 writable f32.
-#[inline(always)]
-pub(super) unsafe fn store_accumulators(sp: *mut f32) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        asm!(
-            "tilestored [{p0} + {s}], tmm0",
-            "tilestored [{p1} + {s}], tmm1",
-            "tilestored [{p2} + {s}], tmm2",
-            "tilestored [{p3} + {s}], tmm3",
-            p0 = in(reg) sp,
-            p1 = in(reg) sp.add(256),
-            p2 = in(reg) sp.add(512),
-            p3 = in(reg) sp.add(768),
-            s = in(reg) 64usize,
-            options(nostack),
-        );
-    }
-}
-
-/// One k-block of the 2×2 register block: two A tiles (positions), two B tiles (output
-/// channels), four `tdpbf16ps`. Each load sits just before the first `tdpbf16ps` that needs
-/// it, so the tile unit starts on C0 while B1 and A1 load (in-process A/B: 3–5 % faster than
-/// all four loads first, on every trunk shape). `STREAM_B` loads B with the non-temporal hint
-/// (`tileloaddt1`).
-///
-/// # Safety
-/// Tiles configured by the caller; `a0`/`a1` address 16 rows of `stride` bytes and `b0`/`b1`
-/// 16 rows of 64 bytes of readable memory.
-#[inline(always)]
-pub(super) unsafe fn k_step<const STREAM_B: bool>(a0: *const u8, a1: *const u8, b0: *const u8, b1: *const u8, stride: usize) {
-    // The two variants differ only in the B load instruction.
-    macro_rules! step {
-        ($b_load:literal) => {
-            asm!(
-                "tileloadd tmm4, [{a0} + {s}]",
-                concat!($b_load, " tmm6, [{b0} + {s64}]"),
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                concat!($b_load, " tmm7, [{b1} + {s64}]"),
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {s}]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-                s = in(reg) stride, s64 = in(reg) 64usize,
-                options(nostack, readonly),
-            )
-        };
-    }
-    // SAFETY: the caller's contract.
-    unsafe { with_b_load!(STREAM_B, step) }
-}
-
 /// The fused output pass for up to `rows` more rows of a pending register block.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn epilogue_rows(j: &RawJob, scratch: &Scratch, p: &mut Pending, rows: usize) {
@@ -576,50 +314,16 @@ unsafe fn epilogue_rows(j: &RawJob, scratch: &Scratch, p: &mut Pending, rows: us
     p.next_row = end;
 }
 
-/// `scale · act(acc + bias) + Σ residuals` (as [`super::avx512::epilogue_vec`]) for output
-/// tile `t` at position `qq`, stored to the f32 output unless the job has none, and rounded to
-/// its bf16 shadow (pixel stride `cs_out`) when it has one.
-///
-/// # Safety
-/// `qq` is an interior position of the validated output, its shadow and the residuals, whose
-/// channel slices hold `t`'s channels under its mask (validated in mod.rs).
-#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-#[inline]
-pub(super) unsafe fn finish(j: &RawJob, t: &TileConsts, qq: usize, acc: std::arch::x86_64::__m512) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller's contract.
-    unsafe {
-        let mut y = _mm512_add_ps(acc, t.bias);
-        let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, _mm512_setzero_ps());
-        y = _mm512_mask_mul_ps(y, neg, y, t.slope);
-        if j.scale != 1.0 {
-            y = _mm512_mul_ps(y, _mm512_set1_ps(j.scale));
-        }
-        for r in &j.res[..j.nres] {
-            let rv = _mm512_maskz_loadu_ps(t.mask, r.ptr.add(qq * r.cs + t.oc));
-            y = _mm512_fmadd_ps(rv, _mm512_set1_ps(r.weight), y);
-        }
-        // A null f32 output: the conv writes only the shadow (Epilogue::bf16_only).
-        if !j.out.is_null() {
-            _mm512_mask_storeu_ps(j.out.add(qq * j.cs_out + t.oc), t.mask, y);
-        }
-        if !j.out_bf.is_null() {
-            let hi = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y));
-            _mm256_mask_storeu_epi16(j.out_bf.add(qq * j.cs_out + t.oc) as *mut i16, t.mask, hi);
-        }
-    }
-}
-
 /// Fills `dst[..pixels·copy_channels]` from `pixels` f32 pixels at `src` (pixel stride
 /// `cs_in`, `c_in` channels): bf16 `hi` in the first half and, for bf16x3, `lo = x − hi` in
 /// the second; padding channels are written as zeros, so `dst` need not be cleared.
 ///
-/// Contract (module-private): as [`super::kernels::to_bf16`].
+/// Contract (module-private): as [`super::dispatch::to_bf16`].
 pub(super) fn to_bf16_split(src: *const f32, cs_in: usize, c_in: usize, pixels: usize, dst: &mut [u16], wts: &AmxWeights) {
     use rayon::prelude::*;
     let csb = wts.copy_channels();
     assert!(dst.len() >= pixels * csb && c_in <= wts.kb * 32);
-    let src = super::kernels::SendPtr(src);
+    let src = SendPtr(src);
     let (kb, split) = (wts.kb, wts.split());
     dst[..pixels * csb].par_chunks_mut(256 * csb).enumerate().for_each(|(ci, chunk)| {
         let s = src;

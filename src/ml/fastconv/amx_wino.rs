@@ -40,8 +40,8 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::amx::{finish, k_step, store_accumulators, AmxWeights, TileConfig, TileConsts};
-use super::kernels::RawJob;
+use super::amx_tile::{finish, k_step, store_accumulators, tile_consts, TileConfig, TileConsts};
+use super::job::{f32_to_bf16, AmxWeights, RawJob, WinoGeom};
 
 /// Transform points per tile (4×4).
 const XI: usize = 16;
@@ -78,7 +78,7 @@ pub(super) fn pack(weight: &[f32], in_c: usize, out_c: usize, tiles: usize, kb: 
                     }
                     let xi = r * 4 + c;
                     let (k, ii) = (i / 32, k_position(i % 32));
-                    w[(((tile * XI + xi) * kb + k) * 16 + ii / 2) * 32 + oo * 2 + ii % 2] = super::f32_to_bf16(u as f32);
+                    w[(((tile * XI + xi) * kb + k) * 16 + ii / 2) * 32 + oo * 2 + ii % 2] = f32_to_bf16(u as f32);
                 }
             }
         }
@@ -98,15 +98,6 @@ fn k_position(i: usize) -> usize {
     }
 }
 
-/// Geometry of one call.
-pub(super) struct WinoGeom {
-    pub n: usize,
-    pub h: usize,
-    pub w: usize,
-    /// Input channels the weights use (the rest of each k-block is read as zero).
-    pub c_in: usize,
-}
-
 thread_local! {
     /// Per-thread `V` and `M` scratch (u16 units), grown to the largest call seen and reused.
     static SCRATCH: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -116,13 +107,13 @@ thread_local! {
 /// its pixel stride in elements), `wino` from [`pack`] with `wts`'s tiles and k-blocks.
 ///
 /// Contract (module-private): as [`super::amx::run_range`] for every interior position of the
-/// `n` images, with AMX [`super::amx::available`].
+/// `n` images, with AMX [`super::amx_tile::available`].
 pub(super) fn run(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom) {
     use rayon::prelude::*;
     let tiles_x = g.w.div_ceil(2);
     let segs = tiles_x.div_ceil(SEG_TILES);
     let rows = g.h.div_ceil(2);
-    let kc = wts.kb() * 32;
+    let kc = wts.kb * 32;
     // V: SEG_TILES rows of `tile_stride` bf16; then the M buffer of f32, 64-byte aligned.
     let v_len = SEG_TILES * tile_stride(kc);
     let need = v_len + 2 * M_FLOATS + 64;
@@ -162,7 +153,7 @@ struct Block {
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img: usize, ty: usize, tx0: usize, nt: usize, v: *mut u16, m: *mut f32) {
-    let kb = wts.kb();
+    let kb = wts.kb;
     let kc = kb * 32;
     let ntp = nt.div_ceil(32) * 32;
     let row_px = g.w + 2;
@@ -186,7 +177,7 @@ unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img:
         asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         let stride = ts * 2;
         for blk in 0..ntp / 32 {
-            for pair in 0..wts.tiles() / 2 {
+            for pair in 0..wts.tiles / 2 {
                 for xi in 0..XI {
                     asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
                     let a0 = v.add(blk * 32 * ts + xi * kc) as *const u8;
@@ -198,7 +189,7 @@ unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img:
                     }
                     store_accumulators(m.add(xi * M_PLANE));
                 }
-                let block = Block { tx0: tx0 + blk * 32, nt: (nt - blk * 32).min(32), tiles: super::amx::tile_consts(wts, pair) };
+                let block = Block { tx0: tx0 + blk * 32, nt: (nt - blk * 32).min(32), tiles: tile_consts(wts, pair) };
                 output_block(j, g, img_base, ty, m, &block);
             }
         }

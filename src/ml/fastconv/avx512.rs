@@ -7,13 +7,13 @@
 //! broadcasts, `P*NV` FMAs. The epilogue (bias, LeakyReLU/PReLU as a per-channel slope,
 //! scale, up to two weighted residuals) runs on the accumulators before the single store.
 // Unsafe is needed for SIMD intrinsics, `#[target_feature]` functions and the raw-pointer
-// job (see kernels.rs); the crate root denies it elsewhere.
+// job (see job.rs); the crate root denies it elsewhere.
 #![allow(unsafe_code)]
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 
-use super::kernels::{RawBlock, RawJob};
+use super::job::{RawBlock, RawJob};
 
 /// Epilogue for one accumulator vector `a` of channels `v*16..` at position `qq`; returns
 /// the stored values.
@@ -111,7 +111,7 @@ unsafe fn tiles<const NV: usize, const P: usize>(j: &RawJob, b: &RawBlock, q0: u
 /// fp32 AVX-512 kernel over positions `q0..q1` for one block.
 ///
 /// # Safety
-/// See [`super::kernels::run_range`]; the CPU must support avx512f.
+/// See [`super::dispatch::run_range`]; the CPU must support avx512f.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn run_range(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
     // SAFETY: forwarded.
@@ -169,7 +169,7 @@ unsafe fn tiles_bf16<const NV: usize, const P: usize>(j: &RawJob, b: &RawBlock, 
 /// bf16 AVX-512 kernel over positions `q0..q1` for one block.
 ///
 /// # Safety
-/// See [`super::kernels::run_range`]; the CPU must support avx512f and avx512bf16, and the
+/// See [`super::dispatch::run_range`]; the CPU must support avx512f and avx512bf16, and the
 /// job must describe a bf16 input copy.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn run_range_bf16(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {

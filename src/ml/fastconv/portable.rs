@@ -1,11 +1,11 @@
 //! Portable direct-convolution kernel: plain Rust over the same packed weights, compiled
 //! twice — for the baseline target (scalar/SSE2, any CPU) and with `avx2,fma` enabled, where
 //! LLVM vectorises the 16-lane inner loops. Same tiling and epilogue as the AVX-512 kernel.
-// Unsafe is needed for the raw-pointer job (see kernels.rs) and for calling the
+// Unsafe is needed for the raw-pointer job (see job.rs) and for calling the
 // `#[target_feature]` instantiation; the crate root denies it elsewhere.
 #![allow(unsafe_code)]
 
-use super::kernels::{RawBlock, RawJob};
+use super::job::{RawBlock, RawJob};
 
 /// Output pixels per tile.
 const P: usize = 4;
@@ -85,7 +85,7 @@ unsafe fn dispatch<const FMA: bool>(j: &RawJob, b: &RawBlock, q0: usize, q1: usi
 /// Baseline instantiation (no CPU feature needed).
 ///
 /// # Safety
-/// See [`super::kernels::run_range`].
+/// See [`super::dispatch::run_range`].
 pub(super) unsafe fn run_range(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
     // SAFETY: forwarded.
     unsafe { dispatch::<false>(j, b, q0, q1) }
@@ -94,7 +94,7 @@ pub(super) unsafe fn run_range(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
 /// AVX2+FMA instantiation.
 ///
 /// # Safety
-/// See [`super::kernels::run_range`]; the CPU must support avx2 and fma.
+/// See [`super::dispatch::run_range`]; the CPU must support avx2 and fma.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn run_range_avx2(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {

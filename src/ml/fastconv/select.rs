@@ -49,7 +49,7 @@ impl CpuFeature {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
-                CpuFeature::Amx => super::amx::available(),
+                CpuFeature::Amx => super::amx_tile::available(),
                 CpuFeature::Avx512Bf16 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"),
                 CpuFeature::Avx512 => is_x86_feature_detected!("avx512f"),
                 CpuFeature::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
@@ -252,6 +252,12 @@ pub fn set_overrides(o: KernelOverrides) -> Result<(), String> {
     } else {
         Err(format!("kernel overrides already set to {set:?} in this process; cannot change them to {o:?}"))
     }
+}
+
+/// `UPRES_FASTCONV_MAXNV` (tuning): the widest fp32 output-channel block in 16-channel
+/// vectors, clamped to 1..=4; `None` when unset or not a number.
+pub(super) fn max_nv_override() -> Option<usize> {
+    std::env::var("UPRES_FASTCONV_MAXNV").ok().and_then(|v| v.parse().ok()).map(|v: usize| v.clamp(1, 4))
 }
 
 /// The CPU's model name (`/proc/cpuinfo`; the architecture elsewhere).

@@ -1,6 +1,8 @@
 //! Fast path vs a straightforward f64-accumulating reference convolution.
 
+use super::job::{bf16_to_f32, f32_to_bf16};
 use super::*;
+use candle_core::{Device, Tensor};
 
 /// Deterministic xorshift in [-1, 1).
 struct Rng(u64);
@@ -205,7 +207,8 @@ fn matches_reference_on_random_shapes() {
                     }
                 }
             }
-            assert!(out.buf[..out.base + (w + 3) * out.c].iter().all(|&v| v == 0.0), "{b:?}: wrote the border");
+            let (buf, base) = out.raw_buf();
+            assert!(buf[..base + (w + 3) * out.c].iter().all(|&v| v == 0.0), "{b:?}: wrote the border");
         }
     }
 }
@@ -306,7 +309,7 @@ fn bf16_only_output_feeds_amx_and_guards_f32_readers() {
     let mut widened = y_bf.clone();
     widened.pixel_mut(0, 0, 0);
     assert!(widened.f32_current(0, 48));
-    let want: Vec<f32> = y_full.to_nchw(0, 40).iter().map(|&v| f32::from_bits(u32::from(f32_to_bf16(v)) << 16)).collect();
+    let want: Vec<f32> = y_full.to_nchw(0, 40).iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect();
     assert_eq!(widened.to_nchw(4, 40), want);
 }
 
@@ -762,7 +765,7 @@ fn amx_winograd_matches_reference_on_random_shapes() {
             for y in 0..h {
                 for xx in 0..w {
                     for v in xr.pixel_mut(ni, y, xx) {
-                        *v = super::amx::bf16_to_f32(super::f32_to_bf16(*v));
+                        *v = bf16_to_f32(f32_to_bf16(*v));
                     }
                 }
             }

@@ -18,10 +18,10 @@
 //! and store, so neighbouring channel slices (including the output slice of an in-place dense
 //! block, written by other threads) are never read or written.
 // Unsafe is needed for SIMD intrinsics, `#[target_feature]` functions and the raw-pointer job
-// (see kernels.rs); the crate root denies it elsewhere.
+// (see job.rs); the crate root denies it elsewhere.
 #![allow(unsafe_code)]
 
-use super::kernels::{RawBlock, RawRes};
+use super::job::{RawBlock, WinoJob};
 
 /// Transform points per tile (6×6).
 pub(super) const XI: usize = 36;
@@ -73,28 +73,6 @@ pub(super) fn pack(weight: &[f32], in_c: usize, oc0: usize, width: usize, valid:
     }
     u
 }
-
-/// A validated convolution for the Winograd path: pointers at pixel 0 (padded) of their
-/// buffers, already offset to the channel slice (as [`super::kernels::RawJob`]).
-#[derive(Clone, Copy)]
-pub(super) struct WinoJob {
-    pub inp: *const f32,
-    pub cs_in: usize,
-    pub c_in: usize,
-    pub out: *mut f32,
-    pub cs_out: usize,
-    pub res: [RawRes; 2],
-    pub nres: usize,
-    pub scale: f32,
-    pub n: usize,
-    pub h: usize,
-    pub w: usize,
-}
-// SAFETY: built by `Conv3x3::run`, which holds the borrows of every buffer it points into for
-// the whole parallel section; threads write disjoint output pixels.
-unsafe impl Send for WinoJob {}
-// SAFETY: as above; read-only once built.
-unsafe impl Sync for WinoJob {}
 
 /// Geometry of one call's tiling and scratch.
 #[derive(Clone, Copy)]
