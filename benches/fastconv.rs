@@ -96,28 +96,11 @@ fn torch_table() -> Vec<((usize, usize, usize, usize, usize), f64)> {
         .collect()
 }
 
-/// Contemporaneous ceiling: a register-only AVX-512 FMA loop (24 independent chains) on
-/// every rayon thread. Returns (GFLOP/s wall, GFLOP per CPU-second).
-#[cfg(target_arch = "x86_64")]
+/// Contemporaneous ceiling: a register-only AVX-512 FMA loop (24 independent chains,
+/// `fastconv::fma_peak_chains`) on every rayon thread. Returns (GFLOP/s wall, GFLOP per
+/// CPU-second); NaN without AVX-512F.
 fn fma_peak(min: Duration) -> (f64, f64) {
-    #[target_feature(enable = "avx512f")]
-    fn chains(iters: usize) -> f32 {
-        use std::arch::x86_64::*;
-        let mut acc = [_mm512_set1_ps(0.0); 24];
-        let a = _mm512_set1_ps(0.999_999);
-        let b = _mm512_set1_ps(1e-7);
-        for _ in 0..iters {
-            for v in acc.iter_mut() {
-                *v = _mm512_fmadd_ps(*v, a, b);
-            }
-        }
-        let mut s = _mm512_setzero_ps();
-        for v in acc {
-            s = _mm512_add_ps(s, v);
-        }
-        _mm512_reduce_add_ps(s)
-    }
-    if !is_x86_feature_detected!("avx512f") {
+    if upres::ml::fastconv::fma_peak_chains(1).is_none() {
         return (f64::NAN, f64::NAN);
     }
     use rayon::prelude::*;
@@ -125,15 +108,10 @@ fn fma_peak(min: Duration) -> (f64, f64) {
     let iters = 2_000_000;
     let flops = (threads * iters * 24 * 32) as f64;
     let (t, cpu) = best_time_cpu(min, || {
-        // SAFETY: avx512f checked above.
-        let s: f32 = (0..threads).into_par_iter().map(|_| unsafe { chains(iters) }).sum();
+        let s: f32 = (0..threads).into_par_iter().map(|_| upres::ml::fastconv::fma_peak_chains(iters).unwrap_or(0.0)).sum();
         std::hint::black_box(s);
     });
     (flops / t / 1e9, flops / cpu / 1e9)
-}
-#[cfg(not(target_arch = "x86_64"))]
-fn fma_peak(_: Duration) -> (f64, f64) {
-    (f64::NAN, f64::NAN)
 }
 
 fn random_nhwc(rng: &mut Rng, n: usize, h: usize, w: usize, c: usize) -> Nhwc {

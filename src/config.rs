@@ -945,7 +945,8 @@ impl Config {
         if self.engine.queue_capacity == 0 || self.engine.max_batch == 0 {
             return bad("engine.queue_capacity and engine.max_batch must be > 0");
         }
-        if !(self.limits.max_upscale >= 1.0) {
+        // NaN fails too.
+        if self.limits.max_upscale.is_nan() || self.limits.max_upscale < 1.0 {
             return bad("limits.max_upscale must be >= 1");
         }
         if self.ml.tile < 16 || self.ml.tile_overlap * 2 >= self.ml.tile {
@@ -1128,8 +1129,10 @@ mod tests {
         k.backend = "off".into();
         assert_eq!(k.overrides().unwrap().backend, None, "off is the Real-ESRGAN engine's switch, not a backend");
         for (backend, winograd, hide) in [("avx1024", "default", "amx"), ("auto", "sometimes", "amx"), ("auto", "default", "sse")] {
-            let mut c = Config::default();
-            c.kernels = KernelsConfig { backend: backend.into(), winograd: winograd.into(), hide_cpu_features: vec![hide.into()] };
+            let c = Config {
+                kernels: KernelsConfig { backend: backend.into(), winograd: winograd.into(), hide_cpu_features: vec![hide.into()] },
+                ..Config::default()
+            };
             assert!(c.validate().is_err(), "{backend} {winograd} {hide}");
         }
     }

@@ -393,7 +393,7 @@ mod tests {
     async fn tiles_from_different_jobs_share_forward_passes() {
         let rec = recorder(None);
         let engine: Arc<dyn Engine> = rec.clone();
-        let b = Batcher::start(&[engine.clone()], cfg(8, 200, 100), Arc::new(Metrics::new()));
+        let b = Batcher::start(std::slice::from_ref(&engine), cfg(8, 200, 100), Arc::new(Metrics::new()));
         let mut rxs = Vec::new();
         for v in 0..4 {
             let tiles = vec![Tile::new(4, 4, vec![v as f32; 48]); 2];
@@ -447,7 +447,7 @@ mod tests {
     async fn full_queue_refuses_until_answers_free_slots() {
         let (open, gate) = gate("gate");
         let engine: Arc<dyn Engine> = gate;
-        let b = Batcher::start(&[engine.clone()], cfg(1, 0, 2), Arc::new(Metrics::new()));
+        let b = Batcher::start(std::slice::from_ref(&engine), cfg(1, 0, 2), Arc::new(Metrics::new()));
         let t = || vec![Tile::new(4, 4, vec![0.0; 48])];
         let submit = || b.submit(&*engine, t(), GenParams::default(), CancellationToken::new(), None);
         let a = submit().unwrap();
@@ -470,7 +470,7 @@ mod tests {
     async fn engine_hears_idle_only_when_the_queue_drains() {
         let (open, log) = gate("idle");
         let engine: Arc<dyn Engine> = log.clone();
-        let b = Batcher::start(&[engine.clone()], cfg(1, 0, 4), Arc::new(Metrics::new()));
+        let b = Batcher::start(std::slice::from_ref(&engine), cfg(1, 0, 4), Arc::new(Metrics::new()));
         let t = || vec![Tile::new(4, 4, vec![0.0; 48])];
         let a = b.submit(&*engine, t(), GenParams::default(), CancellationToken::new(), None).unwrap();
         let c = b.submit(&*engine, t(), GenParams::default(), CancellationToken::new(), None).unwrap();
@@ -493,7 +493,7 @@ mod tests {
     async fn cancelled_jobs_are_not_run() {
         let rec = recorder(None);
         let engine: Arc<dyn Engine> = rec.clone();
-        let b = Batcher::start(&[engine.clone()], cfg(8, 0, 10), Arc::new(Metrics::new()));
+        let b = Batcher::start(std::slice::from_ref(&engine), cfg(8, 0, 10), Arc::new(Metrics::new()));
         let cancel = CancellationToken::new();
         cancel.cancel();
         let rx = b.submit(&*engine, vec![Tile::new(4, 4, vec![0.0; 48])], GenParams::default(), cancel, None).unwrap();
@@ -505,7 +505,7 @@ mod tests {
     async fn progress_reports_tiles_done_after_each_pass() {
         let rec = recorder(None);
         let engine: Arc<dyn Engine> = rec.clone();
-        let b = Batcher::start(&[engine.clone()], cfg(2, 0, 10), Arc::new(Metrics::new()));
+        let b = Batcher::start(std::slice::from_ref(&engine), cfg(2, 0, 10), Arc::new(Metrics::new()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink: ProgressFn = {
             let seen = seen.clone();
@@ -530,7 +530,7 @@ mod tests {
     async fn an_engine_error_fails_only_the_jobs_in_that_batch() {
         let rec = recorder(Some(9.0));
         let engine: Arc<dyn Engine> = rec.clone();
-        let b = Batcher::start(&[engine.clone()], cfg(1, 0, 10), Arc::new(Metrics::new()));
+        let b = Batcher::start(std::slice::from_ref(&engine), cfg(1, 0, 10), Arc::new(Metrics::new()));
         let bad = b.submit(&*engine, vec![Tile::new(4, 4, vec![9.0; 48])], GenParams::default(), CancellationToken::new(), None).unwrap();
         let good = b.submit(&*engine, vec![Tile::new(4, 4, vec![1.0; 48])], GenParams::default(), CancellationToken::new(), None).unwrap();
         assert!(matches!(bad.await.unwrap(), Err(InferError::Model(_))));

@@ -120,7 +120,7 @@ impl Registry {
                 let guided: Vec<_> = indexed.iter().copied().filter(|(_, e)| e.engine.prompt_guided()).collect();
                 let by_rule = rules.iter().filter(|r| r.max_input_pixels.is_none_or(|max| input_pixels <= max));
                 let mut from_rules = None;
-                if !(has_prompt && !guided.is_empty()) {
+                if !has_prompt || guided.is_empty() {
                     for rule in by_rule {
                         match pick_scale(&named(&rule.model), scale) {
                             Some(p) => {

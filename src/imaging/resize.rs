@@ -55,7 +55,7 @@ mod tests {
 
     #[test]
     fn constant_planes_stay_constant() {
-        let out = resize_plane(&vec![0.25; 7 * 5], 7, 5, 28, 20, None);
+        let out = resize_plane(&[0.25; 7 * 5], 7, 5, 28, 20, None);
         assert_eq!(out.len(), 28 * 20);
         assert!(out.iter().all(|v| (v - 0.25).abs() < 1e-5));
     }

@@ -37,7 +37,7 @@ impl Syntax {
     pub fn new<'a>(origins: impl IntoIterator<Item = (&'a str, &'a str)>, ignore_unsupported: bool) -> Syntax {
         let mut origins: Vec<(String, String)> =
             origins.into_iter().map(|(name, url)| (name.to_string(), url.trim_end_matches('/').to_string())).collect();
-        origins.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        origins.sort_by_key(|o| std::cmp::Reverse(o.1.len()));
         Syntax { origins, ignore_unsupported }
     }
 }
@@ -281,7 +281,7 @@ impl<'a> State<'a> {
                 arity("dpr", args, 1)?;
                 match positive("dpr", arg(args, 0))? {
                     None => Ok(()),
-                    Some(d) if d == 1.0 => {
+                    Some(1.0) => {
                         self.spec.dpr = None;
                         Ok(())
                     }
@@ -447,7 +447,7 @@ impl<'a> State<'a> {
             "obj" | "objw" => return self.unsupported("gravity:obj"),
             _ => return Err(invalid("gravity", "expected ce, no, so, ea, we, noea, nowe, soea, sowe")),
         };
-        let offset = args.iter().skip(1).any(|a| !a.is_empty() && a.parse::<f64>().map_or(true, |v| v != 0.0));
+        let offset = args.iter().skip(1).any(|a| !a.is_empty() && a.parse::<f64>() != Ok(0.0));
         if offset {
             self.unsupported("gravity offsets")?;
         }

@@ -145,7 +145,7 @@ async fn raw_chunked_upload(addr: std::net::SocketAddr, size: usize) -> String {
 Content-Type: multipart/form-data; boundary=B0UND\r\nTransfer-Encoding: chunked\r\n\r\n";
     c.write_all(head.as_bytes()).await.unwrap();
     let mut body = b"--B0UND\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\n".to_vec();
-    body.extend(std::iter::repeat(0x89u8).take(size));
+    body.extend(std::iter::repeat_n(0x89u8, size));
     body.extend_from_slice(b"\r\n--B0UND--\r\n");
     for chunk in body.chunks(16 * 1024) {
         let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();

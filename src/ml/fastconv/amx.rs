@@ -53,6 +53,8 @@ struct Pending {
 }
 
 impl Pending {
+    /// # Safety
+    /// The CPU supports avx512f (as [`tile_consts`]).
     #[target_feature(enable = "avx512f")]
     fn new(j: &RawJob, wts: &AmxWeights, pair: usize, q: usize, q1: usize) -> Self {
         // The column of each position in the padded image, stepped instead of divided.
@@ -79,9 +81,11 @@ struct Scratch([f32; 1024]);
 /// `tdpbf16ps` latency instead of leaving the tiles idle while 64 rows are finished.
 ///
 /// # Safety
-/// The contract of [`super::dispatch::run_range`], with `j.inp` pointing at a bf16 copy laid
-/// out as [`AmxWeights::copy_channels`] channels per pixel (`j.cs_in` equal to that), readable
-/// for [`SLACK_PX`] positions past the last interior one, and [`available`](super::amx_tile::available) true.
+/// `j` and `wts` satisfy the job contract of [`RawJob`] for positions `q0..q1` on the interior
+/// rows of one image, with `j.inp` pointing at a bf16 copy (or shadow) laid out as
+/// [`AmxWeights::copy_channels`] channels per pixel (`j.cs_in` equal to that), readable for
+/// [`SLACK_PX`] positions past the last interior one; AMX is available
+/// ([`available`](super::amx_tile::available)).
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 pub(super) unsafe fn run_range(j: &RawJob, wts: &AmxWeights, q0: usize, q1: usize) {
     let stride = j.cs_in * 2;
@@ -280,6 +284,10 @@ unsafe fn band_step<const STREAM_B: bool>(a: *const u8, b: *const u8, stride: us
 }
 
 /// The fused output pass for up to `rows` more rows of a pending band block.
+///
+/// # Safety
+/// Called inside [`run_band`] under its contract: `p` is a block of that band, whose rows
+/// `scratch` holds.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn band_epilogue_rows(j: &RawJob, scratch: &Scratch, p: &mut BandPending, rows: usize) {
     use std::arch::x86_64::*;
@@ -296,6 +304,10 @@ unsafe fn band_epilogue_rows(j: &RawJob, scratch: &Scratch, p: &mut BandPending,
 }
 
 /// The fused output pass for up to `rows` more rows of a pending register block.
+///
+/// # Safety
+/// Called inside [`run_range`] under its contract: `p` is a block of that range, whose rows
+/// `scratch` holds.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn epilogue_rows(j: &RawJob, scratch: &Scratch, p: &mut Pending, rows: usize) {
     use std::arch::x86_64::*;
@@ -318,8 +330,13 @@ unsafe fn epilogue_rows(j: &RawJob, scratch: &Scratch, p: &mut Pending, rows: us
 /// `cs_in`, `c_in` channels): bf16 `hi` in the first half and, for bf16x3, `lo = x − hi` in
 /// the second; padding channels are written as zeros, so `dst` need not be cleared.
 ///
-/// Contract (module-private): as [`super::dispatch::to_bf16`].
-pub(super) fn to_bf16_split(src: *const f32, cs_in: usize, c_in: usize, pixels: usize, dst: &mut [u16], wts: &AmxWeights) {
+/// Panics unless `dst` holds `pixels·copy_channels` values and `c_in <= kb·32`.
+///
+/// # Safety
+/// For every `p < pixels`, the `c_in` floats at `src + p·cs_in` are readable and not written
+/// until this returns; AMX is available (its AVX-512 BF16 conversions are part of
+/// [`available`](super::amx_tile::available)).
+pub(super) unsafe fn to_bf16_split(src: *const f32, cs_in: usize, c_in: usize, pixels: usize, dst: &mut [u16], wts: &AmxWeights) {
     use rayon::prelude::*;
     let csb = wts.copy_channels();
     assert!(dst.len() >= pixels * csb && c_in <= wts.kb * 32);
@@ -333,6 +350,10 @@ pub(super) fn to_bf16_split(src: *const f32, cs_in: usize, c_in: usize, pixels: 
     });
 }
 
+/// # Safety
+/// For every pixel `p` of `dst` (`csb` values each, `csb >= kb·32·(1 + split)`), the `c_in`
+/// floats at `src + p·cs_in` are readable, `c_in <= kb·32`; the CPU supports avx512f,
+/// avx512bf16 and avx512bw.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
 unsafe fn convert_pixels(src: *const f32, cs_in: usize, c_in: usize, dst: &mut [u16], csb: usize, kb: usize, split: bool) {
     use std::arch::x86_64::*;

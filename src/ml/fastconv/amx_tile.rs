@@ -85,19 +85,21 @@ pub(super) struct TileConsts {
 }
 
 /// The two output tiles of `pair`; `None` past the last output channel.
+///
+/// # Safety
+/// The CPU supports avx512f (a caller without that target feature calls it in `unsafe`).
 #[target_feature(enable = "avx512f")]
 pub(super) fn tile_consts(wts: &AmxWeights, pair: usize) -> [Option<TileConsts>; 2] {
     use std::arch::x86_64::_mm512_loadu_ps;
     let tile = |ot: usize| {
         let oc = (2 * pair + ot) * 16;
-        // SAFETY: bias and slope hold tiles·16 entries and oc < tiles·16.
-        (oc < wts.out_c).then(|| unsafe {
-            TileConsts {
-                bias: _mm512_loadu_ps(wts.bias.as_ptr().add(oc)),
-                slope: _mm512_loadu_ps(wts.slope.as_ptr().add(oc)),
-                oc,
-                mask: ((1u32 << (wts.out_c - oc).min(16)) - 1) as u16,
-            }
+        (oc < wts.out_c).then(|| {
+            // Slicing checks the bounds: `pack::amx` pads both to whole 16-channel tiles.
+            let (bias, slope) = (&wts.bias[oc..oc + 16], &wts.slope[oc..oc + 16]);
+            // SAFETY: each load reads the 16 floats of a 16-element slice; avx512f is the
+            // caller's contract.
+            let (bias, slope) = unsafe { (_mm512_loadu_ps(bias.as_ptr()), _mm512_loadu_ps(slope.as_ptr())) };
+            TileConsts { bias, slope, oc, mask: ((1u32 << (wts.out_c - oc).min(16)) - 1) as u16 }
         })
     };
     [tile(0), tile(1)]

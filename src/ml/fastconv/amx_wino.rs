@@ -106,9 +106,12 @@ thread_local! {
 /// Runs the convolution: `j` as for the direct AMX kernel (`j.inp` the bf16 input, `j.cs_in`
 /// its pixel stride in elements), `wino` from [`pack`] with `wts`'s tiles and k-blocks.
 ///
-/// Contract (module-private): as [`super::amx::run_range`] for every interior position of the
-/// `n` images, with AMX [`super::amx_tile::available`].
-pub(super) fn run(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom) {
+/// # Safety
+/// `j` and `wts` satisfy the job contract of [`RawJob`] for every interior position of the
+/// `g.n` images of `g.h×g.w` (`j.inp` a bf16 copy or shadow as for the direct AMX kernel, with
+/// its slack); `wino` was packed for `wts`; AMX is available
+/// ([`super::amx_tile::available`]).
+pub(super) unsafe fn run(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom) {
     use rayon::prelude::*;
     let tiles_x = g.w.div_ceil(2);
     let segs = tiles_x.div_ceil(SEG_TILES);
@@ -150,6 +153,10 @@ struct Block {
 
 /// One segment: input transform of `nt` tiles from `tx0` in tile row `ty`, then per register
 /// block and output-tile pair the 16 GEMMs and the output transform.
+///
+/// # Safety
+/// As [`run`] for the tiles of this segment; `v` addresses `SEG_TILES·tile_stride(kb·32)`
+/// writable u16 and `m` `2·M_FLOATS` writable f32 (64-byte aligned), used by nobody else.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img: usize, ty: usize, tx0: usize, nt: usize, v: *mut u16, m: *mut f32) {
@@ -158,7 +165,7 @@ unsafe fn segment(j: &RawJob, wts: &AmxWeights, wino: &[u16], g: &WinoGeom, img:
     let ntp = nt.div_ceil(32) * 32;
     let row_px = g.w + 2;
     let img_base = img * (g.h + 2) * row_px;
-    // SAFETY (whole body): every V row written or read is < ntp ≤ SEG_TILES; the weights hold
+    // SAFETY: (whole body) every V row written or read is < ntp ≤ SEG_TILES; the weights hold
     // tiles·16·kb·512 values; the M buffer holds M_FLOATS; input pixels are checked against
     // the padded image in `input_tiles`.
     unsafe {
@@ -209,6 +216,10 @@ fn tile_stride(kc: usize) -> usize {
 /// in the last k-block. Neighbouring tiles share two input columns, so each column's `Bᵀ d`
 /// is computed once and slid along. `KC` is `kc` as a constant (0: run-time only), so that
 /// the 16 row offsets are immediates.
+///
+/// # Safety
+/// As [`segment`]: `j` satisfies the job contract, `nt <= ntp <= SEG_TILES` rows of `v`
+/// are writable, `kc` is the bf16 copy's channels per k-block row.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn input_tiles<const KC: usize>(j: &RawJob, g: &WinoGeom, kc: usize, img_base: usize, ty: usize, tx0: usize, nt: usize, ntp: usize, v: *mut u16) {
@@ -216,7 +227,7 @@ unsafe fn input_tiles<const KC: usize>(j: &RawJob, g: &WinoGeom, kc: usize, img_
     let kc = if KC == 0 { kc } else { KC };
     let row_px = g.w + 2;
     let ts = tile_stride(kc);
-    // SAFETY (whole body): loads are of padded-image pixels (row ≤ h+1, column ≤ w+1) of the
+    // SAFETY: (whole body) loads are of padded-image pixels (row ≤ h+1, column ≤ w+1) of the
     // input, whose pixel holds `kc` readable channels (the direct kernel's k-block reads);
     // stores stay in rows < ntp ≤ SEG_TILES of `v`.
     unsafe {
@@ -252,7 +263,7 @@ unsafe fn input_tiles<const KC: usize>(j: &RawJob, g: &WinoGeom, kc: usize, img_
                 let x = 2 * (tx0 + t);
                 // The two columns this tile step will read PREFETCH_COLS later (in-process
                 // A/B over SRVGG's forward at 128²: 0.98× the time; 8 or 32 ahead gain less).
-                if x + PREFETCH_COLS + 1 <= g.w + 1 {
+                if x + PREFETCH_COLS <= g.w {
                     for row in rows.iter().flatten() {
                         _mm_prefetch::<_MM_HINT_T0>(row.add((x + PREFETCH_COLS) * j.cs_in + c0) as *const i8);
                         _mm_prefetch::<_MM_HINT_T0>(row.add((x + PREFETCH_COLS + 1) * j.cs_in + c0) as *const i8);
@@ -277,6 +288,10 @@ unsafe fn input_tiles<const KC: usize>(j: &RawJob, g: &WinoGeom, kc: usize, img_
 
 /// Output transform `Y = Aᵀ M A` and the fused epilogue of a block's (tile, output tile)
 /// rows: row `i` = tile `i / 2` × output tile `i % 2`.
+///
+/// # Safety
+/// As [`segment`]: `m` holds the block's `M` (`M_FLOATS` f32) and `blk`'s tiles are
+/// inside image row `ty` of image `img_base`.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn output_block(j: &RawJob, g: &WinoGeom, img_base: usize, ty: usize, m: *const f32, blk: &Block) {
     let row_px = g.w + 2;

@@ -17,6 +17,9 @@ use super::job::{RawBlock, RawJob};
 
 /// Epilogue for one accumulator vector `a` of channels `v*16..` at position `qq`; returns
 /// the stored values.
+///
+/// # Safety
+/// As [`epilogue_vec`], and `qq` is an interior position of the job's output.
 #[inline(always)]
 pub(super) unsafe fn store_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize, nv: usize, a: __m512) -> __m512 {
     // SAFETY: forwarded (epilogue_vec's contract); the out pointer addresses interior pixel
@@ -31,6 +34,10 @@ pub(super) unsafe fn store_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize, nv
 }
 
 /// Bias, activation, scale and residuals for one accumulator vector, without the store.
+///
+/// # Safety
+/// `j` and `b` satisfy the job contract of [`RawJob`], `v < nv` is a vector of `b`, `qq` a
+/// position inside the padded buffers; the CPU supports avx512f.
 #[inline(always)]
 pub(super) unsafe fn epilogue_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize, nv: usize, a: __m512) -> __m512 {
     // SAFETY: bias/slope hold nv*16 entries; residual pointers address interior pixel qq
@@ -52,6 +59,8 @@ pub(super) unsafe fn epilogue_vec(j: &RawJob, b: &RawBlock, qq: usize, v: usize,
     }
 }
 
+/// # Safety
+/// As [`store_vec`] for positions `q..q+np` (the interior ones are stored).
 #[inline(always)]
 unsafe fn epilogue<const NV: usize, const P: usize>(
     j: &RawJob,
@@ -73,6 +82,8 @@ unsafe fn epilogue<const NV: usize, const P: usize>(
     }
 }
 
+/// # Safety
+/// As [`run_range`], with `NV == b.nv`.
 #[target_feature(enable = "avx512f")]
 unsafe fn tiles<const NV: usize, const P: usize>(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
     let c_in = j.c_in;
@@ -111,7 +122,8 @@ unsafe fn tiles<const NV: usize, const P: usize>(j: &RawJob, b: &RawBlock, q0: u
 /// fp32 AVX-512 kernel over positions `q0..q1` for one block.
 ///
 /// # Safety
-/// See [`super::dispatch::run_range`]; the CPU must support avx512f.
+/// `j` and `b` satisfy the job contract of [`RawJob`] for positions `q0..q1` on the interior
+/// rows of one image; the CPU supports avx512f.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn run_range(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
     // SAFETY: forwarded.
@@ -128,6 +140,9 @@ pub(super) unsafe fn run_range(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
 /// bf16 tiles: the input is a bf16 copy (`j.inp` really points at u16 data, `cs_in` and
 /// `c_in` counted in bf16 elements, `c_in` even), weights interleave input-channel pairs:
 /// `[tap][c_in/2][NV*16][2]`. `vdpbf16ps` adds both products of a pair into f32 lanes.
+///
+/// # Safety
+/// As [`run_range_bf16`], with `NV == b.nv`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn tiles_bf16<const NV: usize, const P: usize>(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
     let pairs = j.c_in / 2;
@@ -169,8 +184,8 @@ unsafe fn tiles_bf16<const NV: usize, const P: usize>(j: &RawJob, b: &RawBlock, 
 /// bf16 AVX-512 kernel over positions `q0..q1` for one block.
 ///
 /// # Safety
-/// See [`super::dispatch::run_range`]; the CPU must support avx512f and avx512bf16, and the
-/// job must describe a bf16 input copy.
+/// As [`run_range`], with `j.inp` the bf16 copy of the input (channel pairs, even `cs_in`) and
+/// `b`'s bf16 weights packed; the CPU supports avx512f and avx512bf16.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn run_range_bf16(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
     // SAFETY: forwarded.
@@ -182,4 +197,32 @@ pub(super) unsafe fn run_range_bf16(j: &RawJob, b: &RawBlock, q0: usize, q1: usi
             _ => tiles_bf16::<4, 6>(j, b, q0, q1),
         }
     }
+}
+
+/// A register-only FMA loop: 24 independent chains of `iters` FMAs each (the bench's
+/// ceiling for these kernels). `None` without avx512f.
+pub(super) fn fma_chains(iters: usize) -> Option<f32> {
+    /// # Safety
+    /// The CPU supports avx512f.
+    #[target_feature(enable = "avx512f")]
+    fn chains(iters: usize) -> f32 {
+        let mut acc = [_mm512_set1_ps(0.0); 24];
+        let a = _mm512_set1_ps(0.999_999);
+        let b = _mm512_set1_ps(1e-7);
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for v in acc {
+            s = _mm512_add_ps(s, v);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+    if !is_x86_feature_detected!("avx512f") {
+        return None;
+    }
+    // SAFETY: avx512f checked above.
+    Some(unsafe { chains(iters) })
 }

@@ -1,8 +1,13 @@
 //! Runs a convolution: validates the buffers, offsets and residuals of a forward, builds the
 //! raw job, cuts it into work items on rayon's pool and calls the kernel the conv was packed
 //! for (direct fp32/bf16, Winograd F(4×4,3×3), AMX direct or AMX Winograd).
-// Unsafe is needed to call the kernels, which take raw pointers (see job.rs); the crate root
-// denies it elsewhere.
+//!
+//! This is the unsafe boundary of fastconv: [`Conv3x3::forward`] and
+//! [`Conv3x3::forward_in_place`] are safe because they check everything the job contract of
+//! [`RawJob`] needs before their one `unsafe` block turns borrows into raw pointers; every
+//! function below them that takes raw pointers is an `unsafe fn`.
+// Unsafe is needed to turn the validated borrows into raw pointers and to call the kernels
+// (see job.rs); the crate root denies it elsewhere.
 #![allow(unsafe_code)]
 
 use rayon::prelude::*;
@@ -13,13 +18,13 @@ use super::amx;
 use super::amx_wino;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
-use super::backend::{Backend, Winograd, WINOGRAD_MIN_TILES};
 #[cfg(target_arch = "x86_64")]
 use super::backend::AMX_WINOGRAD_MIN_TILES;
+use super::backend::{Backend, Winograd, WINOGRAD_MIN_TILES};
 use super::conv::{Conv3x3, Epilogue};
-use super::job::{f32_to_bf16, RawBlock, RawJob, RawRes, SendPtr, WinoJob};
 #[cfg(target_arch = "x86_64")]
 use super::job::{AmxWeights, WinoGeom};
+use super::job::{f32_to_bf16, RawBlock, RawJob, RawRes, SendPtr, WinoJob};
 use super::layout::{Nhwc, SLACK_PX};
 use super::{pack, pool, portable, winograd};
 use super::{shape_err, FastConvError};
@@ -27,23 +32,65 @@ use super::{shape_err, FastConvError};
 /// Output positions per parallel work item (a multiple of every tile width P).
 const CHUNK: usize = 144;
 
+/// The raw operands of one validated forward: pointers at pixel 0 (padded) of their buffers,
+/// already offset to the channel slice.
+#[derive(Clone, Copy)]
+struct Operands {
+    n: usize,
+    h: usize,
+    w: usize,
+    inp: *const f32,
+    cs_in: usize,
+    /// The input's bf16 shadow, when a plain AMX conv reads it instead of converting.
+    shadow_in: Option<*const u16>,
+    /// Null when the conv writes only the output's shadow (`Epilogue::bf16_only`).
+    out: *mut f32,
+    cs_out: usize,
+    /// The output's bf16 shadow, which a plain AMX conv writes next to `out`.
+    shadow_out: Option<*mut u16>,
+    res: [RawRes; 2],
+    nres: usize,
+    scale: f32,
+}
+
 impl Conv3x3 {
     /// Convolves channels `in_off..in_off+in_c` of `input` into channels
     /// `out_off..out_off+out_c` of `out` (same n, h, w), with the fused epilogue.
     pub fn forward(&self, input: &Nhwc, in_off: usize, out: &mut Nhwc, out_off: usize, ep: &Epilogue) -> Result<(), FastConvError> {
         self.check_in(input, in_off)?;
         self.check_out(out, out_off, input)?;
-        let res = self.check_res(ep, input)?;
-        let geom = (input.n, input.h, input.w);
-        let inp = input.data()[in_off..].as_ptr();
-        let cs_out = out.c;
-        let shadow_in = self.shadow_in(input, in_off);
-        self.check_f32_in(input, in_off, shadow_in)?;
-        let shadow_out = self.shadow_out(out, out_off);
+        let (res, nres) = self.check_res(ep, input)?;
+        let shadow_in = if self.plain_amx() { input.bf16_if_valid(in_off, self.in_c) } else { None };
+        self.check_f32_in(input, in_off, shadow_in.is_some())?;
+        let shadow_out = self.plain_amx().then(|| out.bf16_mut_ptr());
         let bf16_only = ep.bf16_only && shadow_out.is_some();
-        let out_ptr = out.data_mut_ptr_for(out_off, self.out_c).wrapping_add(out_off);
-        let out_ptr = if bf16_only { std::ptr::null_mut() } else { out_ptr };
-        self.run(geom, inp, input.c, out_ptr, cs_out, &res, ep.scale, shadow_in, shadow_out);
+        let (n, h, w, cs_in) = input.shape();
+        let cs_out = out.c;
+        let out_base = out.data_mut_ptr_for(out_off, self.out_c);
+        // SAFETY: checked above: `in_off + in_c <= input.c` and `out_off + out_c <= out.c`, so
+        // the offsets stay inside pixel 0 of buffers that hold every pixel of `n×h×w` (plus
+        // slack, and the shadows theirs); `out` has the input's n, h, w; the residuals have it
+        // too and hold `out_c` current f32 channels from their offset; a conv that reads f32
+        // input has current f32 values. `input` (shared) and `out` (exclusive) are distinct
+        // buffers borrowed for the whole call, and `run` returns only when every kernel
+        // thread has finished.
+        unsafe {
+            let op = Operands {
+                n,
+                h,
+                w,
+                inp: input.data().as_ptr().add(in_off),
+                cs_in,
+                shadow_in: shadow_in.map(|p| p.add(in_off)),
+                out: if bf16_only { std::ptr::null_mut() } else { out_base.add(out_off) },
+                cs_out,
+                shadow_out: shadow_out.map(|p| p.add(out_off)),
+                res,
+                nres,
+                scale: ep.scale,
+            };
+            self.run(&op);
+        }
         self.mark_written(out, out_off, shadow_out.is_some(), bf16_only);
         Ok(())
     }
@@ -57,31 +104,47 @@ impl Conv3x3 {
         if in_off < out_off + self.out_c && out_off < in_off + self.in_c {
             return shape_err("forward_in_place: input and output channel ranges overlap");
         }
-        let res = self.check_res(ep, buf)?;
-        let geom = (buf.n, buf.h, buf.w);
-        let cs = buf.c;
+        let (res, nres) = self.check_res(ep, buf)?;
         // Complete the buffer's shadow rather than convert into a copy: later convs on the
         // same buffer reuse it, and a dense block's input mixes channels that only f32 holds
         // (the block input) with channels that only the shadow holds (bf16_only growth).
         if self.plain_amx() && buf.bf16_if_valid(in_off, self.in_c).is_none() {
             buf.fill_shadow(in_off, self.in_c);
         }
-        let shadow_in = self.shadow_in(buf, in_off);
-        self.check_f32_in(buf, in_off, shadow_in)?;
-        let shadow_out = self.shadow_out(buf, out_off);
-        let bf16_only = ep.bf16_only && shadow_out.is_some();
-        // Both pointers derive from one mutable borrow; reads and writes touch disjoint
-        // channels.
+        let reads_shadow = self.plain_amx() && buf.bf16_if_valid(in_off, self.in_c).is_some();
+        self.check_f32_in(buf, in_off, reads_shadow)?;
+        // One mutable pointer per array, from which both the read and the written slice derive.
+        let shadow = self.plain_amx().then(|| buf.bf16_mut_ptr());
+        let bf16_only = ep.bf16_only && shadow.is_some();
+        let (n, h, w, cs) = buf.shape();
         let base = buf.data_mut_ptr_for(out_off, self.out_c);
-        let out_ptr = if bf16_only { std::ptr::null_mut() } else { base.wrapping_add(out_off) };
-        self.run(geom, base.wrapping_add(in_off), cs, out_ptr, cs, &res, ep.scale, shadow_in, shadow_out);
-        self.mark_written(buf, out_off, shadow_out.is_some(), bf16_only);
+        // SAFETY: as in `forward` for the offsets, the residuals and the f32 input; input and
+        // output are disjoint channel slices (checked above) of the one exclusively borrowed
+        // buffer, so the kernels' reads never see their own writes.
+        unsafe {
+            let op = Operands {
+                n,
+                h,
+                w,
+                inp: base.add(in_off),
+                cs_in: cs,
+                shadow_in: shadow.filter(|_| reads_shadow).map(|p| p.add(in_off).cast_const()),
+                out: if bf16_only { std::ptr::null_mut() } else { base.add(out_off) },
+                cs_out: cs,
+                shadow_out: shadow.map(|p| p.add(out_off)),
+                res,
+                nres,
+                scale: ep.scale,
+            };
+            self.run(&op);
+        }
+        self.mark_written(buf, out_off, shadow.is_some(), bf16_only);
         Ok(())
     }
 
     /// A conv that does not read the shadow needs current f32 input values.
-    fn check_f32_in(&self, input: &Nhwc, in_off: usize, shadow_in: Option<*const u16>) -> Result<(), FastConvError> {
-        if shadow_in.is_none() && !input.f32_current(in_off, self.in_c) {
+    fn check_f32_in(&self, input: &Nhwc, in_off: usize, reads_shadow: bool) -> Result<(), FastConvError> {
+        if !reads_shadow && !input.f32_current(in_off, self.in_c) {
             return shape_err(format!(
                 "input channels {in_off}..{} hold only bf16 values (Epilogue::bf16_only) and this {:?} conv reads f32",
                 in_off + self.in_c,
@@ -102,33 +165,15 @@ impl Conv3x3 {
         }
     }
 
-    /// The input's bf16 shadow (offset to `in_off`) when this is a plain (single-pass) AMX
-    /// conv and the shadow holds the channels it reads. The split modes need the `lo` half,
-    /// which the shadow does not keep, so they convert.
-    fn shadow_in(&self, input: &Nhwc, in_off: usize) -> Option<*const u16> {
-        if self.plain_amx() {
-            return input.bf16_if_valid(in_off, self.in_c).map(|p| p.wrapping_add(in_off));
-        }
-        None
-    }
-
     /// Whether this conv runs the single-pass AMX kernel (the one that reads and writes the
-    /// bf16 shadow).
+    /// bf16 shadow). The split modes need the `lo` half, which the shadow does not keep, so
+    /// they convert.
     fn plain_amx(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self.amx.as_ref().is_some_and(|w| !w.split()) {
             return true;
         }
         false
-    }
-
-    /// For a plain AMX conv, the output's bf16 shadow (offset to `out_off`), which the kernel
-    /// writes next to the f32 values.
-    fn shadow_out(&self, out: &mut Nhwc, out_off: usize) -> Option<*mut u16> {
-        if self.plain_amx() {
-            return Some(out.bf16_mut_ptr().wrapping_add(out_off));
-        }
-        None
     }
 
     fn check_in(&self, input: &Nhwc, in_off: usize) -> Result<(), FastConvError> {
@@ -148,70 +193,67 @@ impl Conv3x3 {
         Ok(())
     }
 
-    fn check_res(&self, ep: &Epilogue, input: &Nhwc) -> Result<Vec<RawRes>, FastConvError> {
+    fn check_res(&self, ep: &Epilogue, input: &Nhwc) -> Result<([RawRes; 2], usize), FastConvError> {
         if ep.residuals.len() > 2 {
             return shape_err("at most two residuals");
         }
-        let mut v = Vec::new();
-        for r in ep.residuals {
+        let mut v = [RawRes::NONE; 2];
+        for (slot, r) in v.iter_mut().zip(ep.residuals) {
             if (r.src.n, r.src.h, r.src.w) != (input.n, input.h, input.w) || r.c_off + self.out_c > r.src.c {
                 return shape_err("residual shape or channel slice mismatch");
             }
             if !r.src.f32_current(r.c_off, self.out_c) {
                 return shape_err("residual channels hold only bf16 values (Epilogue::bf16_only)");
             }
-            v.push(RawRes { ptr: r.src.data()[r.c_off..].as_ptr(), cs: r.src.c, weight: r.weight });
+            *slot = RawRes { ptr: r.src.data()[r.c_off..].as_ptr(), cs: r.src.c, weight: r.weight };
         }
-        Ok(v)
+        Ok((v, ep.residuals.len()))
     }
 
     fn raw_blocks(&self) -> Vec<RawBlock> {
         self.blocks.iter().map(pack::Block::raw).collect()
     }
 
-    /// Runs a validated convolution. `inp`/`out_ptr` point at pixel 0 (padded) of their
-    /// buffers, already offset to the channel slice.
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        geom: (usize, usize, usize),
-        inp: *const f32,
-        cs_in: usize,
-        out_ptr: *mut f32,
-        cs_out: usize,
-        res: &[RawRes],
-        scale: f32,
-        shadow_in: Option<*const u16>,
-        shadow_out: Option<*mut u16>,
-    ) {
-        let (n, h, w) = geom;
+    /// Runs a validated convolution.
+    ///
+    /// # Safety
+    /// `op` points into live buffers that satisfy the job contract of [`RawJob`] for this
+    /// conv: `op.inp` reads `in_c` channels and `op.out` (unless null) writes `out_c` channels
+    /// of every pixel of `n` padded `(h+2)×(w+2)` images plus [`SLACK_PX`] pixels, at pixel
+    /// strides `cs_in`/`cs_out`; the shadows, when given, likewise in bf16 with the shadow's
+    /// slack; the `nres` residuals read `out_c` channels of the output's geometry. Nothing
+    /// else accesses the written memory, or writes the read memory, until this returns.
+    unsafe fn run(&self, op: &Operands) {
+        let Operands { n, h, w, .. } = *op;
         if n == 0 || h == 0 || w == 0 {
             return;
         }
         let row_px = w + 2;
-        let mut rr = [RawRes::NONE; 2];
-        rr[..res.len()].copy_from_slice(res);
         #[cfg(target_arch = "x86_64")]
         if let Some(wts) = &self.amx {
-            return self.run_amx(wts, geom, (inp, cs_in, shadow_in), out_ptr, cs_out, rr, res.len(), scale, shadow_out);
+            // SAFETY: the caller's contract; `wts` is this conv's own packing.
+            return unsafe { self.run_amx(wts, op) };
         }
         // Per image, so that a batch runs the kernel each of its images would run alone.
         let tiles = h.div_ceil(4) * w.div_ceil(4);
         if self.winograd && (self.wino_mode == Winograd::Always || tiles >= WINOGRAD_MIN_TILES) {
             let job = WinoJob {
-                inp,
-                cs_in,
+                inp: op.inp,
+                cs_in: op.cs_in,
                 c_in: self.in_c,
-                out: out_ptr,
-                cs_out,
-                res: rr,
-                nres: res.len(),
-                scale,
+                out: op.out,
+                cs_out: op.cs_out,
+                res: op.res,
+                nres: op.nres,
+                scale: op.scale,
                 n,
                 h,
                 w,
             };
-            winograd::run(&job, &self.raw_blocks());
+            // SAFETY: the caller's contract; `self.winograd` means every block's Winograd
+            // weights were packed for `in_c` inputs, and only on the AVX-512 backend
+            // (`Winograd::pays`), which `with_options` checked is supported.
+            unsafe { winograd::run(&job, &self.raw_blocks()) };
             return;
         }
         let bf16 = self.backend == Backend::Avx512Bf16;
@@ -224,10 +266,11 @@ impl Conv3x3 {
             scratch.clear();
             let pixels = n * (h + 2) * row_px;
             scratch.resize((pixels + SLACK_PX) * csb, 0);
-            to_bf16(inp, cs_in, self.in_c, pixels, &mut scratch, csb);
-            (scratch.as_ptr() as *const f32, csb, csb)
+            // SAFETY: the caller's contract: `op.inp` reads `in_c` channels of `pixels` pixels.
+            unsafe { to_bf16(op.inp, op.cs_in, self.in_c, pixels, &mut scratch, csb) };
+            (scratch.as_ptr().cast::<f32>(), csb, csb)
         } else {
-            (inp, cs_in, self.in_c)
+            (op.inp, op.cs_in, self.in_c)
         };
         let rs = (row_px * cs) as isize;
         let c = cs as isize;
@@ -237,19 +280,18 @@ impl Conv3x3 {
                 tap_off[ky * 3 + kx] = (ky as isize - 1) * rs + (kx as isize - 1) * c;
             }
         }
-        let _ = (shadow_in, shadow_out);
         let job = RawJob {
             inp,
             cs_in: cs,
             c_in,
             tap_off,
-            out: out_ptr,
-            cs_out,
+            out: op.out,
+            cs_out: op.cs_out,
             out_bf: std::ptr::null_mut(),
             in_lo: 0,
-            res: rr,
-            nres: res.len(),
-            scale,
+            res: op.res,
+            nres: op.nres,
+            scale: op.scale,
             row_px,
             w,
         };
@@ -265,7 +307,11 @@ impl Conv3x3 {
             let q0 = base + first + (item % per_img) * CHUNK;
             let q1 = (q0 + CHUNK).min(base + end);
             for b in &blocks {
-                run_range(backend, &job, b, q0, q1);
+                // SAFETY: `job` holds the caller's operands (or the bf16 copy of the input,
+                // same geometry, with slack); `b` was packed by `with_options` for `in_c`
+                // inputs and this backend, which it checked is supported; `q0..q1` lies on
+                // the interior rows of image `img`; work items cover disjoint positions.
+                unsafe { run_range(backend, &job, b, q0, q1) };
             }
         };
         let items = n * per_img;
@@ -283,28 +329,19 @@ impl Conv3x3 {
 impl Conv3x3 {
     /// The AMX path of [`Conv3x3::run`]: a pooled bf16 copy of the input (`[hi | lo]` for
     /// bf16x3), then 256-position chunks × images on rayon's pool.
+    ///
+    /// # Safety
+    /// As [`Conv3x3::run`], with `wts` this conv's AMX packing.
     #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
-    fn run_amx(
-        &self,
-        wts: &AmxWeights,
-        geom: (usize, usize, usize),
-        (inp, cs_in, shadow_in): (*const f32, usize, Option<*const u16>),
-        out_ptr: *mut f32,
-        cs_out: usize,
-        res: [RawRes; 2],
-        nres: usize,
-        scale: f32,
-        shadow_out: Option<*mut u16>,
-    ) {
-        let (n, h, w) = geom;
+    unsafe fn run_amx(&self, wts: &AmxWeights, op: &Operands) {
+        let Operands { n, h, w, .. } = *op;
         let row_px = w + 2;
         let pixels = n * (h + 2) * row_px;
         let mut scratch = Vec::new();
         // Read the input's bf16 shadow in place when it is current (channels past `in_c` in a
         // k-block meet zero weights); otherwise convert into a pooled copy.
-        let (src, csb, in_lo) = match shadow_in {
-            Some(p) => (p, cs_in, 0),
+        let (src, csb, in_lo) = match op.shadow_in {
+            Some(p) => (p, op.cs_in, 0),
             None => {
                 let csb = wts.copy_channels();
                 scratch = pool::take_bf16_scratch();
@@ -316,7 +353,10 @@ impl Conv3x3 {
                 let off = scratch.as_ptr().align_offset(64).min(31);
                 let copy = &mut scratch[off..];
                 copy[pixels * csb..].fill(0);
-                amx::to_bf16_split(inp, cs_in, self.in_c, pixels, copy, wts);
+                // SAFETY: the caller's contract: `op.inp` reads `in_c` channels of `pixels`
+                // pixels; a conv packed for AMX runs only where `amx_tile::available` (its
+                // backend was checked supported in `with_options`).
+                unsafe { amx::to_bf16_split(op.inp, op.cs_in, self.in_c, pixels, copy, wts) };
                 (copy.as_ptr(), csb, wts.lo_offset())
             }
         };
@@ -328,60 +368,76 @@ impl Conv3x3 {
             }
         }
         let job = RawJob {
-            inp: src as *const f32,
+            inp: src.cast::<f32>(),
             cs_in: csb,
             c_in: csb,
             tap_off,
-            out: out_ptr,
-            cs_out,
-            out_bf: shadow_out.unwrap_or(std::ptr::null_mut()),
+            out: op.out,
+            cs_out: op.cs_out,
+            out_bf: op.shadow_out.unwrap_or(std::ptr::null_mut()),
             in_lo,
-            res,
-            nres,
-            scale,
+            res: op.res,
+            nres: op.nres,
+            scale: op.scale,
             row_px,
             w,
         };
         // Per image, as in `run`.
         let wino_tiles = h.div_ceil(2) * w.div_ceil(2);
         if let Some(wino) = wts.winograd().filter(|_| self.wino_mode == Winograd::Always || wino_tiles >= AMX_WINOGRAD_MIN_TILES) {
-            amx_wino::run(&job, wts, wino, &WinoGeom { n, h, w, c_in: self.in_c });
+            // SAFETY: `job` reads the shadow or the fresh copy (both with the AMX slack) and
+            // writes the caller's output; `wino` was packed with `wts`'s tiles and k-blocks;
+            // AMX is available (as above).
+            unsafe { amx_wino::run(&job, wts, wino, &WinoGeom { n, h, w, c_in: self.in_c }) };
         } else {
-            self.run_amx_direct(&job, wts, geom);
+            // SAFETY: as for the Winograd kernel.
+            unsafe { run_amx_direct(&job, wts, (n, h, w)) };
         }
         if !scratch.is_empty() {
             pool::give_bf16_scratch(scratch);
         }
     }
+}
 
-    /// The direct AMX kernel over every interior position: 256-position chunks × images.
-    #[cfg(target_arch = "x86_64")]
-    fn run_amx_direct(&self, job: &RawJob, wts: &AmxWeights, (n, h, w): (usize, usize, usize)) {
-        let row_px = w + 2;
-        // Bands of rows on the band kernel where whole 16-column tiles waste ≤ 1/9 of the
-        // width; the rows left over (and narrow maps) on the flat 2×2 kernel, which wraps
-        // across rows.
-        let bands = if amx_bands_pay(w) { h / amx::BAND_ROWS } else { 0 };
-        let first = (bands * amx::BAND_ROWS + 1) * row_px + 1;
-        let end = (h + 1) * row_px - 1;
-        let chunks = if first < end { (end - first).div_ceil(amx::CHUNK) } else { 0 };
-        let per_img = bands + chunks;
-        let work = |item: usize| {
-            let base = (item / per_img) * (h + 2) * row_px;
-            let i = item % per_img;
-            if i < bands {
-                run_amx_band(job, wts, base, i * amx::BAND_ROWS);
-            } else {
-                let q0 = base + first + (i - bands) * amx::CHUNK;
-                let q1 = (q0 + amx::CHUNK).min(base + end);
-                run_amx(job, wts, q0, q1);
-            }
-        };
-        (0..n * per_img).into_par_iter().for_each(work);
-    }
+/// The direct AMX kernels over every interior position of `n` images: bands of rows on the
+/// band kernel, the rest in 256-position chunks on the flat kernel, × images on rayon's pool.
+///
+/// # Safety
+/// `job` satisfies the job contract of [`RawJob`] for the AMX kernels (`amx::run_range`):
+/// its input is a bf16 copy or shadow of [`AmxWeights::copy_channels`] channels per pixel
+/// with `amx::SLACK_PX` pixels of slack; `wts` is the packing it was built for; AMX is
+/// available.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_amx_direct(job: &RawJob, wts: &AmxWeights, (n, h, w): (usize, usize, usize)) {
+    let row_px = w + 2;
+    // Bands of rows on the band kernel where whole 16-column tiles waste ≤ 1/9 of the
+    // width; the rows left over (and narrow maps) on the flat 2×2 kernel, which wraps
+    // across rows.
+    let bands = if amx_bands_pay(w) { h / amx::BAND_ROWS } else { 0 };
+    let first = (bands * amx::BAND_ROWS + 1) * row_px + 1;
+    let end = (h + 1) * row_px - 1;
+    let chunks = if first < end { (end - first).div_ceil(amx::CHUNK) } else { 0 };
+    let per_img = bands + chunks;
+    let work = |item: usize| {
+        let base = (item / per_img) * (h + 2) * row_px;
+        let i = item % per_img;
+        if i < bands {
+            // SAFETY: the caller's contract; rows `i·BAND_ROWS..` + BAND_ROWS are interior
+            // rows of this image (i < h / BAND_ROWS); work items cover disjoint positions.
+            unsafe { amx::run_band(job, wts, base, i * amx::BAND_ROWS) };
+        } else {
+            let q0 = base + first + (i - bands) * amx::CHUNK;
+            let q1 = (q0 + amx::CHUNK).min(base + end);
+            // SAFETY: the caller's contract; `q0..q1` lies on the interior rows of this image
+            // below the bands; work items cover disjoint positions.
+            unsafe { amx::run_range(job, wts, q0, q1) };
+        }
+    };
+    (0..n * per_img).into_par_iter().for_each(work);
 }
 
 /// Whether the AMX band kernel suits maps `w` wide: its 16-column tiles waste at most 1/9.
+#[cfg(target_arch = "x86_64")]
 fn amx_bands_pay(w: usize) -> bool {
     w.div_ceil(16) * 16 * 8 <= w * 9
 }
@@ -389,24 +445,28 @@ fn amx_bands_pay(w: usize) -> bool {
 /// Runs output positions `q0..q1` (padded flat coordinates of one image, all on interior
 /// rows) of one block on the chosen backend.
 ///
-/// Contract (not checked here; this is module-private): `job` and `blk` come from
-/// `Conv3x3::run`, which validated every buffer, offset and length; `q0..q1` lies in the
-/// interior rows of one image; the backend was checked with `Backend::supported`.
-pub(super) fn run_range(backend: Backend, job: &RawJob, blk: &RawBlock, q0: usize, q1: usize) {
+/// # Safety
+/// `job` and `blk` satisfy the job contract of [`RawJob`]: `blk` packed for `job.c_in`
+/// inputs (with its bf16 pairs, and `job.inp` the bf16 copy, on [`Backend::Avx512Bf16`]);
+/// `q0..q1` lies on the interior rows of one image; `backend` is supported
+/// ([`Backend::supported`]: the CPU has the features it needs); no other thread writes the
+/// positions `q0..q1` of this block's channels meanwhile.
+unsafe fn run_range(backend: Backend, job: &RawJob, blk: &RawBlock, q0: usize, q1: usize) {
     match backend {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512 => {
-            // SAFETY: contract above; the caller checked avx512f support (Backend::resolve).
+            // SAFETY: the contract above; `Avx512` supported means avx512f is present.
             unsafe { avx512::run_range(job, blk, q0, q1) }
         }
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512Bf16 => {
-            // SAFETY: contract above; the caller checked avx512f + avx512bf16 support.
+            // SAFETY: the contract above; `Avx512Bf16` supported means avx512f and
+            // avx512bf16 are present.
             unsafe { avx512::run_range_bf16(job, blk, q0, q1) }
         }
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => {
-            // SAFETY: contract above; the caller checked avx2 + fma support.
+            // SAFETY: the contract above; `Avx2` supported means avx2 and fma are present.
             unsafe { portable::run_range_avx2(job, blk, q0, q1) }
         }
         _ => {
@@ -416,41 +476,21 @@ pub(super) fn run_range(backend: Backend, job: &RawJob, blk: &RawBlock, q0: usiz
     }
 }
 
-/// Runs output positions `q0..q1` of every output tile on the AMX kernel.
-///
-/// Contract (module-private): as [`run_range`], with `job` describing the bf16 input copy
-/// built by `Conv3x3::run_amx` and AMX available (the backend was checked).
-#[cfg(target_arch = "x86_64")]
-pub(super) fn run_amx(job: &RawJob, wts: &AmxWeights, q0: usize, q1: usize) {
-    // SAFETY: contract above.
-    unsafe { amx::run_range(job, wts, q0, q1) }
-}
-
-/// Runs the [`amx::BAND_ROWS`] interior rows from `y0` of the image at padded position
-/// `img_base`, every output tile, on the AMX band kernel.
-///
-/// Contract (module-private): as [`run_amx`] for those rows' positions.
-#[cfg(target_arch = "x86_64")]
-pub(super) fn run_amx_band(job: &RawJob, wts: &AmxWeights, img_base: usize, y0: usize) {
-    // SAFETY: contract above.
-    unsafe { amx::run_band(job, wts, img_base, y0) }
-}
-
 /// Converts `pixels` pixels of `c_in` f32 channels at `src` (pixel stride `cs_in`) into
 /// `dst` as bf16 with pixel stride `csb >= c_in` (extra channels and slack left zero).
+/// Panics unless `dst` holds `pixels·csb` values and `c_in <= csb`.
 ///
-/// Contract (module-private): `src` addresses `pixels * cs_in` readable floats (minus the
-/// channel offset it already includes, with `c_in` channels in range per pixel), and
-/// `dst.len() >= pixels * csb`.
-pub(super) fn to_bf16(src: *const f32, cs_in: usize, c_in: usize, pixels: usize, dst: &mut [u16], csb: usize) {
-    use rayon::prelude::*;
+/// # Safety
+/// For every `p < pixels`, the `c_in` floats at `src + p·cs_in` are readable and not written
+/// until this returns.
+unsafe fn to_bf16(src: *const f32, cs_in: usize, c_in: usize, pixels: usize, dst: &mut [u16], csb: usize) {
     assert!(dst.len() >= pixels * csb && c_in <= csb);
     let src = SendPtr(src);
     dst[..pixels * csb].par_chunks_mut(256 * csb).enumerate().for_each(|(ci, chunk)| {
         let s = src;
         for (i, px) in chunk.chunks_mut(csb).enumerate() {
             let p = ci * 256 + i;
-            // SAFETY: p < pixels and c_in channels per pixel are readable (contract).
+            // SAFETY: p < pixels, whose first c_in floats are readable (the contract).
             let v = unsafe { std::slice::from_raw_parts(s.0.add(p * cs_in), c_in) };
             for (d, x) in px.iter_mut().zip(v) {
                 *d = f32_to_bf16(*x);

@@ -28,6 +28,24 @@ impl RawRes {
 
 /// A validated convolution: all pointers point at pixel 0 (padded coordinates) of their
 /// buffer, already offset by the channel slice start.
+///
+/// # The job contract
+/// Every kernel entry point is an `unsafe fn` whose `# Safety` section refers to this. A job
+/// (with its packed weights) satisfies it when, for the whole kernel call:
+/// * `inp` reads `c_in` elements (f32, or bf16 for the bf16 and AMX kernels) at each of
+///   `n·(h+2)·row_px` padded pixels of pixel stride `cs_in`, plus the kernel's slack pixels
+///   after the last (`layout::SLACK_PX` for f32 buffers, `amx::SLACK_PX` for bf16 copies and
+///   shadows), and `tap_off[t]` is the offset of tap `t`'s neighbour in that stride;
+/// * `out` (unless null) and `out_bf` (unless null) write the packed weights' output
+///   channels at each interior pixel, pixel stride `cs_out`, with the input's geometry;
+/// * each of the `nres` residuals reads those channels, with the output's geometry;
+/// * the weights (a [`RawBlock`] or [`AmxWeights`]) were packed for `c_in` inputs, and are
+///   live and unchanged;
+/// * nothing else writes the memory read, or touches the memory written, except other calls
+///   of the same job on disjoint output positions.
+///
+/// `dispatch.rs` builds jobs only from buffers whose shapes, offsets and residuals it
+/// checked, held borrowed until every kernel thread has finished.
 #[derive(Clone, Copy)]
 pub(super) struct RawJob {
     pub inp: *const f32,

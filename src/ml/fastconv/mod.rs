@@ -91,5 +91,17 @@ fn shape_err<T>(msg: impl Into<String>) -> Result<T, FastConvError> {
     Err(FastConvError::Shape(msg.into()))
 }
 
+/// A register-only AVX-512 FMA loop, 24 independent chains of `iters` FMAs each: the
+/// ceiling `benches/fastconv.rs` reports next to the kernels. `None` without AVX-512F.
+pub fn fma_peak_chains(iters: usize) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    return avx512::fma_chains(iters);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = iters;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -54,7 +54,7 @@ pub(super) fn blocks(weight: &[f32], bias: &[f32], slope: &[f32], in_c: usize, o
     let mut blocks = Vec::with_capacity(nblocks);
     let mut v0 = 0;
     for bi in 0..nblocks {
-        let nv = (nvt - v0) / (nblocks - bi) + usize::from((nvt - v0) % (nblocks - bi) != 0);
+        let nv = (nvt - v0) / (nblocks - bi) + usize::from(!(nvt - v0).is_multiple_of(nblocks - bi));
         let oc0 = v0 * 16;
         let width = nv * 16;
         let valid = (out_c - oc0).min(width);

@@ -10,6 +10,8 @@ use super::job::{RawBlock, RawJob};
 /// Output pixels per tile.
 const P: usize = 4;
 
+/// # Safety
+/// As [`run_range`], with `NV == b.nv` (at most 4).
 #[inline(always)]
 unsafe fn tiles<const NV: usize, const FMA: bool>(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
     let c_in = j.c_in;
@@ -70,6 +72,8 @@ unsafe fn tiles<const NV: usize, const FMA: bool>(j: &RawJob, b: &RawBlock, q0: 
     }
 }
 
+/// # Safety
+/// As [`run_range`] (and, with `FMA`, as [`run_range_avx2`]).
 unsafe fn dispatch<const FMA: bool>(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
     // SAFETY: forwarded contract of `run_range`.
     unsafe {
@@ -85,7 +89,8 @@ unsafe fn dispatch<const FMA: bool>(j: &RawJob, b: &RawBlock, q0: usize, q1: usi
 /// Baseline instantiation (no CPU feature needed).
 ///
 /// # Safety
-/// See [`super::dispatch::run_range`].
+/// `j` and `b` satisfy the job contract of [`RawJob`] for positions `q0..q1` on the interior
+/// rows of one image.
 pub(super) unsafe fn run_range(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
     // SAFETY: forwarded.
     unsafe { dispatch::<false>(j, b, q0, q1) }
@@ -94,7 +99,7 @@ pub(super) unsafe fn run_range(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {
 /// AVX2+FMA instantiation.
 ///
 /// # Safety
-/// See [`super::dispatch::run_range`]; the CPU must support avx2 and fma.
+/// As [`run_range`]; the CPU supports avx2 and fma.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn run_range_avx2(j: &RawJob, b: &RawBlock, q0: usize, q1: usize) {

@@ -96,10 +96,13 @@ thread_local! {
 
 /// Runs the convolution described by `job` with the blocks' Winograd weights (`RawBlock::wino`).
 ///
-/// Contract (not checked here; module-private): `job` and `blocks` come from `Conv3x3::run`,
-/// which validated every buffer, offset and length, and built every block's `wino` with
-/// [`pack`] for `job.c_in` inputs. Panics if the CPU lacks avx512f.
-pub(super) fn run(job: &WinoJob, blocks: &[RawBlock]) {
+/// Panics if the CPU lacks avx512f.
+///
+/// # Safety
+/// `job` and `blocks` satisfy the job contract of [`RawJob`](super::job::RawJob) (f32 input
+/// and output, every interior position of the `n` images), and every block's `wino` was built
+/// with [`pack`] for `job.c_in` inputs.
+pub(super) unsafe fn run(job: &WinoJob, blocks: &[RawBlock]) {
     #[cfg(target_arch = "x86_64")]
     {
         use rayon::prelude::*;
@@ -156,11 +159,15 @@ pub(super) fn run(job: &WinoJob, blocks: &[RawBlock]) {
 use std::arch::x86_64::*;
 
 /// One group of tiles `t0..t1`: input transform into `v`, 36 GEMMs into `m`, output transform.
+///
+/// # Safety
+/// As [`run`] for tiles `t0..t1`; `v` and `m` address the per-thread scratch planes of
+/// `geo` (`XI·geo.xs_v` and `XI·geo.xs_m` writable f32); the CPU supports avx512f.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn group(j: &WinoJob, blocks: &[RawBlock], geo: &Geo, t0: usize, t1: usize, v: *mut f32, m: *mut f32) {
     let nt = t1 - t0;
-    // SAFETY (whole body): see `run`; every tile index is < n·per_img, every row < GROUP_ROWS.
+    // SAFETY: (whole body) see `run`; every tile index is < n·per_img, every row < GROUP_ROWS.
     unsafe {
         for t in 0..nt {
             input_tile(j, geo, t0 + t, v.add(t * geo.cinp));
@@ -194,42 +201,57 @@ unsafe fn group(j: &WinoJob, blocks: &[RawBlock], geo: &Geo, t0: usize, t1: usiz
 }
 
 /// 1-D input transform `Bᵀ d` (6 → 6).
+///
+/// # Safety
+/// The CPU supports avx512f.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn bt6(d: [__m512; 6]) -> [__m512; 6] {
-    let (m4, m5, m2) = (_mm512_set1_ps(-4.0), _mm512_set1_ps(-5.0), _mm512_set1_ps(2.0));
-    let f4 = _mm512_set1_ps(4.0);
-    let t1 = _mm512_fmadd_ps(m4, d[2], d[4]); // d4 - 4 d2
-    let t2 = _mm512_fmadd_ps(m4, d[1], d[3]); // d3 - 4 d1
-    let t3 = _mm512_sub_ps(d[4], d[2]);
-    let t4 = _mm512_sub_ps(d[3], d[1]);
-    [
-        _mm512_fmadd_ps(f4, d[0], _mm512_fmadd_ps(m5, d[2], d[4])),
-        _mm512_add_ps(t1, t2),
-        _mm512_sub_ps(t1, t2),
-        _mm512_fmadd_ps(m2, t4, t3),
-        _mm512_fnmadd_ps(m2, t4, t3),
-        _mm512_fmadd_ps(f4, d[1], _mm512_fmadd_ps(m5, d[3], d[5])),
-    ]
+    // SAFETY: register arithmetic only; avx512f is the caller's contract.
+    unsafe {
+        let (m4, m5, m2) = (_mm512_set1_ps(-4.0), _mm512_set1_ps(-5.0), _mm512_set1_ps(2.0));
+        let f4 = _mm512_set1_ps(4.0);
+        let t1 = _mm512_fmadd_ps(m4, d[2], d[4]); // d4 - 4 d2
+        let t2 = _mm512_fmadd_ps(m4, d[1], d[3]); // d3 - 4 d1
+        let t3 = _mm512_sub_ps(d[4], d[2]);
+        let t4 = _mm512_sub_ps(d[3], d[1]);
+        [
+            _mm512_fmadd_ps(f4, d[0], _mm512_fmadd_ps(m5, d[2], d[4])),
+            _mm512_add_ps(t1, t2),
+            _mm512_sub_ps(t1, t2),
+            _mm512_fmadd_ps(m2, t4, t3),
+            _mm512_fnmadd_ps(m2, t4, t3),
+            _mm512_fmadd_ps(f4, d[1], _mm512_fmadd_ps(m5, d[3], d[5])),
+        ]
+    }
 }
 
 /// 1-D output transform `Aᵀ m` (6 → 4).
+///
+/// # Safety
+/// The CPU supports avx512f.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn at4(m: [__m512; 6]) -> [__m512; 4] {
-    let a = _mm512_add_ps(m[1], m[2]);
-    let b = _mm512_sub_ps(m[1], m[2]);
-    let c = _mm512_add_ps(m[3], m[4]);
-    let d = _mm512_sub_ps(m[3], m[4]);
-    [
-        _mm512_add_ps(_mm512_add_ps(m[0], a), c),
-        _mm512_fmadd_ps(_mm512_set1_ps(2.0), d, b),
-        _mm512_fmadd_ps(_mm512_set1_ps(4.0), c, a),
-        _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), d, b), m[5]),
-    ]
+    // SAFETY: register arithmetic only; avx512f is the caller's contract.
+    unsafe {
+        let a = _mm512_add_ps(m[1], m[2]);
+        let b = _mm512_sub_ps(m[1], m[2]);
+        let c = _mm512_add_ps(m[3], m[4]);
+        let d = _mm512_sub_ps(m[3], m[4]);
+        [
+            _mm512_add_ps(_mm512_add_ps(m[0], a), c),
+            _mm512_fmadd_ps(_mm512_set1_ps(2.0), d, b),
+            _mm512_fmadd_ps(_mm512_set1_ps(4.0), c, a),
+            _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), d, b), m[5]),
+        ]
+    }
 }
 
 /// Input transform of tile `t` (global index) into V rows at `v` (row of the tile in plane 0).
+///
+/// # Safety
+/// As [`group`]: `t < n·per_img`, and `v` is the tile's row in plane 0 of V.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn input_tile(j: &WinoJob, geo: &Geo, t: usize, v: *mut f32) {
@@ -284,6 +306,10 @@ unsafe fn input_tile(j: &WinoJob, geo: &Geo, t: usize, v: *mut f32) {
 /// `M[t][oc..] = Σ_ic V[t][ic] · U[ic][oc..]` for one ξ plane and one block: `P` tiles ×
 /// `NV` vectors per register tile; rows past `nt` (up to the next multiple of `P`) are
 /// computed on stale scratch and never read.
+///
+/// # Safety
+/// `u` addresses a block's Winograd weights of one plane (`c_in·NV·16` f32), `v` and `m`
+/// rows `0..nt` rounded up to `P` of one plane of V and M; the CPU supports avx512f.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn gemm<const NV: usize, const P: usize>(
@@ -327,6 +353,10 @@ unsafe fn gemm<const NV: usize, const P: usize>(
 
 /// Output transform of tile `t` (global index) for vector `vi` of block `b`, `m` pointing at
 /// its 16 channels in plane 0 of M; epilogue and masked store of the valid pixels.
+///
+/// # Safety
+/// As [`group`]: `t < n·per_img`, `vi < b.nv`, and `m` points at the block vector's channels
+/// in plane 0 of M.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn output_tile(j: &WinoJob, geo: &Geo, b: &RawBlock, vi: usize, t: usize, m: *const f32) {

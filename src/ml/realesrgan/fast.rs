@@ -216,6 +216,9 @@ impl FastSrvgg {
 }
 
 /// Any of the networks, ready to run.
+// One value per loaded model, matched once per forward: its size costs nothing, a box an
+// indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum FastNet {
     Rrdb(FastRrdb),
     Srvgg(FastSrvgg),

@@ -185,7 +185,7 @@ fn op_of(l: &Layer) -> Result<Op, String> {
                 return unsupported("int8 scale term".into());
             }
             let k = kw as usize;
-            if cout == 0 || size % (cout * k * k) != 0 {
+            if cout == 0 || !size.is_multiple_of(cout * k * k) {
                 return Err(format!("weight_data_size {size} is not a multiple of {cout}×{k}×{k}"));
             }
             let act = match l.int(9, 0)? {

@@ -185,7 +185,7 @@ impl Engine for SdEngine {
 
 /// The VAE tiling that `[sd]` asks for (`None` when `vae_tile` is 0).
 pub fn vae_tiling(cfg: &crate::config::SdConfig) -> Option<vae::VaeTiling> {
-    (cfg.vae_tile > 0).then(|| vae::VaeTiling { tile: cfg.vae_tile as usize, overlap: cfg.vae_tile_overlap as usize })
+    (cfg.vae_tile > 0).then_some(vae::VaeTiling { tile: cfg.vae_tile as usize, overlap: cfg.vae_tile_overlap as usize })
 }
 
 /// The sd-x4 folder to load: `sd.path`, else `<models_dir>/stable-diffusion-x4-upscaler`.

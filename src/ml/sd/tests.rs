@@ -143,7 +143,7 @@ fn engine_upscales_deterministically_and_cancels() {
     let params = GenParams { steps: 3, seed: 5, prompt: "a cat".into(), ..GenParams::default() };
     assert_eq!(e.batch_class(&params), 3);
     let tile = Tile::new(10, 6, (0..180).map(|i| (i % 17) as f32 / 17.0).collect());
-    let a = e.upscale(&[tile.clone()], &[params.clone()], &Unattended).unwrap();
+    let a = e.upscale(std::slice::from_ref(&tile), std::slice::from_ref(&params), &Unattended).unwrap();
     let b = e.upscale(&[tile.clone(), tile.clone()], &[GenParams { seed: 6, ..params.clone() }, params.clone()], &Unattended).unwrap();
     assert_eq!(a[0].shape(), (40, 24));
     let max_diff = |x: &Tile, y: &Tile| x.data.iter().zip(&y.data).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
@@ -153,7 +153,7 @@ fn engine_upscales_deterministically_and_cancels() {
     let other = max_diff(&a[0], &b[0]);
     assert!(other > 1e-2, "another seed, other pixels: max diff {other}");
     let ctx = CancelAfter { steps: 1, seen: AtomicU32::new(0) };
-    assert!(matches!(e.upscale(&[tile.clone()], &[params.clone()], &ctx), Err(InferError::Cancelled)));
+    assert!(matches!(e.upscale(std::slice::from_ref(&tile), std::slice::from_ref(&params), &ctx), Err(InferError::Cancelled)));
     let bad = GenParams { noise_level: 351, ..params };
     assert!(matches!(e.upscale(&[tile], &[bad], &Unattended), Err(InferError::Input(_))));
     e.warm_up().unwrap();
