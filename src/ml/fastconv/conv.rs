@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::backend::{Backend, Winograd};
+use super::select::{Backend, Winograd};
 #[cfg(target_arch = "x86_64")]
 use super::job::AmxWeights;
 use super::layout::Nhwc;

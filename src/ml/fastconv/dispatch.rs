@@ -19,8 +19,8 @@ use super::amx_wino;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 #[cfg(target_arch = "x86_64")]
-use super::backend::AMX_WINOGRAD_MIN_TILES;
-use super::backend::{Backend, Winograd, WINOGRAD_MIN_TILES};
+use super::select::AMX_WINOGRAD_MIN_TILES;
+use super::select::{Backend, Winograd, WINOGRAD_MIN_TILES};
 use super::conv::{Conv3x3, Epilogue};
 #[cfg(target_arch = "x86_64")]
 use super::job::{AmxWeights, WinoGeom};

@@ -41,8 +41,8 @@
 //! Files, by concern (a kernel file imports only the bottom modules `job.rs` and, for AMX,
 //! `amx_tile.rs`; never another kernel file):
 //!
-//! * selection: `backend.rs` ([`Backend`], [`Winograd`]: which kernel a conv runs) and
-//!   `select.rs` (CPU features, the operator's overrides from config or env);
+//! * selection: `select.rs` ([`Backend`], [`Winograd`]: which kernel a conv runs, from the
+//!   CPU's features and the operator's overrides from config or env);
 //! * layout: `layout.rs` ([`Nhwc`] and the passes between convs), `pool.rs` ([`BufferPool`],
 //!   the bf16 copy pool);
 //! * packing: `pack.rs` (weights into the kernels' layouts), `conv.rs` ([`Conv3x3`]'s
@@ -60,7 +60,6 @@ mod amx_tile;
 mod amx_wino;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-mod backend;
 mod conv;
 mod dispatch;
 mod job;
@@ -72,7 +71,7 @@ mod portable;
 mod select;
 mod winograd;
 
-pub use backend::{
+pub use select::{
     Backend, Winograd, AMX_WINOGRAD_MIN_IN_C, AMX_WINOGRAD_MIN_OUT_C, AMX_WINOGRAD_MIN_TILES, WINOGRAD_MIN_IN_C, WINOGRAD_MIN_TILES,
 };
 pub use conv::{Activation, Conv3x3, Epilogue, Residual};

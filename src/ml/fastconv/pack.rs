@@ -2,7 +2,7 @@
 //! (fp32 output-channel blocks `[tap][c_in][block channels]` with bias and slope alongside,
 //! their bf16 pairs, Winograd transforms, and the AMX tile layout).
 
-use super::backend::Backend;
+use super::select::Backend;
 use super::job::{f32_to_bf16, RawBlock};
 use super::select;
 #[cfg(target_arch = "x86_64")]
