@@ -25,7 +25,7 @@ use crate::jobs::store::StoreJobs;
 use crate::jobs::JobStore;
 use crate::objects::Bucket;
 use crate::params::{imgproxy, ParamLimits};
-use crate::pipeline::FlightValue;
+use crate::flight::FlightValue;
 use crate::playground::progress::ProgressBoard;
 use crate::source::Origins;
 use crate::telemetry::Metrics;

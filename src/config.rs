@@ -987,7 +987,6 @@ impl Config {
         if self.server.max_header_bytes < 8192 {
             return bad("server.max_header_bytes must be >= 8192 (HTTP/1's smallest read buffer)");
         }
-        crate::guard::validate(self).map_err(ConfigError::Invalid)?;
         self.kernels.overrides().map_err(ConfigError::Invalid)?;
         Ok(())
     }

@@ -8,9 +8,10 @@
 //! # Life of a request
 //! ```text
 //! GET /x4/w=800/format=auto/shop/cat.jpg
-//!  server     accept → TLS → HTTP/1.1 or HTTP/2 → pipeline::handle
+//!  server     accept → TLS → HTTP/1.1 or HTTP/2 → routes::handle
 //!  guards     CORS preflight, body policy, rate limit, API key (413/429/401/403) guard/
-//!  route      /healthz /readyz /metrics /api/v1/* /r/<hash>.<ext> / /docs or a transform path
+//!  route      the route table: /healthz /readyz /metrics /api/v1/* /r/… / /docs,   routes.rs
+//!             else a transform path                                      pipeline.rs
 //!  verify     signature segment when signing is on (403)                 verify.rs
 //!  parse      path → TransformSpec + source key (400/414)                params/
 //!  negotiate  format=auto + Accept → Variant (Vary: Accept)              plan.rs
@@ -42,7 +43,10 @@
 //! - `warm.rs`: `upres warm`, cache warming against a running server (reqwest, indicatif).
 //! - `config.rs`: the config tree (file + `UPRES_*` env + flags), validated.
 //! - `server.rs`: accept loop, TLS, HTTP/1+2, graceful shutdown (the only hyper server code).
-//! - `app.rs`: shared state and readiness. `pipeline.rs`: the request path, top-down.
+//! - `app.rs`: shared state and readiness. `routes.rs`: the route table and `handle`, above
+//!   everything else. `pipeline.rs`: the image path, top-down (transform URLs and uploads);
+//!   `miss.rs`: the miss path behind a flight; `flight.rs`: what a flight delivers;
+//!   `health.rs`: liveness, readiness, metrics; `stored.rs`: `/r/<result key>`.
 //! - `api/`: the REST API (multipart uploads, batch, jobs, purge, model-info, the OpenAPI document).
 //! - `preview.rs`: the first-hit budget (preview now, the model's result in the background).
 //! - `jobs/`: job records behind `JobStore`, the job task, signed callbacks.
@@ -63,10 +67,13 @@ pub mod coalesce;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod flight;
 pub mod guard;
+pub mod health;
 pub mod imaging;
 pub mod jobs;
 pub mod key;
+pub mod miss;
 pub mod ml;
 pub mod objects;
 pub mod params;
@@ -76,9 +83,11 @@ pub mod plan;
 pub mod preview;
 pub mod purge_bus;
 pub mod respond;
+pub mod routes;
 pub mod server;
 pub mod source;
 pub mod ssrf;
+pub mod stored;
 pub mod telemetry;
 pub mod verify;
 pub mod warm;

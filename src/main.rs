@@ -13,7 +13,7 @@ use upres::params::{self, Format};
 use upres::plan::{Caller, Variant};
 use upres::respond::Timings;
 use upres::verify::Signer;
-use upres::{pipeline, server, telemetry, warm};
+use upres::{miss, server, telemetry, warm};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -136,15 +136,14 @@ async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::
     }
     let app = App::build(cfg)?;
     let variant = Variant::negotiate(request.spec.format, None);
-    let planned = pipeline::plan_bytes(&app, bytes.into(), &request.spec, variant, Caller::Api).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let planned = miss::plan_bytes(&app, bytes.into(), &request.spec, variant, Caller::Api).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = planned.plan.model();
     let (w, h) = (planned.plan.out_w, planned.plan.out_h);
     let started = std::time::Instant::now();
     let memory = app.memory_budget.admit(upres::admission::job_bytes(&planned.plan)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let computed =
-        pipeline::compute(&app, planned.bytes, planned.plan, planned.key, Timings::default(), &CancellationToken::new(), None, memory)
-            .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let never = CancellationToken::new();
+    let watch = miss::Watch { cancel: &never, progress: None };
+    let computed = miss::compute(&app, planned, memory, Timings::default(), watch).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::fs::write(output, &computed.result.bytes).await.with_context(|| format!("writing {}", output.display()))?;
     eprintln!(
         "{} → {} ({w}x{h}, {engine}, {:.2}s; {})",

@@ -35,7 +35,8 @@ use crate::error::{ErrorClass, ProxyError};
 use crate::imaging::{decode, encode, resize};
 use crate::key::ResultKey;
 use crate::params::TransformPath;
-use crate::pipeline::{self, Computed, FlightValue, Planned};
+use crate::flight::{Computed, FlightValue};
+use crate::miss::{self, Planned};
 use crate::plan::{Caller, Plan, Variant};
 use crate::respond::{CacheOutcome, Timings};
 
@@ -53,15 +54,15 @@ pub async fn produce(
 ) -> FlightValue {
     let budget = app.cfg.serve.first_hit_budget;
     if budget.is_zero() {
-        return pipeline::produce(app, request, variant, Caller::Url, cancel, progress).await;
+        return miss::produce(app, request, variant, Caller::Url, cancel, progress).await;
     }
     let mut t = Timings::default();
-    let (planned, meta) = pipeline::fetch_and_plan(app, request, variant, Caller::Url, &mut t).await?;
+    let (planned, meta) = miss::fetch_and_plan(app, request, variant, Caller::Url, &mut t).await?;
     if fits(app, &planned.plan, budget) {
-        let value = pipeline::produce_planned(app, planned, t, cancel, progress).await?;
+        let value = miss::produce_planned(app, planned, t, cancel, progress).await?;
         return Ok(Arc::new(value.for_source(meta)));
     }
-    if let Some(found) = pipeline::lookup_store(app, &planned.key).await {
+    if let Some(found) = miss::lookup_store(app, &planned.key).await {
         let c = Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t };
         return Ok(Arc::new(c.for_source(meta)));
     }
@@ -82,7 +83,7 @@ pub async fn produce(
     }
     flight.detach();
     flight.publish_interim(preview);
-    let value = pipeline::produce_planned(app, planned, t, &CancellationToken::new(), progress).await;
+    let value = miss::produce_planned(app, planned, t, &CancellationToken::new(), progress).await;
     let outcome = match &value {
         Ok(_) => "done",
         Err(e) if e.class == ErrorClass::Overloaded => "dropped",

@@ -187,6 +187,19 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     text(status, "application/json", value.to_string())
 }
 
+/// What a route handler answers: the response and its cache outcome (for logs and metrics), or
+/// an error that `routes::handle` turns into the JSON error response.
+pub type Answer = Result<(Response<Body>, CacheOutcome), ProxyError>;
+
+/// Every route but the uploads answers GET and HEAD only (405 with `Allow: GET, HEAD`).
+pub fn get_or_head(head: &http::request::Parts) -> Result<(), ProxyError> {
+    if head.method == Method::GET || head.method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(ProxyError::method_not_allowed("GET, HEAD"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,3 +243,4 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
     }
 }
+

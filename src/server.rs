@@ -1,4 +1,4 @@
-//! The accept loop: TCP → (rustls) → hyper-util auto (HTTP/1.1 and HTTP/2) → `pipeline::handle`,
+//! The accept loop: TCP → (rustls) → hyper-util auto (HTTP/1.1 and HTTP/2) → `routes::handle`,
 //! with a connection cap and graceful shutdown. The only module that knows hyper's server API.
 //!
 //! Hardening, following hyper-util's graceful example and axum's serve loop:
@@ -11,7 +11,7 @@
 //!   hyper-util's protocol sniffing has no timer of its own) or has none in flight for
 //!   `idle_timeout` after its last one (HTTP/1 keep-alive and HTTP/2 alike) is closed and counted
 //!   in `upres_connections_dropped_total{reason}`; HTTP/2 also pings an idle peer;
-//! - the peer address travels to `pipeline::handle` as a `guard::Peer` request extension;
+//! - the peer address travels to `routes::handle` as a `guard::Peer` request extension;
 //! - on shutdown the listener closes at once and in-flight requests get `drain_timeout`.
 
 use std::future::Future;
@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::app::App;
 use crate::config::TlsConfig;
 use crate::guard::Peer;
-use crate::pipeline;
+use crate::routes;
 
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>, shutdown: impl Future<Output = ()>) {
@@ -90,7 +90,7 @@ pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>,
                 req.extensions_mut().insert(Peer(peer));
                 let (app, active) = (app.clone(), activity.begin());
                 async move {
-                    let response = pipeline::handle(&app, req).await;
+                    let response = routes::handle(&app, req).await;
                     // The request stays active until its body is sent (event streams run long).
                     Ok::<_, std::convert::Infallible>(response.map(|body| {
                         body.map_frame(move |frame| {

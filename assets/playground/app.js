@@ -216,6 +216,9 @@ async function showResult(response, blob, copyUrl) {
   const out = $('out');
   out.src = url;
   await out.decode();
+  // The result panes stay out of the page until there is a result to show in them.
+  $('no-result').hidden = true;
+  $('panes').hidden = false;
   const w = out.naturalWidth;
   const h = out.naturalHeight;
   $('cmp-after').src = url;

@@ -20,7 +20,8 @@ use super::{fields, RequestBody};
 use crate::app::App;
 use crate::error::{ErrorClass, ProxyError};
 use crate::params::{Format, TransformSpec};
-use crate::pipeline::{self, Answer};
+use crate::pipeline;
+use crate::respond::Answer;
 use crate::plan::Variant;
 use crate::respond::{self, CacheOutcome};
 
@@ -108,7 +109,7 @@ fn item_spec(
     Ok(fields::spec(defaults, pairs.iter().map(|(n, v)| (*n, v.as_str())), limits)?)
 }
 
-fn item_json(index: usize, outcome: Result<(Arc<pipeline::Computed>, CacheOutcome, crate::plan::Plan), ProxyError>) -> Value {
+fn item_json(index: usize, outcome: Result<(Arc<crate::flight::Computed>, CacheOutcome, crate::plan::Plan), ProxyError>) -> Value {
     match outcome {
         Ok((c, cache, _plan)) => {
             let r = &c.result;

@@ -4,7 +4,7 @@ use http::request::Parts;
 use http::StatusCode;
 
 use crate::app::App;
-use crate::pipeline::{get_or_head, Answer};
+use crate::respond::{get_or_head, Answer};
 use crate::respond::{self, CacheOutcome};
 
 pub fn health(app: &App, head: &Parts) -> Answer {

@@ -17,7 +17,8 @@ use crate::app::App;
 use crate::error::{ErrorClass, ProxyError};
 use crate::jobs::{self, Job};
 use crate::params::TransformSpec;
-use crate::pipeline::{self, get_or_head, Answer};
+use crate::miss;
+use crate::respond::{get_or_head, Answer};
 use crate::plan::{Caller, Variant};
 use crate::respond::{self, CacheOutcome};
 
@@ -50,7 +51,7 @@ pub async fn create<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
     let spec = fields::spec(&TransformSpec::default(), pairs, &app.param_limits)?;
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let variant = Variant::negotiate(spec.format, accept);
-    let planned = pipeline::plan_bytes(app, image, &spec, variant, Caller::Api).await?;
+    let planned = miss::plan_bytes(app, image, &spec, variant, Caller::Api).await?;
     app.batcher.check_room().map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
 
     let job = Job::new(jobs::new_id(), callback);

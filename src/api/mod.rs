@@ -1,8 +1,8 @@
 //! The REST API under `/api/v1/`: uploads (`upscale`, `batch`) into the request path's shared
 //! miss path (`pipeline::uploaded`), the info endpoints (`info`) and the OpenAPI document
 //! (`openapi`). This module owns HTTP shapes only: multipart reading (`form`), the mapping of
-//! form fields onto the URL option table (`fields`), JSON answers. Routing stays in
-//! `pipeline::handle`.
+//! form fields onto the URL option table (`fields`), JSON answers. Routing is
+//! `routes.rs`.
 
 pub mod batch;
 pub mod fields;

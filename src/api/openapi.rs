@@ -1,20 +1,20 @@
 //! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of every route, compiled in.
 //!
-//! `openapi.json` is edited by hand beside the code. A test reads `pipeline::handle`'s route
-//! match and fails when a route is missing from the document or the document lists a route the
-//! server does not have, so the two cannot drift.
+//! `openapi.json` is edited by hand beside the code. A test reads the route table
+//! (`routes::ROUTES`) and fails when a route or one of its methods is missing from the document,
+//! or the document lists a route the server does not have, so the two cannot drift.
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::StatusCode;
 
-use crate::pipeline::Answer;
+use crate::respond::Answer;
 use crate::respond::{self, CacheOutcome};
 
 pub const DOCUMENT: &str = include_str!("openapi.json");
 
 pub fn serve(head: &Parts) -> Answer {
-    crate::pipeline::get_or_head(head)?;
+    crate::respond::get_or_head(head)?;
     Ok((respond::text(StatusCode::OK, "application/json", Bytes::from_static(DOCUMENT.as_bytes())), CacheOutcome::None))
 }
 
@@ -22,47 +22,33 @@ pub fn serve(head: &Parts) -> Answer {
 mod tests {
     use super::*;
 
-    /// The routes of `pipeline::handle`'s match: exact paths (`"/x" =>`) and prefixes
-    /// (`p if p.starts_with("/x/")`), read from the source so a new arm cannot be forgotten.
-    fn routes() -> (Vec<String>, Vec<String>) {
-        let source = include_str!("../pipeline.rs");
-        let start = source.find("pub async fn handle").expect("handle exists");
-        let body = &source[start..];
-        let body = &body[..body.find("\n}\n").expect("handle ends")];
-        let arms = &body[body.find("match path {").expect("the route match")..];
-        let arms = &arms[..arms.find("\n    };").expect("the match ends")];
-        let (mut exact, mut prefixes) = (Vec::new(), Vec::new());
-        for line in arms.lines().map(str::trim) {
-            if let Some(rest) = line.strip_prefix('"') {
-                if let Some((path, _)) = rest.split_once("\" =>") {
-                    exact.push(path.to_string());
-                }
-            }
-            if let Some((_, rest)) = line.split_once(".starts_with(\"") {
-                prefixes.push(rest.split('"').next().unwrap().to_string());
-            }
+    use crate::routes::{Pattern, ROUTES};
+
+    /// The path the document uses for a route: the exact path, or a documented path under the prefix.
+    fn documented<'a>(paths: &'a serde_json::Map<String, serde_json::Value>, pattern: Pattern) -> Option<&'a String> {
+        match pattern {
+            Pattern::Exact(p) => paths.keys().find(|k| k.as_str() == p),
+            Pattern::Prefix(p) => paths.keys().find(|k| k.starts_with(p)),
         }
-        (exact, prefixes)
     }
 
     #[test]
-    fn document_and_route_match_list_the_same_routes() {
+    fn document_and_route_table_list_the_same_routes_and_methods() {
         let doc: serde_json::Value = serde_json::from_str(DOCUMENT).expect("openapi.json parses");
         assert_eq!(doc["openapi"], "3.1.0");
         let paths = doc["paths"].as_object().expect("paths");
-        let (exact, prefixes) = routes();
-        assert!(exact.len() >= 8 && !prefixes.is_empty(), "the route scan found too little: {exact:?} {prefixes:?}");
-        for route in &exact {
-            assert!(paths.contains_key(route), "route {route} of pipeline::handle is missing from openapi.json");
-        }
-        for prefix in &prefixes {
-            assert!(paths.keys().any(|p| p.starts_with(prefix.as_str())), "no path under {prefix} in openapi.json");
+        for def in ROUTES {
+            let path = documented(paths, def.pattern).unwrap_or_else(|| panic!("route {:?} is missing from openapi.json", def.pattern));
+            for method in def.methods.iter().filter(|m| **m != "HEAD") {
+                let op = &paths[path][method.to_ascii_lowercase()];
+                assert!(op.is_object(), "openapi.json has no {method} operation for {path}");
+            }
         }
         let fallbacks: Vec<&String> = paths.iter().filter(|(_, v)| v["x-upres-fallback"] == true).map(|(k, _)| k).collect();
         assert_eq!(fallbacks.len(), 1, "exactly one path documents the transform fallback");
         for path in paths.keys() {
-            let known = exact.contains(path) || prefixes.iter().any(|p| path.starts_with(p.as_str())) || fallbacks.contains(&path);
-            assert!(known, "openapi.json documents {path}, which pipeline::handle does not route");
+            let known = ROUTES.iter().any(|d| documented(paths, d.pattern) == Some(path)) || fallbacks.contains(&path);
+            assert!(known, "openapi.json documents {path}, which no route in routes::ROUTES serves");
         }
     }
 

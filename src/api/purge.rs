@@ -19,7 +19,7 @@ use super::RequestBody;
 use crate::app::App;
 use crate::error::{ErrorClass, ProxyError};
 use crate::key::SourceTag;
-use crate::pipeline::Answer;
+use crate::respond::Answer;
 use crate::respond::{self, CacheOutcome};
 
 /// Largest purge body; a few thousand keys.

@@ -12,7 +12,8 @@ use super::{fields, RequestBody};
 use crate::app::App;
 use crate::cache::CachedResult;
 use crate::error::{ErrorClass, ProxyError};
-use crate::pipeline::{self, Answer};
+use crate::pipeline;
+use crate::respond::Answer;
 use crate::plan::Variant;
 use crate::respond::{self, ImageReply};
 

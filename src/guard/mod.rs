@@ -43,7 +43,8 @@ pub struct Guards {
     redis: Option<Arc<RedisLink>>,
 }
 
-/// Checks the guard settings of `cfg` (called from `Config::validate`).
+/// Checks the guard settings of `cfg` without keeping the guards (`App::build` builds them and
+/// fails the start on the same errors; `config.rs` does not reach up into the guards).
 pub fn validate(cfg: &Config) -> Result<(), String> {
     Guards::from_config(cfg).map(|_| ())
 }

@@ -18,7 +18,7 @@ use crate::cache::CachedResult;
 use crate::engine::batcher::{self, ProgressFn};
 use crate::error::ErrorClass;
 use crate::key::RequestKey;
-use crate::pipeline::{self, Planned};
+use crate::miss::{self, Planned};
 use crate::respond::Timings;
 
 /// Runs `job` for `planned` in its own task.
@@ -77,7 +77,7 @@ async fn compute(app: &Arc<App>, planned: Planned, job: &mut Job) -> Result<Arc<
         }
     });
     let never = CancellationToken::new();
-    let work = pipeline::produce_planned(app, planned, Timings::default(), &never, Some(progress));
+    let work = miss::produce_planned(app, planned, Timings::default(), &never, Some(progress));
     tokio::pin!(work);
     loop {
         tokio::select! {

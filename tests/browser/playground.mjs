@@ -37,6 +37,14 @@ try {
   const resp = await page.goto(base + '/');
   check(resp.status() === 200, 'GET / answers 200');
   await page.waitForFunction(() => document.querySelectorAll('#sample option').length > 0 && document.querySelectorAll('#model option').length > 1);
+  // Before the first run: a placeholder, and no empty result panes or broken-image icons.
+  const before = await page.evaluate(() => ({
+    placeholder: !document.getElementById('no-result').hidden && document.getElementById('no-result').getBoundingClientRect().height > 0,
+    visibleEmptyImages: [...document.querySelectorAll('#result img')].filter((i) => i.getBoundingClientRect().height > 0 && !(i.complete && i.naturalWidth > 0)).map((i) => i.id),
+  }));
+  check(before.placeholder, 'before the first run the result section shows a placeholder');
+  check(before.visibleEmptyImages.length === 0, `before the first run no empty image frame is visible (${before.visibleEmptyImages.join(', ') || 'none'})`);
+  await page.screenshot({ path: join(outDir, 'playground-empty.png'), fullPage: true });
   await page.selectOption('#model', 'lanczos');
   await page.selectOption('#scale', '4');
   await page.selectOption('#format', 'png');
@@ -44,6 +52,7 @@ try {
   // 2. An upscale of a sample through the form completes, at the expected size.
   await page.click('#go');
   await page.waitForSelector('#out[data-ready=true]');
+  check(await page.evaluate(() => document.getElementById('no-result').hidden && !document.getElementById('panes').hidden), 'after a run the placeholder gives way to the result panes');
   const result = await page.evaluate(() => ({
     w: document.getElementById('out').naturalWidth,
     h: document.getElementById('out').naturalHeight,

@@ -107,6 +107,7 @@ fn kubernetes_manifests_parse_and_carry_the_fleet_design() {
     let toml = find(&objects, "ConfigMap", "upres-config")["data"]["upres.toml"].as_str().unwrap().to_string();
     let cfg: Config = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(&toml)).extract().unwrap();
     cfg.validate().unwrap();
+    upres::guard::validate(&cfg).unwrap();
     assert!(cfg.cache.store.url.starts_with("s3://") && cfg.cache.claims.enabled);
     // Rate limits believe the one header the proxy in front overwrites, and only from it.
     assert!(!cfg.server.trusted_proxies.is_empty());

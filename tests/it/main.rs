@@ -25,3 +25,4 @@ mod pressure; // quiet connections, a hanging result store, a memory budget unde
 mod deploy; // deploy/: manifests parse and hold the fleet design; Dockerfiles name real files
 mod imgproxy; // imgproxy's URL syntax: the official Node SDK against a live server, shared cache entries
 mod rules; // the URL API's "what runs" rules: resize vs model, limits and formats decided in the plan
+mod layering; // no import loops among the crate's files (a scan of `use` lines)

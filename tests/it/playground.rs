@@ -217,7 +217,7 @@ async fn an_upload_with_a_progress_id_reports_to_its_stream() {
 async fn from_peer(s: &TestServer, peer: &str, path: &str) -> u16 {
     let mut req = http::Request::get(path).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
     req.extensions_mut().insert(upres::guard::Peer(peer.parse().unwrap()));
-    upres::pipeline::handle(&s.app, req).await.status().as_u16()
+    upres::routes::handle(&s.app, req).await.status().as_u16()
 }
 
 #[tokio::test]

@@ -1,0 +1,299 @@
+//! The miss path: everything between "no tier holds this result" and the encoded bytes.
+//! Shared by the URL path (`pipeline::transform` through `preview::produce`), uploads
+//! (`pipeline::uploaded`), jobs (`jobs::run`) and `upres upscale`.
+//!
+//! ```text
+//! produce:         fetch_and_plan → produce_planned                    (URL, no preview)
+//! fetch_and_plan:  origin fetch (cap, timeout) → plan_bytes
+//! plan_bytes:      probe header → plan → result key                    (shared by every caller)
+//! produce_planned: store tier → shed if the queue is full → memory budget → claim (or wait for
+//!                  the replica holding it) → compute → store put (write-behind) → release claim
+//! compute:         resize only (no model) | decode → tile → batcher → stitch → resize/alpha
+//!                  → encode
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::admission::{self, AdmitError, MemoryPermit};
+use crate::app::App;
+use crate::cache::claim::{self, Turn};
+use crate::cache::store::Lookup;
+use crate::cache::{CachedResult, SourceMeta};
+use crate::engine::batcher::{JobProgress, ProgressFn};
+use crate::engine::tiling::Grid;
+use crate::engine::Tile;
+use crate::error::{ErrorClass, ProxyError};
+use crate::flight::{Computed, FlightValue};
+use crate::imaging::{decode, encode, resize, resize_only};
+use crate::key::{ResultKey, SourceHash, SourceTag};
+use crate::params::{TransformPath, TransformSpec};
+use crate::plan::{Caller, Plan, Variant};
+use crate::respond::{CacheOutcome, Timings};
+
+/// How a computation is watched: `cancel` fires when no client waits for it any more, and
+/// `progress` hears tiles and steps done.
+pub struct Watch<'a> {
+    pub cancel: &'a CancellationToken,
+    pub progress: Option<ProgressFn>,
+}
+
+/// The URL miss path: fetch the source, then the shared path. `progress` hears tiles and steps
+/// done.
+pub async fn produce(
+    app: &Arc<App>,
+    request: &TransformPath,
+    variant: Variant,
+    caller: Caller,
+    cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
+) -> FlightValue {
+    let mut t = Timings::default();
+    let (planned, meta) = fetch_and_plan(app, request, variant, caller, &mut t).await?;
+    let value = produce_planned(app, planned, t, cancel, progress).await?;
+    Ok(Arc::new(value.for_source(meta)))
+}
+
+/// Fetch the source → plan it; the source's tag and `Last-Modified` for the result's headers.
+pub async fn fetch_and_plan(
+    app: &Arc<App>,
+    request: &TransformPath,
+    variant: Variant,
+    caller: Caller,
+    t: &mut Timings,
+) -> Result<(Planned, SourceMeta), ProxyError> {
+    let clock = Instant::now();
+    let origin = request.spec.origin.as_deref();
+    let source = app.origins.fetch(origin, &request.source, app.cfg.limits.max_source_bytes).await?;
+    stage(app, t, "fetch", clock);
+    let meta = SourceMeta { tag: SourceTag::of(origin.unwrap_or("default"), &request.source), modified: source.modified };
+    Ok((plan_bytes(app, source.bytes, &request.spec, variant, caller).await?, meta))
+}
+
+/// Source bytes with everything decided before any pixel is decoded.
+pub struct Planned {
+    pub bytes: Bytes,
+    pub plan: Plan,
+    pub key: ResultKey,
+}
+
+/// Probe the header (magic number, pixel limit) → plan (engine, sizes, limits) → result key.
+/// The key hashes the bytes, so a URL and an upload of the same bytes and plan share a result.
+/// Probing and hashing read the whole source (PNG metadata, up to `max_source_bytes`), so they
+/// run on the blocking pool.
+pub async fn plan_bytes(app: &App, bytes: Bytes, spec: &TransformSpec, variant: Variant, caller: Caller) -> Result<Planned, ProxyError> {
+    let max_pixels = app.cfg.limits.max_source_pixels;
+    let read = bytes.clone();
+    let (header, hash) = blocking(move || Ok((decode::probe(&read, max_pixels)?, SourceHash::of(&read)))).await?;
+    let plan = Plan::resolve(spec, variant, &header, &app.registry, &app.cfg, caller).map_err(|e| {
+        // `auto` refused here: another replica may have the model.
+        let e = ProxyError::from(e);
+        if e.class == ErrorClass::Overloaded { e.with_retry_after(app.cfg.engine.retry_after) } else { e }
+    })?;
+    let key = ResultKey::for_result(&hash, &plan.canonical(), &plan.model());
+    Ok(Planned { bytes, plan, key })
+}
+
+/// The store tier, then the computation: where every miss ends, whatever brought the bytes.
+pub async fn produce_planned(
+    app: &Arc<App>,
+    planned: Planned,
+    t: Timings,
+    cancel: &CancellationToken,
+    progress: Option<ProgressFn>,
+) -> FlightValue {
+    if let Some(found) = lookup_store(app, &planned.key).await {
+        return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t }));
+    }
+    // Shed before claiming and decoding: under overload a refused request costs next to nothing.
+    app.batcher.check_room().map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
+    // Admit by memory, estimated from the header: over the budget, refuse before any decoding.
+    let memory = app.memory_budget.admit(admission::job_bytes(&planned.plan)).map_err(|e| match e {
+        AdmitError::Busy { .. } => ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after),
+        AdmitError::TooLarge { .. } => ProxyError::from(e),
+    })?;
+    // Another replica may be computing this result: wait for it rather than compute it twice.
+    let held = match claim::wait_or_claim(app.claims.as_ref(), &planned.key, app.cfg.server.request_deadline).await {
+        Turn::Found(found) => return Ok(Arc::new(Computed { result: Arc::new(found), outcome: CacheOutcome::HitStore, timings: t })),
+        Turn::Compute(held) => held,
+    };
+    let value = compute(app, planned, memory, t, Watch { cancel, progress }).await;
+    match &value {
+        // Stored after the response; the claim goes once the result is in the store.
+        Ok(c) => app.store_writes.write_behind(c.result.clone(), held.release()),
+        Err(_) => held.release().await,
+    }
+    value
+}
+
+/// Decode → infer → finish, for a planned result that no tier holds. `memory` is the job's share
+/// of the memory budget; every stage holding its buffers holds a clone. Blocking stages stop
+/// between steps once `watch.cancel` fires (no client is waiting any more).
+pub async fn compute(app: &Arc<App>, planned: Planned, memory: MemoryPermit, mut t: Timings, watch: Watch<'_>) -> FlightValue {
+    let Planned { bytes, plan, key: result_key } = planned;
+    let Watch { cancel, progress } = watch;
+    let clock = Instant::now();
+    let max_pixels = app.cfg.limits.max_source_pixels;
+    if let Some(target) = plan.resize_only() {
+        // No model: decode (shrunk on load), resize and encode in 8 bits, one blocking call.
+        let (header, format, model) = (plan.source, plan.format, plan.model());
+        let (stop, hold) = (cancel.clone(), memory);
+        let encoded = blocking(move || {
+            let _hold = hold;
+            abandoned(&stop)?;
+            Ok(resize_only::render(&bytes, &header, &target, max_pixels)?)
+        })
+        .await?;
+        stage(app, &mut t, "resize", clock);
+        let result = CachedResult { key: result_key, bytes: encoded.into(), format, model, width: target.width, height: target.height, source: None };
+        return Ok(Arc::new(Computed { result: Arc::new(result), outcome: CacheOutcome::Miss, timings: t }));
+    }
+    let tiling = plan.engine.as_ref().map(|e| e.tiling());
+    let (stop, hold) = (cancel.clone(), memory.clone());
+    // Without an engine the decoded source is what `finish` resizes; with one, only its tiles.
+    let (decoded, source) = blocking(move || {
+        let _hold = hold;
+        let decoded = decode::decode(&bytes, max_pixels)?;
+        abandoned(&stop)?;
+        let source = match tiling {
+            Some(tiling) => {
+                let grid = Grid::new(decoded.rgb.width, decoded.rgb.height, tiling);
+                let tiles = grid.cut(&decoded.rgb);
+                Pixels::Tiles(grid, tiles)
+            }
+            None => Pixels::Whole(decoded.rgb),
+        };
+        Ok::<_, ProxyError>((decoded.alpha, source))
+    })
+    .await?;
+    stage(app, &mut t, "decode", clock);
+
+    let upscaled = match source {
+        Pixels::Whole(rgb) => rgb,
+        Pixels::Tiles(grid, tiles) => {
+            let clock = Instant::now();
+            let upscaled = infer(app, &plan, grid, tiles, Watch { cancel, progress }, &memory).await?;
+            stage(app, &mut t, "infer", clock);
+            upscaled
+        }
+    };
+
+    let clock = Instant::now();
+    let (out_w, out_h, format, model) = (plan.out_w, plan.out_h, plan.format, plan.model());
+    let (stop, hold) = (cancel.clone(), memory);
+    let encoded = blocking(move || {
+        let _hold = hold;
+        finish(&plan, upscaled, decoded, &stop)
+    })
+    .await?;
+    stage(app, &mut t, "encode", clock);
+
+    let result =
+        Arc::new(CachedResult { key: result_key, bytes: encoded.into(), format, model, width: out_w, height: out_h, source: None });
+
+    Ok(Arc::new(Computed { result, outcome: CacheOutcome::Miss, timings: t }))
+}
+
+/// The decoded source as `compute` needs it: whole (no engine) or cut for the engine.
+enum Pixels {
+    Whole(Tile),
+    Tiles(Grid, Vec<Tile>),
+}
+
+/// Tiles → batcher → stitched engine output.
+async fn infer(app: &Arc<App>, plan: &Plan, grid: Grid, tiles: Vec<Tile>, watch: Watch<'_>, memory: &MemoryPermit) -> Result<Tile, ProxyError> {
+    let Watch { cancel, progress } = watch;
+    if let Some(report) = &progress {
+        report(JobProgress::Tiles(crate::engine::Progress { done: 0, total: tiles.len() as u32 }));
+    }
+    let engine = plan.engine.as_ref().expect("infer runs only for plans with an engine");
+    let rx = app
+        .batcher
+        .submit(&**engine, tiles, plan.gen.clone(), cancel.clone(), progress)
+        .map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
+    let tiles = rx
+        .await
+        .map_err(|_| ProxyError::new(ErrorClass::Internal, "the inference worker dropped the job"))??;
+    let scale = engine.scale();
+    let (stop, hold) = (cancel.clone(), memory.clone());
+    blocking(move || {
+        let _hold = hold;
+        abandoned(&stop)?;
+        Ok(grid.stitch(&tiles, scale))
+    })
+    .await
+}
+
+/// Final resize (box, fit, crop), alpha (Lanczos, separately), encode.
+fn finish(plan: &Plan, upscaled: Tile, alpha: Option<Vec<f32>>, stop: &CancellationToken) -> Result<Vec<u8>, ProxyError> {
+    abandoned(stop)?;
+    let crop = plan.crop_px();
+    let rgb = if upscaled.shape() == (plan.out_w, plan.out_h) && crop.is_none() {
+        upscaled
+    } else {
+        resize::resize_rgb(&upscaled, plan.out_w, plan.out_h, crop)
+    };
+    let alpha = alpha.map(|a| {
+        let crop = plan.crop.map(|(l, t, w, h)| resize::Crop {
+            left: l * plan.src_w as f64,
+            top: t * plan.src_h as f64,
+            width: w * plan.src_w as f64,
+            height: h * plan.src_h as f64,
+        });
+        resize::resize_plane(&a, plan.src_w, plan.src_h, plan.out_w, plan.out_h, crop)
+    });
+    abandoned(stop)?;
+    Ok(encode::encode(&rgb, alpha.as_deref(), plan.format, plan.quality)?)
+}
+/// The store tier: a result being written counts as stored; a corrupt object is a miss.
+pub async fn lookup_store(app: &App, key: &ResultKey) -> Option<CachedResult> {
+    let store = app.store.as_ref()?;
+    if let Some(writing) = app.store_writes.pending(key) {
+        app.metrics.cache_event("store", "hit");
+        return Some(writing);
+    }
+    match store.get(key).await {
+        Ok(Lookup::Hit(r)) => {
+            app.metrics.cache_event("store", "hit");
+            Some(r)
+        }
+        Ok(Lookup::Miss) => {
+            app.metrics.cache_event("store", "miss");
+            None
+        }
+        Ok(Lookup::Corrupt(reason)) => {
+            app.metrics.cache_event("store", "corrupt");
+            warn!(key = %key.short(), reason, "stored result failed verification; recomputing");
+            None
+        }
+        Err(e) => {
+            app.metrics.cache_event("store", "error");
+            warn!(key = %key.short(), error = %e, "result store read failed; computing uncached");
+            None
+        }
+    }
+}
+pub fn stage(app: &App, t: &mut Timings, name: &'static str, since: Instant) {
+    let d = since.elapsed();
+    app.metrics.stage_seconds.with_label_values(&[name]).observe(d.as_secs_f64());
+    t.push(name, d);
+}
+
+/// Between the steps of a blocking stage: stop when no client waits for the result any more.
+fn abandoned(cancel: &CancellationToken) -> Result<(), ProxyError> {
+    if cancel.is_cancelled() {
+        return Err(ProxyError::new(ErrorClass::Timeout, "abandoned: no client is waiting"));
+    }
+    Ok(())
+}
+
+/// Runs CPU-bound work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ProxyError> + Send + 'static) -> Result<T, ProxyError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProxyError::new(ErrorClass::Internal, format!("image work panicked: {e}")))?
+}
