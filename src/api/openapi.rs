@@ -25,7 +25,7 @@ mod tests {
     use crate::routes::{Pattern, ROUTES};
 
     /// The path the document uses for a route: the exact path, or a documented path under the prefix.
-    fn documented<'a>(paths: &'a serde_json::Map<String, serde_json::Value>, pattern: Pattern) -> Option<&'a String> {
+    fn documented(paths: &serde_json::Map<String, serde_json::Value>, pattern: Pattern) -> Option<&String> {
         match pattern {
             Pattern::Exact(p) => paths.keys().find(|k| k.as_str() == p),
             Pattern::Prefix(p) => paths.keys().find(|k| k.starts_with(p)),
