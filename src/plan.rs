@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::engine::registry::{ModelError, Registry};
+use crate::engine::registry::{with_denoise, ModelError, Registry};
 use crate::engine::{Engine, GenParams};
 use crate::error::{Classify, ErrorClass};
 use crate::imaging::decode::Header;
@@ -194,14 +194,15 @@ impl Plan {
             return Err(PlanError::UpscaleTooLarge { factor, limit: cfg.limits.max_upscale });
         }
         // A named model is checked even when none runs, so a typo is a 400 on every URL.
-        if let ModelChoice::Named(_) = spec.model {
-            registry.resolve(&spec.model, 1, has_prompt)?;
+        let model = with_denoise(&spec.model, spec.denoise)?;
+        if let ModelChoice::Named(_) = model {
+            registry.resolve(&model, 1, has_prompt)?;
         }
         let engine = if geometry.missing_pixels(src_w, src_h) {
             let want = (factor - 1e-9).ceil().max(1.0) as u32;
             let pixels = src_w as u64 * src_h as u64;
             let e = &cfg.engine;
-            Some(registry.pick(&spec.model, want, has_prompt, pixels, &e.auto, e.auto_unavailable)?)
+            Some(registry.pick(&model, want, has_prompt, pixels, &e.auto, e.auto_unavailable)?)
         } else {
             None
         };

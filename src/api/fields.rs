@@ -12,6 +12,7 @@ use crate::params::{defs, ParamLimits, TransformSpec};
 pub static FIELDS: &[(&str, &str)] = &[
     ("scale", "scale"),
     ("model", "model"),
+    ("denoise", "denoise"),
     ("prompt", "prompt"),
     ("negative_prompt", "neg"),
     ("noise_level", "noise"),

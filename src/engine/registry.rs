@@ -8,7 +8,8 @@
 //! left: the highest rank. A named model is always honoured. A family with several scales
 //! (realesr-animevideov3 x2/x3/x4) is several entries with one name: the one whose scale
 //! equals the wanted scale wins, else the smallest larger one, else the largest (the plan
-//! resizes the rest of the way).
+//! resizes the rest of the way). A family with denoise levels (Real-CUGAN) names one entry per
+//! level, `<name>-<level suffix>`: `denoise=` picks among them ([`with_denoise`]).
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 use super::Engine;
 use crate::config::{AutoRule, AutoUnavailable};
 use crate::error::{Classify, ErrorClass};
-use crate::params::ModelChoice;
+use crate::params::{Denoise, ModelChoice};
 
 /// One loaded model.
 #[derive(Clone)]
@@ -40,12 +41,25 @@ pub enum ModelError {
     Unavailable { requested: String, available: String },
     #[error("model=auto chose `{model}`, which this replica has not loaded; retry on another replica")]
     AutoNotLoaded { model: String },
+    #[error("denoise= needs a named model with denoise levels, e.g. model=cugan")]
+    DenoiseNeedsModel,
+}
+
+/// The model a request names once `denoise=` is applied: `model=cugan/denoise=2` is the entry
+/// `cugan-denoise2x` (an alias of `realcugan-denoise2x`); a model without that level is then
+/// unavailable (400, listing the models).
+pub fn with_denoise(model: &ModelChoice, denoise: Option<Denoise>) -> Result<ModelChoice, ModelError> {
+    match (model, denoise) {
+        (m, None) => Ok(m.clone()),
+        (ModelChoice::Auto, Some(_)) => Err(ModelError::DenoiseNeedsModel),
+        (ModelChoice::Named(n), Some(d)) => Ok(ModelChoice::Named(format!("{n}-{}", d.suffix()))),
+    }
 }
 
 impl Classify for ModelError {
     fn class(&self) -> ErrorClass {
         match self {
-            ModelError::Unavailable { .. } => ErrorClass::BadRequest,
+            ModelError::Unavailable { .. } | ModelError::DenoiseNeedsModel => ErrorClass::BadRequest,
             ModelError::AutoNotLoaded { .. } => ErrorClass::Overloaded,
         }
     }

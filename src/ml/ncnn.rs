@@ -15,7 +15,8 @@
 //!
 //! The `.bin` holds each weighted layer's data in graph order. A Convolution's weight starts with a
 //! 4-byte tag (`0x01306B47`: fp16; `0`: fp32; anything else, e.g. int8 or a quantisation table,
-//! is rejected) and is padded to 4 bytes; its bias (when `5=1`) is raw fp32. PReLU slopes are raw
+//! is rejected) and is padded to 4 bytes; its bias (when `5=1`) is raw fp32. Deconvolution and
+//! InnerProduct (bias flag `1=`, size `2=`) are stored the same way. PReLU slopes are raw
 //! fp32, as are MemoryData constants. Layers this module does not know are accepted only when they carry no weights.
 
 use std::collections::BTreeMap;
@@ -185,7 +186,8 @@ fn parse_number(v: &str) -> Result<Value, String> {
 pub enum LayerData {
     /// The layer has no weights.
     None,
-    /// `weight` is `[out][in][kh][kw]` (PyTorch's OIHW), `bias` has `out` entries.
+    /// `weight` is `[out][in][kh][kw]` (PyTorch's OIHW; a Deconvolution's too, an
+    /// InnerProduct's `[out][in]`), `bias` has `out` entries.
     Convolution { weight: Vec<f32>, bias: Option<Vec<f32>> },
     /// One slope per channel (or a single shared slope).
     PRelu { slope: Vec<f32> },
@@ -195,7 +197,7 @@ pub enum LayerData {
 
 /// Layer types known to carry no weights.
 const WEIGHTLESS: &[&str] =
-    &["Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "ReLU", "Sigmoid", "Swish", "Noop"];
+    &["Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "ReLU", "Sigmoid", "Swish", "Noop", "Pooling", "Crop"];
 
 /// Cuts a `.bin` into per-layer weights, one entry per layer of `param`.
 pub fn read_bin(param: &Param, bin: &[u8]) -> Result<Vec<LayerData>, NcnnError> {
@@ -204,10 +206,13 @@ pub fn read_bin(param: &Param, bin: &[u8]) -> Result<Vec<LayerData>, NcnnError> 
     for layer in &param.layers {
         let fail = |reason: String| NcnnError::Bin { layer: layer.name.clone(), kind: layer.kind.clone(), reason };
         let data = match layer.kind.as_str() {
-            "Convolution" => {
+            // Deconvolution and InnerProduct store their weights as Convolution does.
+            "Convolution" | "Deconvolution" | "InnerProduct" => {
                 let cout = layer.int(0, 0).map_err(fail)?;
-                let size = layer.int(6, 0).map_err(fail)?;
-                let bias_term = layer.int(5, 0).map_err(fail)?;
+                // InnerProduct's weight_data_size is parameter 2, the others' 6.
+                let size_id = if layer.kind == "InnerProduct" { 2 } else { 6 };
+                let size = layer.int(size_id, 0).map_err(fail)?;
+                let bias_term = layer.int(if layer.kind == "InnerProduct" { 1 } else { 5 }, 0).map_err(fail)?;
                 if cout <= 0 || size <= 0 {
                     return Err(fail(format!("num_output {cout} / weight_data_size {size} must be positive")));
                 }
@@ -357,8 +362,8 @@ mod tests {
 
     #[test]
     fn rejects_unknown_weighted_layers() {
-        let p = Param::parse("7767517\n2 2\nInput in 0 1 data\nInnerProduct fc 1 1 data out 0=4\n").unwrap();
+        let p = Param::parse("7767517\n2 2\nInput in 0 1 data\nBatchNorm bn 1 1 data out 0=4\n").unwrap();
         let e = read_bin(&p, &[]).unwrap_err().to_string();
-        assert!(e.contains("InnerProduct") && e.contains("not supported"), "{e}");
+        assert!(e.contains("BatchNorm") && e.contains("not supported"), "{e}");
     }
 }

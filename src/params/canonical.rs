@@ -42,6 +42,7 @@ pub fn canonical(spec: &TransformSpec) -> String {
     let TransformSpec {
         scale,
         model,
+        denoise,
         prompt,
         negative_prompt,
         noise_level,
@@ -63,6 +64,9 @@ pub fn canonical(spec: &TransformSpec) -> String {
     }
     if let ModelChoice::Named(m) = model {
         parts.push(("model", m.clone()));
+    }
+    if let Some(v) = denoise {
+        parts.push(("denoise", v.as_str().to_string()));
     }
     if let Some(v) = prompt {
         parts.push(("prompt", utf8_percent_encode(v, VALUE_ESCAPE).to_string()));

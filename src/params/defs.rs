@@ -4,7 +4,7 @@
 //! parser. The canonical writer for each field lives in `canonical.rs`, which is exhaustive over
 //! `TransformSpec`.
 
-use super::{Fit, Format, Gravity, ModelChoice, ParamError, ParamLimits, TransformSpec};
+use super::{Denoise, Fit, Format, Gravity, ModelChoice, ParamError, ParamLimits, TransformSpec};
 
 /// One transform option.
 pub struct OptionDef {
@@ -35,7 +35,7 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef {
         name: "model",
         aliases: &["m"],
-        syntax: "`auto` \\| `sd-x4` \\| `realesrgan` \\| `anime` \\| `animevideo` \\| `span` \\| `photo` \\| `lanczos` \\| a model name (file stem, lowercase)",
+        syntax: "`auto` \\| `sd-x4` \\| `realesrgan` \\| `anime` \\| `animevideo` \\| `span` \\| `cugan` \\| `photo` \\| `lanczos` \\| a model name (file stem, lowercase)",
         doc: "Which upscaler, when pixels are missing. `auto` follows the `[[engine.auto]]` rules on the source's pixels (sd-x4 when a prompt is given).",
         apply: |s, v, _| {
             if v == "auto" {
@@ -49,6 +49,21 @@ pub static OPTIONS: &[OptionDef] = &[
                 return Err("expected `auto` or a model name of [a-z0-9._-], at most 64 bytes".into());
             }
             s.model = ModelChoice::Named(v.to_string());
+            Ok(())
+        },
+    },
+    OptionDef {
+        name: "denoise",
+        aliases: &[],
+        syntax: "`conservative` \\| `none` \\| `1` \\| `2` \\| `3`",
+        doc: "Denoise level of a model that has levels (`model=cugan`, `cugan-pro`): picks the `<model>-conservative`, `-no-denoise` or `-denoise<N>x` files. Default: the model as named (`cugan` is conservative).",
+        apply: |s, v, _| {
+            s.denoise = Some(match v {
+                "conservative" => Denoise::Conservative,
+                "none" | "0" => Denoise::None,
+                "1" | "2" | "3" => Denoise::Level(v.as_bytes()[0] - b'0'),
+                _ => return Err("expected conservative, none, 1, 2 or 3".into()),
+            });
             Ok(())
         },
     },

@@ -118,6 +118,40 @@ pub enum ModelChoice {
     Named(String),
 }
 
+/// A model family's denoise level (`denoise=`), choosing among its files: Real-CUGAN's
+/// `model=cugan/denoise=2` runs the `realcugan-denoise2x` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Denoise {
+    Conservative,
+    None,
+    /// 1..=3.
+    Level(u8),
+}
+
+impl Denoise {
+    /// The URL value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denoise::Conservative => "conservative",
+            Denoise::None => "none",
+            Denoise::Level(1) => "1",
+            Denoise::Level(2) => "2",
+            Denoise::Level(_) => "3",
+        }
+    }
+
+    /// The suffix of the model names that hold this level (`<model>-<suffix>`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Denoise::Conservative => "conservative",
+            Denoise::None => "no-denoise",
+            Denoise::Level(1) => "denoise1x",
+            Denoise::Level(2) => "denoise2x",
+            Denoise::Level(_) => "denoise3x",
+        }
+    }
+}
+
 /// A validated transform. Fields left `None` take their defaults when the plan is made, so an
 /// explicit default and an omitted option give the same result key (and, through `normalized`,
 /// the same request key).
@@ -126,6 +160,8 @@ pub struct TransformSpec {
     /// Enlargement factor 1..=4 when no box is given, and the cap of `fit=inside`.
     pub scale: Option<u32>,
     pub model: ModelChoice,
+    /// Denoise level of a named model with levels (Real-CUGAN); `None`: the model as named.
+    pub denoise: Option<Denoise>,
     pub prompt: Option<String>,
     pub negative_prompt: Option<String>,
     pub noise_level: Option<u32>,
@@ -150,6 +186,7 @@ impl std::fmt::Debug for TransformSpec {
         f.debug_struct("TransformSpec")
             .field("scale", &self.scale)
             .field("model", &self.model)
+            .field("denoise", &self.denoise)
             .field("prompt_len", &self.prompt.as_ref().map(|p| p.len()))
             .field("negative_prompt_len", &self.negative_prompt.as_ref().map(|p| p.len()))
             .field("noise_level", &self.noise_level)
@@ -190,6 +227,7 @@ impl TransformSpec {
         let TransformSpec {
             scale,
             model,
+            denoise,
             prompt,
             negative_prompt,
             noise_level,
@@ -209,6 +247,7 @@ impl TransformSpec {
         if *model != ModelChoice::Auto && (overwrite || self.model == ModelChoice::Auto) {
             self.model = model.clone();
         }
+        pick(&mut self.denoise, denoise, overwrite);
         pick(&mut self.prompt, prompt, overwrite);
         pick(&mut self.negative_prompt, negative_prompt, overwrite);
         pick(&mut self.noise_level, noise_level, overwrite);

@@ -129,15 +129,26 @@ fn arb_spec() -> impl Strategy<Value = TransformSpec> {
             proptest::option::of(0usize..4),
             proptest::option::of(10u32..=40),
         ),
-        (0usize..4, proptest::option::of(1u8..=100), proptest::option::of("[a-z]{1,8}|default"), proptest::option::of(0usize..9)),
+        (
+            0usize..4,
+            proptest::option::of(1u8..=100),
+            proptest::option::of("[a-z]{1,8}|default"),
+            proptest::option::of(0usize..9),
+            proptest::option::of(0u8..5),
+        ),
     )
-        .prop_map(|((scale, model, prompt, neg), (noise, steps, g, seed), (w, h, fit, dpr), (fmt, q, origin, gravity))| {
+        .prop_map(|((scale, model, prompt, neg), (noise, steps, g, seed), (w, h, fit, dpr), (fmt, q, origin, gravity, denoise))| {
             TransformSpec {
                 scale,
                 model: match model {
                     Some(m) if m != "auto" => ModelChoice::Named(m),
                     _ => ModelChoice::Auto,
                 },
+                denoise: denoise.map(|d| match d {
+                    0 => Denoise::Conservative,
+                    1 => Denoise::None,
+                    l => Denoise::Level(l - 1),
+                }),
                 prompt,
                 negative_prompt: neg,
                 noise_level: noise,
@@ -206,4 +217,17 @@ fn readme_url_table_matches_the_option_definitions() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let table = defs::markdown_table();
     assert!(readme.contains(&table), "README.md's URL option table drifted; it must contain:\n{table}");
+}
+
+#[test]
+fn denoise_is_in_the_canonical_form() {
+    let l = ParamLimits::default();
+    let p = parse("/denoise=2/model=cugan/x2/a.png", &l).unwrap();
+    assert_eq!(p.spec.denoise, Some(Denoise::Level(2)));
+    assert_eq!(canonical(&p.spec), "denoise=2/model=cugan/scale=2");
+    let none = parse("/model=cugan/denoise=0/a.png", &l).unwrap();
+    assert_eq!(canonical(&none.spec), "denoise=none/model=cugan");
+    assert_ne!(canonical(&p.spec), canonical(&parse("/model=cugan/x2/a.png", &l).unwrap().spec));
+    let e = parse("/denoise=4/a.png", &l).unwrap_err();
+    assert!(e.to_string().contains("`denoise`"), "{e}");
 }

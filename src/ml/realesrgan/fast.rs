@@ -22,6 +22,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
+pub use super::fast_cugan::FastCugan;
 pub use super::fast_span::FastSpan;
 use super::layers::bicubic;
 use super::rrdb::Rrdb;
@@ -223,6 +224,7 @@ pub enum FastNet {
     Rrdb(FastRrdb),
     Srvgg(FastSrvgg),
     Span(FastSpan),
+    Cugan(FastCugan),
 }
 
 impl FastNet {
@@ -232,6 +234,7 @@ impl FastNet {
             super::Net::Rrdb(n) => FastNet::Rrdb(FastRrdb::new(n, backend, wino)?),
             super::Net::Srvgg(n) => FastNet::Srvgg(FastSrvgg::new(n, backend, wino)?),
             super::Net::Span(n) => FastNet::Span(FastSpan::new(n, backend, wino)?),
+            super::Net::Cugan(n) => FastNet::Cugan(FastCugan::new(n, backend, wino)?),
         })
     }
 
@@ -242,6 +245,7 @@ impl FastNet {
             FastNet::Rrdb(net) => net.pool.clear(),
             FastNet::Srvgg(net) => net.pool.clear(),
             FastNet::Span(net) => net.pool.clear(),
+            FastNet::Cugan(net) => net.pool.clear(),
         }
     }
 
@@ -251,6 +255,7 @@ impl FastNet {
             FastNet::Rrdb(net) => net.pool.bytes(),
             FastNet::Srvgg(net) => net.pool.bytes(),
             FastNet::Span(net) => net.pool.bytes(),
+            FastNet::Cugan(net) => net.pool.bytes(),
         }
     }
 
@@ -272,6 +277,7 @@ impl FastNet {
             FastNet::Rrdb(net) => (net.forward(&plain()?).map_err(err)?, 4),
             FastNet::Srvgg(net) => (net.forward(&plain()?).map_err(err)?, net.cfg.upscale),
             FastNet::Span(net) => (net.forward(&net.input(x, n, h, w).map_err(err)?).map_err(err)?, net.scale),
+            FastNet::Cugan(net) => (net.forward_data(x, n, h, w).map_err(err)?, net.cfg.scale as usize),
         };
         match self {
             FastNet::Srvgg(net) if net.cfg.scale as usize != net.cfg.upscale => {

@@ -44,6 +44,23 @@ pub enum Op {
     /// `x · sigmoid(x)`.
     Swish,
     Sigmoid,
+    /// Unpadded ("valid") convolution with a stride (Real-CUGAN's 3×3 and 2×2 stride-2 convs).
+    ConvValid { cin: usize, cout: usize, k: usize, stride: usize, act: Fused },
+    /// Transposed convolution (bias always), PyTorch's `ConvTranspose2d(k, stride, pad)`.
+    Deconv { cin: usize, cout: usize, k: usize, stride: usize, pad: usize, act: Fused },
+    /// Mean over all pixels of each channel (ncnn's global average Pooling).
+    GlobalAvgPool,
+    /// Fully connected layer with bias on a per-channel vector.
+    Dense { cin: usize, cout: usize, act: DenseAct },
+    /// Cuts `border` pixels off every side of the height and width.
+    Crop { border: usize },
+}
+
+/// The activation of an InnerProduct layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DenseAct {
+    Relu,
+    Sigmoid,
 }
 
 /// An activation fused into a Convolution layer.
@@ -77,6 +94,11 @@ impl fmt::Display for Op {
             Op::MulScalar(s) => write!(f, "mul {s}"),
             Op::Swish => write!(f, "swish"),
             Op::Sigmoid => write!(f, "sigmoid"),
+            Op::ConvValid { cin, cout, k, stride, act } => write!(f, "valid conv {cin}→{cout} {k}×{k}/{stride} {act:?}"),
+            Op::Deconv { cin, cout, k, stride, pad, act } => write!(f, "deconv {cin}→{cout} {k}×{k}/{stride} pad {pad} {act:?}"),
+            Op::GlobalAvgPool => write!(f, "global average"),
+            Op::Dense { cin, cout, act } => write!(f, "dense {cin}→{cout} {act:?}"),
+            Op::Crop { border } => write!(f, "crop {border}"),
         }
     }
 }
@@ -122,6 +144,12 @@ const OUTPUT_BLOB: &str = "output";
 impl Graph {
     /// Resolves `Split`s and `Input`, and turns each remaining layer into an [`Op`].
     pub fn resolve(param: &Param, data: Vec<LayerData>) -> Result<Graph, String> {
+        Self::resolve_named(param, data, INPUT_BLOB, OUTPUT_BLOB)
+    }
+
+    /// [`Graph::resolve`] for a file whose input and output blobs have other names
+    /// (Real-CUGAN's `in0`/`out0`).
+    pub fn resolve_named(param: &Param, data: Vec<LayerData>, input_blob: &str, output_blob: &str) -> Result<Graph, String> {
         let mut blobs: HashMap<&str, Src> = HashMap::new();
         let mut nodes = Vec::new();
         for (layer, data) in param.layers.iter().zip(data) {
@@ -133,8 +161,8 @@ impl Graph {
                 .collect::<Result<Vec<Src>, String>>()?;
             let src = match layer.kind.as_str() {
                 "Input" => {
-                    if layer.outputs.len() != 1 || layer.outputs[0] != INPUT_BLOB {
-                        return Err(at(format!("the input blob must be `{INPUT_BLOB}`")));
+                    if layer.outputs.len() != 1 || layer.outputs[0] != input_blob {
+                        return Err(at(format!("the input blob must be `{input_blob}`")));
                     }
                     Src::Input
                 }
@@ -155,7 +183,7 @@ impl Graph {
                 blobs.insert(b.as_str(), src);
             }
         }
-        let output = *blobs.get(OUTPUT_BLOB).ok_or_else(|| format!("no blob is named `{OUTPUT_BLOB}`"))?;
+        let output = *blobs.get(output_blob).ok_or_else(|| format!("no blob is named `{output_blob}`"))?;
         Ok(Graph { nodes, output })
     }
 }
@@ -172,14 +200,11 @@ fn op_of(l: &Layer) -> Result<Op, String> {
             let pad_l = l.int(4, 0)?;
             let pads = [pad_l, l.int(14, pad_l)?, l.int(15, pad_l)?, l.int(16, l.int(14, pad_l)?)?];
             let size = l.int(6, 0)? as usize;
-            if kw != kh || kw <= 0 || kw % 2 == 0 {
+            if kw != kh || kw <= 0 {
                 return unsupported(format!("kernel {kw}×{kh}"));
             }
-            if dil != (1, 1) || stride != (1, 1) {
+            if dil != (1, 1) || stride.0 != stride.1 || stride.0 < 1 {
                 return unsupported(format!("dilation {dil:?} / stride {stride:?}"));
-            }
-            if pads.iter().any(|&p| p != kw / 2) {
-                return unsupported(format!("padding {pads:?} for a {kw}×{kw} kernel (only same padding is)"));
             }
             if l.int(8, 0)? != 0 {
                 return unsupported("int8 scale term".into());
@@ -188,13 +213,67 @@ fn op_of(l: &Layer) -> Result<Op, String> {
             if cout == 0 || !size.is_multiple_of(cout * k * k) {
                 return Err(format!("weight_data_size {size} is not a multiple of {cout}×{k}×{k}"));
             }
+            let act = fused_act(l)?;
+            let cin = size / (cout * k * k);
+            let same = kw % 2 == 1 && stride == (1, 1) && pads.iter().all(|&p| p == kw / 2);
+            if same {
+                Ok(Op::Conv { cin, cout, k, bias: l.int(5, 0)? != 0, act })
+            } else if pads.iter().all(|&p| p == 0) && l.int(5, 0)? != 0 {
+                Ok(Op::ConvValid { cin, cout, k, stride: stride.0 as usize, act })
+            } else {
+                unsupported(format!("padding {pads:?} for a {kw}×{kw} kernel (only same padding, or none with a bias)"))
+            }
+        }
+        "Deconvolution" => {
+            let cout = l.int(0, 0)? as usize;
+            let kw = l.int(1, 0)?;
+            let dil = (l.int(2, 1)?, l.int(12, l.int(2, 1)?)?);
+            let stride = (l.int(3, 1)?, l.int(13, l.int(3, 1)?)?);
+            let pad_l = l.int(4, 0)?;
+            let pads = [pad_l, l.int(14, pad_l)?, l.int(15, pad_l)?, l.int(16, l.int(14, pad_l)?)?];
+            let out_pad = (l.int(18, 0)?, l.int(19, l.int(18, 0)?)?, l.int(20, 0)?, l.int(21, 0)?);
+            let size = l.int(6, 0)? as usize;
+            if kw <= 0 || l.int(11, kw)? != kw || dil != (1, 1) || stride.0 != stride.1 || stride.0 < 1 {
+                return unsupported(format!("deconvolution kernel {kw} / dilation {dil:?} / stride {stride:?}"));
+            }
+            if pads.iter().any(|&p| p != pad_l || p < 0) || out_pad != (0, 0, 0, 0) || l.int(5, 0)? == 0 {
+                return unsupported(format!("deconvolution padding {pads:?} / output padding {out_pad:?} / no bias"));
+            }
+            let k = kw as usize;
+            if cout == 0 || size % (cout * k * k) != 0 {
+                return Err(format!("weight_data_size {size} is not a multiple of {cout}×{k}×{k}"));
+            }
+            let (stride, pad) = (stride.0 as usize, pad_l as usize);
+            Ok(Op::Deconv { cin: size / (cout * k * k), cout, k, stride, pad, act: fused_act(l)? })
+        }
+        "Pooling" => match (l.int(0, 0)?, l.int(4, 0)?) {
+            (1, 1) => Ok(Op::GlobalAvgPool),
+            (t, g) => unsupported(format!("Pooling type {t} global {g} (only global average is)")),
+        },
+        "InnerProduct" => {
+            let cout = l.int(0, 0)? as usize;
+            let size = l.int(2, 0)? as usize;
+            if cout == 0 || size % cout != 0 || l.int(1, 0)? == 0 {
+                return unsupported(format!("InnerProduct of {cout} outputs, {size} weights, without bias"));
+            }
             let act = match l.int(9, 0)? {
-                0 => Fused::None,
-                2 => Fused::LeakyRelu(l.array(10)?.first().copied().unwrap_or(0.0)),
-                1 => Fused::LeakyRelu(0.0),
-                a => return unsupported(format!("fused activation type {a}")),
+                1 => DenseAct::Relu,
+                4 => DenseAct::Sigmoid,
+                a => return unsupported(format!("InnerProduct activation {a} (only ReLU and sigmoid are)")),
             };
-            Ok(Op::Conv { cin: size / (cout * k * k), cout, k, bias: l.int(5, 0)? != 0, act })
+            Ok(Op::Dense { cin: size / cout, cout, act })
+        }
+        "Crop" => {
+            // Real-CUGAN's crops: `starts` (9), `ends` (10, negative: from the end), `axes` (11)
+            // naming the height and width, the same border on all four sides.
+            let (starts, ends, axes) = (l.array(9)?, l.array(10)?, l.array(11)?);
+            let hw = axes == [-2.0, -1.0] || axes == [1.0, 2.0];
+            match (starts.as_slice(), ends.as_slice()) {
+                ([a, b], [c, d]) if hw && a == b && *c == -a && *d == -a && *a >= 0.0 && a.fract() == 0.0 => {
+                    Ok(Op::Crop { border: *a as usize })
+                }
+                _ => unsupported(format!("Crop starts {starts:?} ends {ends:?} axes {axes:?} (only one border on height and width is)")),
+            }
         }
         "PReLU" => Ok(Op::PRelu { channels: l.int(0, 0)? as usize }),
         "Concat" => match l.int(0, 0)? {
@@ -244,6 +323,16 @@ fn op_of(l: &Layer) -> Result<Op, String> {
             (r, m) => unsupported(format!("PixelShuffle factor {r} mode {m}")),
         },
         k => unsupported(format!("layer type `{k}`")),
+    }
+}
+
+/// A Convolution's or Deconvolution's fused activation (`9=`): none, ReLU or LeakyReLU.
+fn fused_act(l: &Layer) -> Result<Fused, String> {
+    match l.int(9, 0)? {
+        0 => Ok(Fused::None),
+        2 => Ok(Fused::LeakyRelu(l.array(10)?.first().copied().unwrap_or(0.0))),
+        1 => Ok(Fused::LeakyRelu(0.0)),
+        a => Err(format!("fused activation type {a} is not supported")),
     }
 }
 

@@ -29,7 +29,9 @@ use crate::engine::{Engine, EngineId, GenParams, InferError, RunContext, Tile, T
 use crate::ml::ncnn::{self, Param};
 use crate::ml::fastconv::{Backend, Winograd};
 
+pub mod cugan;
 pub mod fast;
+mod fast_cugan;
 mod fast_span;
 pub mod graph;
 pub mod layers;
@@ -37,6 +39,7 @@ pub mod rrdb;
 pub mod span;
 pub mod srvgg;
 
+use cugan::{Cugan, CuganConfig};
 use fast::FastNet;
 use graph::{Builder, Graph};
 use rrdb::{Rrdb, RrdbConfig};
@@ -58,6 +61,7 @@ pub enum Arch {
     Rrdb(RrdbConfig),
     Srvgg(SrvggConfig),
     Span(SpanConfig),
+    Cugan(CuganConfig),
 }
 
 impl Arch {
@@ -82,6 +86,13 @@ impl Arch {
                 let (f, s) = (c.feat as u64, c.scale as u64);
                 B * (8 * f + 2 * s * s * 3)
             }
+            // Not measured: per input pixel, four 64-channel maps at 2× (3× for the 3× files),
+            // the bottom deconvolution's columns (k²·64 at 1× for 4×) and the output.
+            Arch::Cugan(c) => {
+                let s = c.scale.min(3) as u64;
+                let cols = if c.scale == 4 { 16 * 64 } else { 25 * 3 };
+                B * (4 * s * s * 64 + cols + 2 * (c.scale as u64).pow(2) * 3)
+            }
         }
     }
 
@@ -90,6 +101,7 @@ impl Arch {
             Arch::Rrdb(_) => 4,
             Arch::Srvgg(c) => c.scale,
             Arch::Span(c) => c.scale,
+            Arch::Cugan(c) => c.scale,
         }
     }
 }
@@ -204,6 +216,150 @@ pub const KNOWN: &[Known] = &[
         arch: || Arch::Span(SpanConfig { feat: 48, scale: 2 }),
         description: "2xHFA2kSPAN (SPAN, 48 channels): fast, anime; ×2",
     },
+    Known {
+        stem: "realcugan-se-up4x-conservative",
+        name: "realcugan",
+        aliases: &["cugan", "realcugan-conservative", "cugan-conservative", "realcugan-se-up4x-conservative"],
+        rank: 18,
+        arch: || Arch::Cugan(CuganConfig { scale: 4, se: true }),
+        description: "Real-CUGAN (SE), conservative denoise: anime, illustrations; ×4",
+    },
+    Known {
+        stem: "realcugan-se-up4x-no-denoise",
+        name: "realcugan-no-denoise",
+        aliases: &["cugan-no-denoise", "realcugan-se-up4x-no-denoise"],
+        rank: 17,
+        arch: || Arch::Cugan(CuganConfig { scale: 4, se: true }),
+        description: "Real-CUGAN (SE), no denoise: anime, illustrations; ×4",
+    },
+    Known {
+        stem: "realcugan-se-up4x-denoise3x",
+        name: "realcugan-denoise3x",
+        aliases: &["cugan-denoise3x", "realcugan-se-up4x-denoise3x"],
+        rank: 16,
+        arch: || Arch::Cugan(CuganConfig { scale: 4, se: true }),
+        description: "Real-CUGAN (SE), denoise level 3: anime, illustrations; ×4",
+    },
+    Known {
+        stem: "realcugan-se-up3x-conservative",
+        name: "realcugan",
+        aliases: &["cugan", "realcugan-conservative", "cugan-conservative", "realcugan-se-up3x-conservative"],
+        rank: 18,
+        arch: || Arch::Cugan(CuganConfig { scale: 3, se: true }),
+        description: "Real-CUGAN (SE), conservative denoise: anime, illustrations; ×3",
+    },
+    Known {
+        stem: "realcugan-se-up3x-no-denoise",
+        name: "realcugan-no-denoise",
+        aliases: &["cugan-no-denoise", "realcugan-se-up3x-no-denoise"],
+        rank: 17,
+        arch: || Arch::Cugan(CuganConfig { scale: 3, se: true }),
+        description: "Real-CUGAN (SE), no denoise: anime, illustrations; ×3",
+    },
+    Known {
+        stem: "realcugan-se-up3x-denoise3x",
+        name: "realcugan-denoise3x",
+        aliases: &["cugan-denoise3x", "realcugan-se-up3x-denoise3x"],
+        rank: 16,
+        arch: || Arch::Cugan(CuganConfig { scale: 3, se: true }),
+        description: "Real-CUGAN (SE), denoise level 3: anime, illustrations; ×3",
+    },
+    Known {
+        stem: "realcugan-se-up2x-conservative",
+        name: "realcugan",
+        aliases: &["cugan", "realcugan-conservative", "cugan-conservative", "realcugan-se-up2x-conservative"],
+        rank: 18,
+        arch: || Arch::Cugan(CuganConfig { scale: 2, se: true }),
+        description: "Real-CUGAN (SE), conservative denoise: anime, illustrations; ×2",
+    },
+    Known {
+        stem: "realcugan-se-up2x-no-denoise",
+        name: "realcugan-no-denoise",
+        aliases: &["cugan-no-denoise", "realcugan-se-up2x-no-denoise"],
+        rank: 17,
+        arch: || Arch::Cugan(CuganConfig { scale: 2, se: true }),
+        description: "Real-CUGAN (SE), no denoise: anime, illustrations; ×2",
+    },
+    Known {
+        stem: "realcugan-se-up2x-denoise1x",
+        name: "realcugan-denoise1x",
+        aliases: &["cugan-denoise1x", "realcugan-se-up2x-denoise1x"],
+        rank: 16,
+        arch: || Arch::Cugan(CuganConfig { scale: 2, se: true }),
+        description: "Real-CUGAN (SE), denoise level 1: anime, illustrations; ×2",
+    },
+    Known {
+        stem: "realcugan-se-up2x-denoise2x",
+        name: "realcugan-denoise2x",
+        aliases: &["cugan-denoise2x", "realcugan-se-up2x-denoise2x"],
+        rank: 16,
+        arch: || Arch::Cugan(CuganConfig { scale: 2, se: true }),
+        description: "Real-CUGAN (SE), denoise level 2: anime, illustrations; ×2",
+    },
+    Known {
+        stem: "realcugan-se-up2x-denoise3x",
+        name: "realcugan-denoise3x",
+        aliases: &["cugan-denoise3x", "realcugan-se-up2x-denoise3x"],
+        rank: 16,
+        arch: || Arch::Cugan(CuganConfig { scale: 2, se: true }),
+        description: "Real-CUGAN (SE), denoise level 3: anime, illustrations; ×2",
+    },
+    Known {
+        stem: "realcugan-pro-up3x-conservative",
+        name: "realcugan-pro",
+        aliases: &["cugan-pro", "realcugan-pro-conservative", "cugan-pro-conservative", "realcugan-pro-up3x-conservative"],
+        rank: 17,
+        arch: || Arch::Cugan(CuganConfig { scale: 3, se: true }),
+        description: "Real-CUGAN pro, conservative denoise: anime, illustrations; ×3",
+    },
+    Known {
+        stem: "realcugan-pro-up3x-no-denoise",
+        name: "realcugan-pro-no-denoise",
+        aliases: &["cugan-pro-no-denoise", "realcugan-pro-up3x-no-denoise"],
+        rank: 16,
+        arch: || Arch::Cugan(CuganConfig { scale: 3, se: true }),
+        description: "Real-CUGAN pro, no denoise: anime, illustrations; ×3",
+    },
+    Known {
+        stem: "realcugan-pro-up3x-denoise3x",
+        name: "realcugan-pro-denoise3x",
+        aliases: &["cugan-pro-denoise3x", "realcugan-pro-up3x-denoise3x"],
+        rank: 15,
+        arch: || Arch::Cugan(CuganConfig { scale: 3, se: true }),
+        description: "Real-CUGAN pro, denoise level 3: anime, illustrations; ×3",
+    },
+    Known {
+        stem: "realcugan-pro-up2x-conservative",
+        name: "realcugan-pro",
+        aliases: &["cugan-pro", "realcugan-pro-conservative", "cugan-pro-conservative", "realcugan-pro-up2x-conservative"],
+        rank: 17,
+        arch: || Arch::Cugan(CuganConfig { scale: 2, se: true }),
+        description: "Real-CUGAN pro, conservative denoise: anime, illustrations; ×2",
+    },
+    Known {
+        stem: "realcugan-pro-up2x-no-denoise",
+        name: "realcugan-pro-no-denoise",
+        aliases: &["cugan-pro-no-denoise", "realcugan-pro-up2x-no-denoise"],
+        rank: 16,
+        arch: || Arch::Cugan(CuganConfig { scale: 2, se: true }),
+        description: "Real-CUGAN pro, no denoise: anime, illustrations; ×2",
+    },
+    Known {
+        stem: "realcugan-pro-up2x-denoise3x",
+        name: "realcugan-pro-denoise3x",
+        aliases: &["cugan-pro-denoise3x", "realcugan-pro-up2x-denoise3x"],
+        rank: 15,
+        arch: || Arch::Cugan(CuganConfig { scale: 2, se: true }),
+        description: "Real-CUGAN pro, denoise level 3: anime, illustrations; ×2",
+    },
+    Known {
+        stem: "realcugan-nose-up2x-no-denoise",
+        name: "realcugan-nose-no-denoise",
+        aliases: &["cugan-nose", "realcugan-nose", "cugan-nose-no-denoise", "realcugan-nose-up2x-no-denoise"],
+        rank: 14,
+        arch: || Arch::Cugan(CuganConfig { scale: 2, se: false }),
+        description: "Real-CUGAN (no SE), no denoise: anime, illustrations; ×2",
+    },
 ];
 
 impl Known {
@@ -216,6 +372,7 @@ enum Net {
     Rrdb(Rrdb),
     Srvgg(Srvgg),
     Span(Span),
+    Cugan(Cugan),
 }
 
 /// A loaded Real-ESRGAN-family model.
@@ -255,13 +412,17 @@ impl RealEsrgan {
         let text = std::str::from_utf8(param).map_err(|_| ".param is not UTF-8 text".to_string())?;
         let parsed = Param::parse(text).map_err(|e| e.to_string())?;
         let data = ncnn::read_bin(&parsed, bin).map_err(|e| e.to_string())?;
-        let graph = Graph::resolve(&parsed, data)?;
+        let graph = match arch {
+            Arch::Cugan(_) => Graph::resolve_named(&parsed, data, "in0", "out0")?,
+            _ => Graph::resolve(&parsed, data)?,
+        };
         let mut b = Builder::new(graph);
         let mismatch = |e: String| format!("the graph is not {arch:?}: {e}");
         let (net, out) = match arch {
             Arch::Rrdb(cfg) => Rrdb::new(cfg, &mut b, device).map(|(n, o)| (Net::Rrdb(n), o)),
             Arch::Srvgg(cfg) => Srvgg::new(cfg, &mut b, device).map(|(n, o)| (Net::Srvgg(n), o)),
             Arch::Span(cfg) => Span::new(cfg, &mut b, device).map(|(n, o)| (Net::Span(n), o)),
+            Arch::Cugan(cfg) => Cugan::new(cfg, &mut b, device).map(|(n, o)| (Net::Cugan(n), o)),
         }
         .map_err(mismatch)?;
         b.finish(out).map_err(mismatch)?;
@@ -300,6 +461,7 @@ impl RealEsrgan {
             Net::Rrdb(n) => n.flops(h, w),
             Net::Srvgg(n) => n.flops(h, w),
             Net::Span(n) => n.flops(h, w),
+            Net::Cugan(n) => n.flops(h, w),
         }
     }
 
@@ -368,6 +530,7 @@ impl RealEsrgan {
             Net::Rrdb(n) => n.forward(x),
             Net::Srvgg(n) => n.forward(x),
             Net::Span(n) => n.forward(x),
+            Net::Cugan(n) => n.forward(x),
         }
     }
 }

