@@ -104,18 +104,12 @@ impl App {
         let memory_budget = MemoryBudget::from_config(&cfg.limits, metrics.clone());
         let signer = Signer::from_config(&cfg.signing).map_err(|e| err(&e))?;
         let guards = Guards::build(&cfg, metrics.rate_limit_fallbacks.clone()).map_err(|e| err(&e))?;
-        let mut param_limits = ParamLimits {
-            max_path_bytes: cfg.server.max_path_bytes,
-            max_prompt_bytes: cfg.limits.max_prompt_bytes,
-            max_dimension: 16384,
-            presets: Default::default(),
-        };
+        let param_limits = ParamLimits::from_config(&cfg).map_err(|e| err(&e))?;
         // A shared bucket holds job records too, so any replica answers for any job.
         let jobs: Arc<dyn JobStore> = match &store {
             Some(tier) if is_shared(tier.url()) => Arc::new(StoreJobs::new(tier.bucket().clone(), cfg.jobs.ttl)),
             _ => Arc::new(MemoryJobs::new(cfg.jobs.max_jobs, cfg.jobs.ttl)),
         };
-        param_limits.presets = crate::params::parse_presets(&cfg.presets, &param_limits).map_err(|e| err(&e))?;
         let imgproxy = cfg.imgproxy.enabled.then(|| {
             imgproxy::Syntax::new(cfg.origins.iter().map(|(n, o)| (n.as_str(), o.url.as_str())), cfg.imgproxy.ignore_unsupported)
         });

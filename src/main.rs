@@ -120,7 +120,8 @@ fn set_kernels(cfg: &Config) -> Result<()> {
 async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::Path, options: &str) -> Result<()> {
     let options = options.trim_matches('/');
     let path = if options.is_empty() { "/-/input".to_string() } else { format!("/{options}/-/input") };
-    let mut request = params::parse(&path, &Default::default()).map_err(|e| anyhow::anyhow!("options: {e}"))?;
+    let limits = params::ParamLimits::from_config(&cfg).map_err(|e| anyhow::anyhow!("presets: {e}"))?;
+    let mut request = params::parse(&path, &limits).map_err(|e| anyhow::anyhow!("options: {e}"))?;
     if request.spec.format == Format::Auto {
         let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         request.spec.format = match OutputFormat::from_extension(&ext) {

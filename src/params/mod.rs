@@ -297,6 +297,16 @@ pub struct ParamLimits {
     pub presets: Presets,
 }
 
+impl ParamLimits {
+    /// The limits a config sets (`server.max_path_bytes`, `limits.max_prompt_bytes`) and its
+    /// `[presets]`, parsed under them: what the server and `upres upscale` both parse with.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, String> {
+        let base = ParamLimits { max_path_bytes: cfg.server.max_path_bytes, max_prompt_bytes: cfg.limits.max_prompt_bytes, ..ParamLimits::default() };
+        let presets = parse_presets(&cfg.presets, &base)?;
+        Ok(ParamLimits { presets, ..base })
+    }
+}
+
 impl Default for ParamLimits {
     fn default() -> Self {
         Self { max_path_bytes: 8192, max_prompt_bytes: 1024, max_dimension: 16384, presets: Presets::default() }

@@ -231,3 +231,19 @@ fn denoise_is_in_the_canonical_form() {
     let e = parse("/denoise=4/a.png", &l).unwrap_err();
     assert!(e.to_string().contains("`denoise`"), "{e}");
 }
+
+#[test]
+fn limits_from_the_config_bound_paths_and_prompts_and_expand_presets() {
+    let mut cfg = crate::config::Config::default();
+    cfg.server.max_path_bytes = 40;
+    cfg.limits.max_prompt_bytes = 4;
+    cfg.presets.insert("thumb".into(), "w=300/h=300".into());
+    let limits = ParamLimits::from_config(&cfg).unwrap();
+    assert_eq!((limits.max_path_bytes, limits.max_prompt_bytes), (40, 4));
+    assert_eq!(limits.max_dimension, ParamLimits::default().max_dimension);
+    assert_eq!(limits.presets["thumb"].width, Some(300));
+    assert_eq!(parse(&format!("/w=1/{}.jpg", "a".repeat(40)), &limits).unwrap_err(), ParamError::TooLong(40));
+    assert!(parse("/prompt=kitten/cat.jpg", &limits).is_err(), "a 6-byte prompt passes a 4-byte limit");
+    cfg.presets.insert("bad".into(), "w=banana".into());
+    assert!(ParamLimits::from_config(&cfg).unwrap_err().contains("preset `bad`"));
+}

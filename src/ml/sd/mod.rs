@@ -38,6 +38,10 @@ pub const MAX_GUIDANCE: f32 = 30.0;
 pub enum SdError {
     #[error("{0}")]
     Load(String),
+    #[error("{dir}: tokenizer: {source}")]
+    Tokenizer { dir: std::path::PathBuf, source: tokenizer::TokenizerError },
+    #[error("{which}: {source}")]
+    Scheduler { which: &'static str, source: scheduler::SchedulerError },
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -77,9 +81,9 @@ pub fn load_pipeline(dir: &Path, device: &Device, dtype: DType) -> Result<(Pipel
     let vae = vae::VaeDecoder::new(&vae_cfg, loader::file_var_builder(&vae_w, DType::F32, device)?).map_err(|e| ctx("vae", e))?;
     let text = clip::ClipTextModel::new(&clip_cfg, loader::file_var_builder(&clip_w, dtype, device)?)
         .map_err(|e| ctx("text_encoder", e))?;
-    let tokenizer = tokenizer::ClipTokenizer::from_dir(&dir.join("tokenizer")).map_err(|e| SdError::Load(format!("{}: tokenizer: {e}", dir.display())))?;
-    let ddim = scheduler::Ddim::new(&ddim_cfg).map_err(|e| SdError::Load(format!("scheduler: {e}")))?;
-    let low_res = scheduler::LowResNoiser::new(&low_cfg).map_err(|e| SdError::Load(format!("low_res_scheduler: {e}")))?;
+    let tokenizer = tokenizer::ClipTokenizer::from_dir(&dir.join("tokenizer")).map_err(|source| SdError::Tokenizer { dir: dir.into(), source })?;
+    let ddim = scheduler::Ddim::new(&ddim_cfg).map_err(|source| SdError::Scheduler { which: "scheduler", source })?;
+    let low_res = scheduler::LowResNoiser::new(&low_cfg).map_err(|source| SdError::Scheduler { which: "low_res_scheduler", source })?;
     Ok((Pipeline { tokenizer, text, unet, vae, ddim, low_res, dtype, vae_tiling: None, device: device.clone() }, digest, max_noise))
 }
 

@@ -5,6 +5,18 @@
 
 use candle_core::{Result, Tensor};
 
+/// Why a scheduler config could not be read or used.
+#[derive(thiserror::Error, Debug)]
+pub enum SchedulerError {
+    #[error("{path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Json { path: std::path::PathBuf, source: serde_json::Error },
+    /// A setting these schedulers do not implement.
+    #[error("{0} is not supported")]
+    Unsupported(String),
+}
+
 /// The fields of a diffusers scheduler config that these schedulers read.
 #[derive(serde::Deserialize, Clone, Debug)]
 pub struct SchedulerConfig {
@@ -69,13 +81,13 @@ fn linspace_f32(a: f32, b: f32, n: usize) -> Vec<f32> {
 }
 
 impl SchedulerConfig {
-    pub fn from_file(path: &std::path::Path) -> std::result::Result<Self, String> {
-        let s = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&s).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn from_file(path: &std::path::Path) -> std::result::Result<Self, SchedulerError> {
+        let s = std::fs::read_to_string(path).map_err(|source| SchedulerError::Read { path: path.into(), source })?;
+        serde_json::from_str(&s).map_err(|source| SchedulerError::Json { path: path.into(), source })
     }
 
     /// ᾱ_t for t in 0..num_train_timesteps, in f32 as diffusers computes it.
-    pub fn alphas_cumprod(&self) -> std::result::Result<Vec<f32>, String> {
+    pub fn alphas_cumprod(&self) -> std::result::Result<Vec<f32>, SchedulerError> {
         let n = self.num_train_timesteps;
         let betas: Vec<f32> = match (&self.trained_betas, self.beta_schedule.as_str()) {
             (Some(b), _) => b.iter().map(|&x| x as f32).collect(),
@@ -83,7 +95,7 @@ impl SchedulerConfig {
             (None, "scaled_linear") => {
                 linspace_f32((self.beta_start as f32).sqrt(), (self.beta_end as f32).sqrt(), n).iter().map(|x| x * x).collect()
             }
-            (None, other) => return Err(format!("beta_schedule {other:?} is not supported")),
+            (None, other) => return Err(SchedulerError::Unsupported(format!("beta_schedule {other:?}"))),
         };
         let mut acc = 1f32;
         Ok(betas.iter().map(|b| {
@@ -112,16 +124,16 @@ pub struct Ddim {
 }
 
 impl Ddim {
-    pub fn new(cfg: &SchedulerConfig) -> std::result::Result<Self, String> {
+    pub fn new(cfg: &SchedulerConfig) -> std::result::Result<Self, SchedulerError> {
         if cfg.thresholding {
-            return Err("DDIM thresholding is not supported".into());
+            return Err(SchedulerError::Unsupported("DDIM thresholding".into()));
         }
         let ac = cfg.alphas_cumprod()?;
         let pred = match cfg.prediction_type.as_str() {
             "epsilon" => Prediction::Epsilon,
             "v_prediction" => Prediction::V,
             "sample" => Prediction::Sample,
-            o => return Err(format!("prediction_type {o:?} is not supported")),
+            o => return Err(SchedulerError::Unsupported(format!("prediction_type {o:?}"))),
         };
         let final_ac = if cfg.set_alpha_to_one { 1.0 } else { ac[0] };
         Ok(Self { ac, final_ac, pred, clip: cfg.clip_sample.then_some(cfg.clip_sample_range), cfg: cfg.clone() })
@@ -175,7 +187,7 @@ pub struct LowResNoiser {
 }
 
 impl LowResNoiser {
-    pub fn new(cfg: &SchedulerConfig) -> std::result::Result<Self, String> {
+    pub fn new(cfg: &SchedulerConfig) -> std::result::Result<Self, SchedulerError> {
         Ok(Self { ac: cfg.alphas_cumprod()? })
     }
     /// The two coefficients for `level` (clamped to the schedule).
@@ -204,6 +216,15 @@ mod tests {
         assert_eq!(ts.len(), 75);
         assert_eq!(&ts[..3], &[963, 950, 937]);
         assert_eq!(&ts[72..], &[27, 14, 1]);
+    }
+
+    #[test]
+    fn unsupported_settings_and_unreadable_files_are_typed_errors() {
+        let mut cfg = x4_ddim();
+        cfg.prediction_type = "flow".into();
+        assert!(matches!(Ddim::new(&cfg), Err(SchedulerError::Unsupported(s)) if s.contains("flow")));
+        let missing = SchedulerConfig::from_file(std::path::Path::new("/nonexistent/scheduler_config.json")).expect_err("no such file");
+        assert!(matches!(&missing, SchedulerError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound), "{missing:?}");
     }
 
     #[test]

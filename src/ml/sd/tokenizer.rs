@@ -19,6 +19,19 @@ use unicode_normalization::UnicodeNormalization;
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 
+/// Why a tokenizer could not be built.
+#[derive(thiserror::Error, Debug)]
+pub enum TokenizerError {
+    #[error("{file}: {source}")]
+    Read { file: &'static str, source: std::io::Error },
+    #[error("{file}: {source}")]
+    Json { file: &'static str, source: serde_json::Error },
+    #[error("vocabulary lacks {0:?}")]
+    MissingToken(String),
+    #[error("CLIP's split pattern: {0}")]
+    Pattern(#[from] regex::Error),
+}
+
 /// A loaded CLIP tokenizer.
 pub struct ClipTokenizer {
     vocab: HashMap<String, u32>,
@@ -66,9 +79,10 @@ fn token_text(v: &serde_json::Value) -> Option<String> {
 impl ClipTokenizer {
     /// Loads `vocab.json` and `merges.txt` (and `tokenizer_config.json` / `special_tokens_map.json`
     /// when present) from `dir`.
-    pub fn from_dir(dir: &Path) -> Result<Self, String> {
-        let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| format!("{name}: {e}"));
-        let vocab: HashMap<String, u32> = serde_json::from_str(&read("vocab.json")?).map_err(|e| format!("vocab.json: {e}"))?;
+    pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
+        let read = |file: &'static str| std::fs::read_to_string(dir.join(file)).map_err(|source| TokenizerError::Read { file, source });
+        let vocab: HashMap<String, u32> =
+            serde_json::from_str(&read("vocab.json")?).map_err(|source| TokenizerError::Json { file: "vocab.json", source })?;
         let merges = read("merges.txt")?;
         let cfg: TokConfig = read("tokenizer_config.json").ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
         let special: serde_json::Value =
@@ -82,7 +96,7 @@ impl ClipTokenizer {
     }
 
     /// Builds a tokenizer from a vocabulary and the text of `merges.txt`.
-    pub fn new(vocab: HashMap<String, u32>, merges: &str, pad: &str, max_len: usize) -> Result<Self, String> {
+    pub fn new(vocab: HashMap<String, u32>, merges: &str, pad: &str, max_len: usize) -> Result<Self, TokenizerError> {
         let mut ranks = HashMap::new();
         for line in merges.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()) {
             let mut it = line.split(' ');
@@ -91,7 +105,7 @@ impl ClipTokenizer {
                 ranks.entry((a.to_string(), b.to_string())).or_insert(r);
             }
         }
-        let id = |t: &str| vocab.get(t).copied().ok_or_else(|| format!("vocabulary lacks {t:?}"));
+        let id = |t: &str| vocab.get(t).copied().ok_or_else(|| TokenizerError::MissingToken(t.to_string()));
         let (bos, eos) = (id(BOS)?, id(EOS)?);
         let pad_id = vocab.get(pad).copied().unwrap_or(eos);
         let mut specials = vec![(BOS.to_string(), bos), (EOS.to_string(), eos)];
@@ -100,7 +114,7 @@ impl ClipTokenizer {
         }
         let pad = pad_id;
         let pat = Regex::new(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+")
-            .map_err(|e| e.to_string())?;
+?;
         Ok(Self { vocab, ranks, byte_enc: bytes_to_unicode(), pat, bos, eos, pad, specials, max_len })
     }
 
@@ -226,6 +240,17 @@ mod tests {
             let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             assert_eq!(tok.encode(text), want, "text {text:?}");
         }
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_keep_the_cause() {
+        let missing = ClipTokenizer::from_dir(Path::new("/nonexistent/tokenizer")).err().expect("no such folder");
+        assert!(
+            matches!(&missing, TokenizerError::Read { file: "vocab.json", source } if source.kind() == std::io::ErrorKind::NotFound),
+            "{missing:?}"
+        );
+        let no_bos = ClipTokenizer::new(HashMap::from([(EOS.to_string(), 1)]), "", EOS, 77).err().expect("no BOS");
+        assert!(matches!(&no_bos, TokenizerError::MissingToken(t) if t == BOS), "{no_bos:?}");
     }
 
     #[test]
