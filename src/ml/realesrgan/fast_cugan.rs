@@ -112,7 +112,7 @@ impl Up {
         let mut out = pool.take(n, oh, ow, co);
         // The input positions and kernel taps that reach output coordinate `o` on one axis.
         let taps = |o: usize, len: usize| -> Vec<(usize, usize)> {
-            (0..k).filter(|&t| (o + p) >= t && (o + p - t) % s == 0 && (o + p - t) / s < len).map(|t| (t, (o + p - t) / s)).collect()
+            (0..k).filter(|&t| (o + p) >= t && (o + p - t).is_multiple_of(s) && (o + p - t) / s < len).map(|t| (t, (o + p - t) / s)).collect()
         };
         let ys: Vec<_> = (0..oh).map(|o| taps(o, ih)).collect();
         let xs: Vec<_> = (0..ow).map(|o| taps(o, iw)).collect();

@@ -240,7 +240,7 @@ fn op_of(l: &Layer) -> Result<Op, String> {
                 return unsupported(format!("deconvolution padding {pads:?} / output padding {out_pad:?} / no bias"));
             }
             let k = kw as usize;
-            if cout == 0 || size % (cout * k * k) != 0 {
+            if cout == 0 || !size.is_multiple_of(cout * k * k) {
                 return Err(format!("weight_data_size {size} is not a multiple of {cout}×{k}×{k}"));
             }
             let (stride, pad) = (stride.0 as usize, pad_l as usize);
@@ -253,7 +253,7 @@ fn op_of(l: &Layer) -> Result<Op, String> {
         "InnerProduct" => {
             let cout = l.int(0, 0)? as usize;
             let size = l.int(2, 0)? as usize;
-            if cout == 0 || size % cout != 0 || l.int(1, 0)? == 0 {
+            if cout == 0 || !size.is_multiple_of(cout) || l.int(1, 0)? == 0 {
                 return unsupported(format!("InnerProduct of {cout} outputs, {size} weights, without bias"));
             }
             let act = match l.int(9, 0)? {

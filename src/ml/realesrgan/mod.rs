@@ -368,6 +368,8 @@ impl Known {
     }
 }
 
+// One value per loaded model: its size costs nothing, a box an indirection.
+#[allow(clippy::large_enum_variant)]
 enum Net {
     Rrdb(Rrdb),
     Srvgg(Srvgg),
