@@ -107,7 +107,7 @@ impl App {
         let param_limits = ParamLimits::from_config(&cfg).map_err(|e| err(&e))?;
         // A shared bucket holds job records too, so any replica answers for any job.
         let jobs: Arc<dyn JobStore> = match &store {
-            Some(tier) if is_shared(tier.url()) => Arc::new(StoreJobs::new(tier.bucket().clone(), cfg.jobs.ttl)),
+            Some(tier) if is_shared(tier.url()) => Arc::new(StoreJobs::new(tier.bucket().clone(), cfg.jobs.ttl, cfg.jobs.lease)),
             _ => Arc::new(MemoryJobs::new(cfg.jobs.max_jobs, cfg.jobs.ttl)),
         };
         let imgproxy = cfg.imgproxy.enabled.then(|| {

@@ -534,6 +534,15 @@ pub struct JobsConfig {
     /// Whole-request timeout of one callback POST.
     #[serde(with = "humantime_serde")]
     pub callback_timeout: Duration,
+    /// With a shared store: how long a replica's hold on a running job lasts unrenewed (its task
+    /// renews it every lease/3); past it the job's owner is presumed dead and another replica
+    /// takes the job over and runs it again.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// With a shared store: how often each replica looks for jobs whose lease ran out (a `GET`
+    /// of such a job looks too). 0 turns the sweep off.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for JobsConfig {
@@ -544,6 +553,8 @@ impl Default for JobsConfig {
             callback_secret: None,
             callback_allow_private: false,
             callback_timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(10),
         }
     }
 }
@@ -556,6 +567,8 @@ impl std::fmt::Debug for JobsConfig {
             .field("callback_secret", &self.callback_secret.as_ref().map(|_| "<redacted>"))
             .field("callback_allow_private", &self.callback_allow_private)
             .field("callback_timeout", &self.callback_timeout)
+            .field("lease", &self.lease)
+            .field("sweep_interval", &self.sweep_interval)
             .finish()
     }
 }
@@ -978,8 +991,8 @@ impl Config {
         if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
             return bad("telemetry.log_format must be `text` or `json`");
         }
-        if self.jobs.max_jobs == 0 || self.jobs.ttl.is_zero() {
-            return bad("jobs.max_jobs and jobs.ttl must be > 0");
+        if self.jobs.max_jobs == 0 || self.jobs.ttl.is_zero() || self.jobs.lease.is_zero() {
+            return bad("jobs.max_jobs, jobs.ttl and jobs.lease must be > 0");
         }
         if self.server.header_read_timeout.is_zero() || self.server.idle_timeout.is_zero() {
             return bad("server.header_read_timeout and server.idle_timeout must be > 0");

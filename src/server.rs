@@ -63,6 +63,9 @@ pub async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>,
             crate::api::purge::apply(&target, origin, keys);
         })))
     });
+    // Jobs whose replica died, taken over from the shared store.
+    let _job_sweep = (!app.cfg.jobs.sweep_interval.is_zero())
+        .then(|| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(crate::jobs::takeover::sweep_forever(app.clone()))));
 
     loop {
         let permit = tokio::select! {

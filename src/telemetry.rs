@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Jobs (`/api/v1/jobs`) by how they ended (done, failed), and callbacks by outcome.
     pub jobs: IntCounterVec,
     pub callbacks: IntCounterVec,
+    /// Jobs this replica took over from one whose lease ran out.
+    pub job_takeovers: IntCounter,
     /// Connections closed for saying nothing: `header_timeout` (no request head in time after
     /// opening) or `idle` (no request after the last one).
     pub connections_dropped: IntCounterVec,
@@ -115,6 +117,8 @@ impl Metrics {
         let jobs = IntCounterVec::new(Opts::new("upres_jobs_total", "Jobs by how they ended"), &["state"]).expect("valid metric");
         let callbacks =
             IntCounterVec::new(Opts::new("upres_job_callbacks_total", "Job callbacks by outcome"), &["outcome"]).expect("valid metric");
+        let job_takeovers = IntCounter::new("upres_job_takeovers_total", "Jobs taken over from a replica whose lease ran out")
+            .expect("valid metric");
         let connections_dropped = IntCounterVec::new(
             Opts::new("upres_connections_dropped_total", "Connections closed for saying nothing, by reason"),
             &["reason"],
@@ -143,6 +147,7 @@ impl Metrics {
             Box::new(background_runs.clone()),
             Box::new(jobs.clone()),
             Box::new(callbacks.clone()),
+            Box::new(job_takeovers.clone()),
             Box::new(connections_dropped.clone()),
             Box::new(store_writes_pending.clone()),
             Box::new(memory_admitted_bytes.clone()),
@@ -166,6 +171,7 @@ impl Metrics {
             background_runs,
             jobs,
             callbacks,
+            job_takeovers,
             connections_dropped,
             store_writes_pending,
             memory_admitted_bytes,

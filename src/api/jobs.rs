@@ -12,14 +12,11 @@ use http::request::Parts;
 use http::{Method, StatusCode};
 
 use super::form::{self, FormError, FormLimits};
-use super::{fields, RequestBody};
+use super::RequestBody;
 use crate::app::App;
 use crate::error::{ErrorClass, ProxyError};
-use crate::jobs::{self, Job};
-use crate::params::TransformSpec;
-use crate::miss;
+use crate::jobs::{self, Job, JobInput};
 use crate::respond::{get_or_head, Answer};
-use crate::plan::{Caller, Variant};
 use crate::respond::{self, CacheOutcome};
 
 /// The form field naming the callback; every other field is an upscale field.
@@ -47,14 +44,18 @@ pub async fn create<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
     if let Some(url) = &callback {
         check_callback(app, url)?;
     }
-    let pairs = form.fields.iter().filter(|(n, _)| n != CALLBACK_FIELD).map(|(n, v)| (n.as_str(), v.as_str()));
-    let spec = fields::spec(&TransformSpec::default(), pairs, &app.param_limits)?;
-    let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let variant = Variant::negotiate(spec.format, accept);
-    let planned = miss::plan_bytes(app, image, &spec, variant, Caller::Api).await?;
+    let pairs = form.fields.into_iter().filter(|(n, _)| n != CALLBACK_FIELD).collect();
+    let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // Kept with the job, so a replica taking it over plans it again the same way.
+    let input = JobInput::new(pairs, accept, &image);
+    let planned = jobs::run::plan(app, &input, image.clone()).await?;
     app.batcher.check_room().map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
 
-    let job = Job::new(jobs::new_id(), callback);
+    let mut job = Job::new(jobs::new_id(), callback);
+    job.input = Some(input);
+    // The image first: a record never names an input that is not there (a stray image without a
+    // record is dropped by the next sweep).
+    app.jobs.save_input(&job.id, image).await?;
     app.jobs.insert(job.clone()).await.map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
     jobs::run::spawn(app, planned, job.clone());
     let mut response = respond::json(StatusCode::ACCEPTED, &serde_json::to_value(&job).expect("a job serialises"));
@@ -71,6 +72,12 @@ pub async fn get(app: &Arc<App>, head: &Parts) -> Answer {
         return Err(not_found());
     }
     let job = app.jobs.get(id).await?.ok_or_else(not_found)?;
+    if job.orphaned(jobs::now_ms()) {
+        // Its replica died: take it over now rather than at the next sweep (the answer is the
+        // record as read; the next GET shows the new run).
+        let (app, id) = (app.clone(), id.to_string());
+        tokio::spawn(async move { jobs::takeover::adopt(&app, &id).await });
+    }
     let mut response = respond::json(StatusCode::OK, &serde_json::to_value(&job).expect("a job serialises"));
     if let Some(result) = &job.result {
         let location = HeaderValue::from_str(&result.url).expect("hex key and extension");

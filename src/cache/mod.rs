@@ -4,6 +4,7 @@
 //!   bounds how long a URL maps to a result before the origin is read again.
 //! - `store`: an object store keyed by `ResultKey` (content meaning), shared by replicas.
 //! - `claim`: claims in that store, so replicas sharing it compute each result once.
+//! - `claim_cell`: one object changed only by compare-and-swap (claims, job records).
 //! - `timed`: the time limit on every call to that store.
 //! - `writer`: results written to the store after the response, bounded and counted.
 //!
@@ -11,7 +12,7 @@
 //! goes on uncached (`CacheBypass` in metrics).
 
 pub mod claim;
-mod claim_cell;
+pub mod claim_cell;
 pub mod memory;
 pub mod store;
 pub mod timed;

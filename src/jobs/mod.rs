@@ -8,9 +8,11 @@
 //!   bucket (`jobs/<id>`, framed and verified, written only by the replica running the job), so
 //!   any replica answers `GET /api/v1/jobs/{id}`; `App` picks it when `[cache.store]` is not a
 //!   local folder.
-//! - `run` is the job's task: the upload miss path (`pipeline::produce_planned`), progress into
+//! - `run` is the job's task: the upload miss path (`miss::produce_planned`), progress into
 //!   the record, the result into the store tier (its `/r/` URL needs it), then the callback.
 //! - `callback` signs and POSTs the finished record through the SSRF guard.
+//! - `takeover`: a job whose owner died (its lease ran out) is taken over by one survivor (a
+//!   conditional write decides who), re-planned from its stored input and run again.
 //!
 //! HTTP shapes stay in `api/jobs.rs`.
 
@@ -18,10 +20,12 @@ pub mod callback;
 pub mod memory;
 pub mod run;
 pub mod store;
+pub mod takeover;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Classify, ErrorClass};
@@ -47,6 +51,31 @@ pub struct Job {
     /// How the callback went: `pending`, `delivered` or `failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback: Option<String>,
+    /// What the job was asked for, so another replica can run it again (not shown).
+    #[serde(skip_serializing, default)]
+    pub input: Option<JobInput>,
+    /// How often a replica took the job over from one that died (not shown).
+    #[serde(skip_serializing, default)]
+    pub takeovers: u32,
+    /// When the owner's lease on the record ends, as last read from a shared store (not shown).
+    #[serde(skip, default)]
+    pub lease_until_unix_ms: Option<u64>,
+}
+
+/// The request of a job, beside its image (`JobStore::save_input`): the form's upscale fields
+/// and the `Accept` header, planned again by `run::plan` exactly as the `POST` planned them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInput {
+    pub fields: Vec<(String, String)>,
+    pub accept: Option<String>,
+    /// blake3 of the image, checked when another replica reads it back.
+    pub image_blake3: String,
+}
+
+impl JobInput {
+    pub fn new(fields: Vec<(String, String)>, accept: Option<String>, image: &[u8]) -> JobInput {
+        JobInput { fields, accept, image_blake3: blake3::hash(image).to_hex().to_string() }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +129,20 @@ impl Job {
             finished_unix_ms: None,
             callback_url,
             callback,
+            input: None,
+            takeovers: 0,
+            lease_until_unix_ms: None,
         }
+    }
+
+    /// Whether the job still needs an owner: not finished, or its callback not yet settled.
+    pub fn needs_owner(&self) -> bool {
+        !self.state.finished() || self.callback.as_deref() == Some("pending")
+    }
+
+    /// Whether its owner's lease ran out without the job ending (its owner is presumed dead).
+    pub fn orphaned(&self, now_unix_ms: u64) -> bool {
+        self.needs_owner() && self.input.is_some() && self.lease_until_unix_ms.is_some_and(|t| t <= now_unix_ms)
     }
 }
 
@@ -110,13 +152,16 @@ pub enum JobStoreError {
     Full(usize),
     #[error("job store: {0}")]
     Backend(String),
+    /// Another replica took the job over: this one must not write its record again.
+    #[error("the job was taken over by another replica")]
+    Lost,
 }
 
 impl Classify for JobStoreError {
     fn class(&self) -> ErrorClass {
         match self {
             JobStoreError::Full(_) => ErrorClass::Overloaded,
-            JobStoreError::Backend(_) => ErrorClass::Internal,
+            JobStoreError::Backend(_) | JobStoreError::Lost => ErrorClass::Internal,
         }
     }
 }
@@ -129,8 +174,29 @@ pub trait JobStore: Send + Sync {
     async fn insert(&self, job: Job) -> Result<(), JobStoreError>;
     /// The job, if known and not expired.
     async fn get(&self, id: &str) -> Result<Option<Job>, JobStoreError>;
-    /// Replaces a job's record (only the replica running the job writes it).
+    /// Replaces a job's record (only the replica running the job writes it); `Lost` when
+    /// another replica took the job over since this one's last write.
     async fn put(&self, job: Job) -> Result<(), JobStoreError>;
+
+    /// Keeps a job's image where another replica can read it back (shared stores only).
+    async fn save_input(&self, _id: &str, _image: Bytes) -> Result<(), JobStoreError> {
+        Ok(())
+    }
+    /// The job's image, if kept and intact.
+    async fn input(&self, _id: &str, _input: &JobInput) -> Result<Option<Bytes>, JobStoreError> {
+        Ok(None)
+    }
+    /// Forgets the image once the job needs no owner any more (best effort).
+    async fn drop_input(&self, _id: &str) {}
+    /// Ids of jobs whose image is still kept: the ones that may need a new owner.
+    async fn unfinished(&self) -> Result<Vec<String>, JobStoreError> {
+        Ok(Vec::new())
+    }
+    /// Takes the job over if its owner's lease ran out: one conditional write, so of replicas
+    /// racing for it exactly one gets `Some` (the record, now this replica's).
+    async fn take_over(&self, _id: &str) -> Result<Option<Job>, JobStoreError> {
+        Ok(None)
+    }
 }
 
 /// A fresh, unguessable job id: 128 random bits in hex.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
+use crate::process::ChildServer;
 use crate::support::*;
 
 /// A replica on the shared origin of `first` (or a new one) and the S3 bucket, with `models`.
@@ -389,4 +390,157 @@ async fn a_job_accepted_by_one_replica_is_read_and_finished_through_another() {
     for s in [a, b, c] {
         s.stop().await;
     }
+}
+
+/// A callback receiver on 127.0.0.1 that answers 200 to every POST and counts them.
+async fn counting_receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>, tokio::sync::watch::Receiver<Option<serde_json::Value>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let counted = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut reader = BufReader::new(socket);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).await.unwrap();
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+            }
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).await.unwrap();
+            reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            tx.send_replace(serde_json::from_slice(&body).ok());
+        }
+    });
+    (url, count, rx)
+}
+
+/// A value of `name` in a Prometheus text page (summed over labels).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Two `upres serve` processes on one bucket. Replica A accepts a job and is SIGKILLed while the
+/// job waits in its batcher (A's `engine.max_wait` is ten minutes and the batch is never full, so
+/// A cannot finish it); B sees A's lease run out, takes the job over, runs it from the image kept
+/// in the bucket and delivers the callback once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_replica_is_killed_mid_run_is_finished_once_by_another() {
+    let s3 = S3Server::start().await;
+    let models = crate::models::models_with(&["spanx2_ch48"]);
+    let origin = tempfile::tempdir().unwrap();
+    let (hook, delivered, mut last_callback) = counting_receiver().await;
+    let config = |max_wait: &str| {
+        let o = s3.options();
+        format!(
+            r#"
+[server]
+request_deadline = "3s"
+[cache.claims]
+ttl = "3s"
+[cache.store]
+url = "s3://{bucket}"
+[cache.store.options]
+aws_endpoint = "{endpoint}"
+aws_allow_http = "true"
+aws_region = "{region}"
+aws_access_key_id = "testing"
+aws_secret_access_key = "testing"
+[ml]
+warm_up = false
+[engine]
+max_batch = 8
+max_wait = "{max_wait}"
+[jobs]
+lease = "1s"
+sweep_interval = "200ms"
+callback_secret = "s"
+callback_allow_private = true
+"#,
+            bucket = s3.bucket,
+            endpoint = o["aws_endpoint"],
+            region = o["aws_region"],
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (stalling, normal) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    std::fs::write(&stalling, config("10m")).unwrap();
+    std::fs::write(&normal, config("5ms")).unwrap();
+    let start = |cfg: std::path::PathBuf| {
+        let (origin, models) = (origin.path().to_path_buf(), models.path().to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            ChildServer::start_with(&origin, &["--config", cfg.to_str().unwrap()], Some(&models), &[])
+                .unwrap_or_else(|f| panic!("upres serve did not start: {f:?}"))
+        })
+    };
+    let (a, b) = (start(stalling).await.unwrap(), start(normal).await.unwrap());
+
+    let image = reqwest::multipart::Part::bytes(png(16, 12)).file_name("a.png").mime_str("image/png").unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("image", image)
+        .text("scale", "2")
+        .text("model", "spanx2_ch48")
+        .text("format", "png")
+        .text("callback_url", hook);
+    let r = client().post(a.url("/api/v1/jobs")).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 202, "{}", a.log());
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+
+    // A's job is in its inference queue (where it waits ten minutes for company): kill A there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = client().get(a.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if metric(&text, "upres_engine_queue_depth") >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never queued the job: {}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let running: serde_json::Value = client().get(b.url(&location)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(running["state"], "running", "{running}");
+    a.kill();
+
+    // B finishes it: by its sweep or by this GET noticing the expired lease.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let r = client().get(b.url(&location)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let job: serde_json::Value = r.json().await.unwrap();
+        if job["state"] == "done" && job["callback"] == "delivered" {
+            break job;
+        }
+        assert!(job["state"] == "running" || job["state"] == "done", "{job}\n{}", b.log());
+        assert!(Instant::now() < deadline, "B did not finish the job within 30 s: {job}\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(job["result"]["model"].as_str().unwrap().starts_with("spanx2_ch48"), "{job}");
+    let result = client().get(b.url(job["result"]["url"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(result.status(), 200);
+    assert_eq!(dimensions(&result.bytes().await.unwrap()), (32, 24));
+
+    // Exactly one takeover, one callback (the finished record), and the kept image is gone.
+    let text = client().get(b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "upres_job_takeovers_total"), 1.0);
+    let callback = last_callback.wait_for(Option::is_some).await.unwrap().clone().unwrap();
+    assert_eq!((callback["state"].as_str(), callback["id"].as_str()), (Some("done"), job["id"].as_str()));
+    assert_eq!(delivered.load(Ordering::SeqCst), 1, "the callback is delivered once");
+    use futures::TryStreamExt;
+    let inputs: Vec<_> = s3.bucket().store.list(Some(&Path::from("job-inputs"))).try_collect().await.unwrap();
+    assert!(inputs.is_empty(), "the finished job's image is dropped: {inputs:?}");
 }

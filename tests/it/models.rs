@@ -7,7 +7,7 @@ use crate::support::*;
 
 /// A models folder holding only the given stems (hard links into the repository's `models/`,
 /// which must have them: the test fails, not skips, without them).
-fn models_with(stems: &[&str]) -> tempfile::TempDir {
+pub fn models_with(stems: &[&str]) -> tempfile::TempDir {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let dir = tempfile::tempdir().unwrap();
     for stem in stems {

@@ -27,13 +27,25 @@ impl ChildServer {
     /// variable. Returns once the server logged its listening address (it serves from then
     /// on), or the log if it exited first.
     pub fn start(origin: &std::path::Path, env: &[(&str, &str)]) -> Result<ChildServer, StartFailure> {
-        let models = tempfile::tempdir().unwrap();
+        ChildServer::start_with(origin, &["--store", ""], None, env)
+    }
+
+    /// As `start`, with `args` after `serve` (e.g. `--config <file>`) instead of `--store ""`, and
+    /// `models` as the models folder (an empty one when `None`).
+    pub fn start_with(
+        origin: &std::path::Path,
+        args: &[&str],
+        models: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Result<ChildServer, StartFailure> {
+        let empty_models = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_upres"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", ""])
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .arg("--origin")
             .arg(format!("file://{}", origin.display()))
             .arg("--models")
-            .arg(models.path());
+            .arg(models.unwrap_or(empty_models.path()));
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("UPRES_") || k == "RUST_LOG" {
                 cmd.env_remove(k);
@@ -74,7 +86,7 @@ impl ChildServer {
                 out_log.lock().unwrap().push(line);
             }
         });
-        Ok(ChildServer { child, addr, log, _dirs: vec![models] })
+        Ok(ChildServer { child, addr, log, _dirs: vec![empty_models] })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -91,6 +103,12 @@ impl ChildServer {
             .and_then(|v| v.parse().ok())
             .expect("VmHWM in /proc/<pid>/status");
         kb / 1024
+    }
+
+    /// Ends the child the hard way (SIGKILL: no shutdown, nothing flushed or released).
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL reaches the child");
+        let _ = self.child.wait();
     }
 
     /// Everything the child logged so far.
