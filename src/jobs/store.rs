@@ -71,7 +71,7 @@ impl StoreJobs {
         self.path([INPUTS, id])
     }
 
-    fn path<'a>(&self, parts: [&'a str; 2]) -> Path {
+    fn path(&self, parts: [&str; 2]) -> Path {
         self.bucket.prefix.parts().chain(Path::from_iter(parts).parts()).collect()
     }
 
