@@ -5,9 +5,12 @@
 # python3 (client.py, standard library only), node >= 18 (client.mjs).
 # tests/it/browser.rs drives the playground in Debian's chromium with playwright-core (npm);
 # tests/it/imgproxy.rs signs URLs with @imgproxy/imgproxy-node (npm).
-# nasm: the mozjpeg crate builds libjpeg-turbo's SIMD code with it (JPEG shrink-on-load).
+# nasm: the mozjpeg crate builds libjpeg-turbo's SIMD code with it (JPEG shrink-on-load), and
+# rav1e (AVIF output) its x86 assembly.
+# avifdec (libavif-bin): an independent AVIF decoder, for the AVIF tests and encode-bench.
 missing=()
 command -v nasm >/dev/null || missing+=(nasm)
+command -v avifdec >/dev/null || missing+=(libavif-bin)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)

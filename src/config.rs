@@ -464,6 +464,13 @@ impl Default for SdConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
+    /// AVIF quality when the URL gives no `q` (ravif's scale).
+    pub avif_quality: u8,
+    /// rav1e's speed preset for AVIF, 1 (slowest, smallest) ..= 10 (fastest).
+    pub avif_speed: u8,
+    /// `format=auto` answers AVIF to clients that list `image/avif`; off: WebP for them
+    /// (cheaper encodes, larger files).
+    pub auto_avif: bool,
     /// WebP quality when the URL gives no `q`.
     pub webp_quality: u8,
     /// JPEG quality when the URL gives no `q`.
@@ -488,6 +495,9 @@ pub struct OutputConfig {
 impl Default for OutputConfig {
     fn default() -> Self {
         Self {
+            avif_quality: crate::imaging::encode::DEFAULT_AVIF_QUALITY,
+            avif_speed: crate::imaging::encode::DEFAULT_AVIF_SPEED,
+            auto_avif: true,
             webp_quality: 82,
             jpeg_quality: 85,
             cache_control: "public, max-age=3600, s-maxage=2592000, stale-while-revalidate=86400".into(),
@@ -965,10 +975,13 @@ impl Config {
         if self.ml.tile < 16 || self.ml.tile_overlap * 2 >= self.ml.tile {
             return bad("ml.tile must be >= 16 and ml.tile_overlap less than half of it");
         }
-        for q in [self.output.webp_quality, self.output.jpeg_quality] {
+        for q in [self.output.avif_quality, self.output.webp_quality, self.output.jpeg_quality] {
             if !(1..=100).contains(&q) {
                 return bad("output qualities must be in 1..=100");
             }
+        }
+        if !crate::imaging::avif::SPEEDS.contains(&self.output.avif_speed) {
+            return bad("output.avif_speed must be in 1..=10");
         }
         if !(1..=200).contains(&self.sd.url_default_steps) {
             return bad("sd.url_default_steps must be in 1..=200");

@@ -125,10 +125,11 @@ async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::
     if request.spec.format == Format::Auto {
         let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         request.spec.format = match OutputFormat::from_extension(&ext) {
+            Some(OutputFormat::Avif) => Format::Avif,
             Some(OutputFormat::Webp) => Format::Webp,
             Some(OutputFormat::Jpeg) => Format::Jpeg,
             Some(OutputFormat::Png) => Format::Png,
-            None => bail!("cannot tell the output format from {}; add format=webp|jpeg|png", output.display()),
+            None => bail!("cannot tell the output format from {}; add format=avif|webp|jpeg|png", output.display()),
         };
     }
     let bytes = tokio::fs::read(input).await.with_context(|| format!("reading {}", input.display()))?;
@@ -136,7 +137,7 @@ async fn upscale_file(cfg: Config, input: &std::path::Path, output: &std::path::
         bail!("{} is larger than limits.max_source_bytes", input.display());
     }
     let app = App::build(cfg)?;
-    let variant = Variant::negotiate(request.spec.format, None);
+    let variant = Variant::negotiate(request.spec.format, None, false);
     let planned = miss::plan_bytes(&app, bytes.into(), &request.spec, variant, Caller::Api).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = planned.plan.model();
     let (w, h) = (planned.plan.out_w, planned.plan.out_h);

@@ -247,7 +247,7 @@ fn finish(plan: &Plan, upscaled: Tile, alpha: Option<Vec<f32>>, stop: &Cancellat
         resize::resize_plane(&a, plan.src_w, plan.src_h, plan.out_w, plan.out_h, crop)
     });
     abandoned(stop)?;
-    Ok(encode::encode(&rgb, alpha.as_deref(), plan.format, plan.quality)?)
+    Ok(encode::encode(&rgb, alpha.as_deref(), &plan.encoding())?)
 }
 /// The store tier: a result being written counts as stored; a corrupt object is a miss.
 pub async fn lookup_store(app: &App, key: &ResultKey) -> Option<CachedResult> {

@@ -56,7 +56,7 @@ pub async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
     };
     let (request, disposition) = parse_either(app, path)?;
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let variant = Variant::negotiate(request.spec.format, accept);
+    let variant = Variant::negotiate(request.spec.format, accept, app.cfg.output.auto_avif);
     let key = RequestKey::for_request(
         &params::canonical(&request.spec),
         variant.as_str(),

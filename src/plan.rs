@@ -18,7 +18,7 @@ use crate::engine::registry::{with_denoise, ModelError, Registry};
 use crate::engine::{Engine, GenParams};
 use crate::error::{Classify, ErrorClass};
 use crate::imaging::decode::Header;
-use crate::imaging::encode::OutputFormat;
+use crate::imaging::encode::{Encoding, OutputFormat};
 use crate::imaging::resize::Crop;
 use crate::imaging::resize_only::{self, Target};
 use crate::params::{Fit, Format, ModelChoice, TransformSpec};
@@ -27,19 +27,25 @@ use crate::params::{Fit, Format, ModelChoice, TransformSpec};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Variant {
     Explicit(OutputFormat),
-    /// `format=auto` and the client accepts WebP.
+    /// `format=auto` and the client accepts AVIF (and `output.auto_avif` is on).
+    AutoAvif,
+    /// `format=auto` and the client accepts WebP (but not AVIF, or AVIF is left out of `auto`).
     AutoWebp,
-    /// `format=auto` and the client does not accept WebP: JPEG, or PNG for alpha.
+    /// `format=auto` and the client accepts neither: JPEG, or PNG for alpha.
     AutoLegacy,
 }
 
 impl Variant {
-    pub fn negotiate(format: Format, accept: Option<&str>) -> Variant {
+    /// `auto` prefers AVIF (when `auto_avif`), then WebP, then JPEG/PNG.
+    pub fn negotiate(format: Format, accept: Option<&str>, auto_avif: bool) -> Variant {
+        let accept = accept.unwrap_or("");
         match format {
+            Format::Avif => Variant::Explicit(OutputFormat::Avif),
             Format::Webp => Variant::Explicit(OutputFormat::Webp),
             Format::Jpeg => Variant::Explicit(OutputFormat::Jpeg),
             Format::Png => Variant::Explicit(OutputFormat::Png),
-            Format::Auto if accepts_webp(accept.unwrap_or("")) => Variant::AutoWebp,
+            Format::Auto if auto_avif && accepts(accept, "image/avif") => Variant::AutoAvif,
+            Format::Auto if accepts(accept, "image/webp") => Variant::AutoWebp,
             Format::Auto => Variant::AutoLegacy,
         }
     }
@@ -48,6 +54,7 @@ impl Variant {
     pub fn as_str(self) -> &'static str {
         match self {
             Variant::Explicit(f) => f.as_str(),
+            Variant::AutoAvif => "auto:avif",
             Variant::AutoWebp => "auto:webp",
             Variant::AutoLegacy => "auto:legacy",
         }
@@ -61,34 +68,37 @@ impl Variant {
     fn resolve(self, has_alpha: bool) -> OutputFormat {
         match self {
             Variant::Explicit(f) => f,
+            Variant::AutoAvif => OutputFormat::Avif,
             Variant::AutoWebp => OutputFormat::Webp,
             Variant::AutoLegacy if has_alpha => OutputFormat::Png,
             Variant::AutoLegacy => OutputFormat::Jpeg,
         }
     }
 
-    /// The format for a `w`×`h` output: a side over the format's limit (WebP: 16383) is refused
-    /// for an explicit format, and makes `auto` fall back to JPEG (PNG with alpha), which holds
-    /// it. Decided before any work.
+    /// The format for a `w`×`h` output: a side over the format's limit (WebP: 16383, AVIF:
+    /// 16384) is refused for an explicit format, and makes `auto` fall back to JPEG (PNG with
+    /// alpha), which holds it. Decided before any work.
     fn resolve_for_size(self, has_alpha: bool, w: u32, h: u32) -> Result<OutputFormat, PlanError> {
         let fits = |f: OutputFormat| w <= f.max_side() && h <= f.max_side();
         let first = self.resolve(has_alpha);
         let fallback = if has_alpha { OutputFormat::Png } else { OutputFormat::Jpeg };
         match self {
             _ if fits(first) => Ok(first),
-            Variant::AutoWebp | Variant::AutoLegacy if fits(fallback) => Ok(fallback),
-            Variant::AutoWebp | Variant::AutoLegacy if fits(OutputFormat::Png) => Ok(OutputFormat::Png),
+            Variant::Explicit(_) => Err(PlanError::FormatSideLimit { format: first.as_str(), max: first.max_side(), width: w, height: h }),
+            _ if fits(fallback) => Ok(fallback),
+            _ if fits(OutputFormat::Png) => Ok(OutputFormat::Png),
             _ => Err(PlanError::FormatSideLimit { format: first.as_str(), max: first.max_side(), width: w, height: h }),
         }
     }
 }
 
-/// `image/webp` listed with a non-zero q. A bare `*/*` does not count: old browsers send it.
-fn accepts_webp(accept: &str) -> bool {
+/// `media` listed with a non-zero q. A bare `*/*` or `image/*` does not count: old browsers
+/// send them.
+fn accepts(accept: &str, media: &str) -> bool {
     accept.split(',').any(|range| {
         let mut parts = range.split(';').map(str::trim);
-        let media = parts.next().unwrap_or("");
-        media.eq_ignore_ascii_case("image/webp")
+        let listed = parts.next().unwrap_or("");
+        listed.eq_ignore_ascii_case(media)
             && parts.all(|p| match p.strip_prefix("q=") {
                 Some(q) => q.parse::<f32>().map(|q| q > 0.0).unwrap_or(false),
                 None => true,
@@ -122,6 +132,8 @@ pub struct Plan {
     pub crop: Option<(f64, f64, f64, f64)>,
     pub format: OutputFormat,
     pub quality: u8,
+    /// rav1e's speed preset (`output.avif_speed`); it changes AVIF bytes only.
+    pub avif_speed: u8,
     pub gen: GenParams,
 }
 
@@ -222,6 +234,7 @@ impl Plan {
         let crop = geometry.crop;
         let format = variant.resolve_for_size(header.has_alpha, out_w, out_h)?;
         let quality = spec.quality.unwrap_or(match format {
+            OutputFormat::Avif => cfg.output.avif_quality,
             OutputFormat::Webp => cfg.output.webp_quality,
             OutputFormat::Jpeg => cfg.output.jpeg_quality,
             OutputFormat::Png => 100,
@@ -249,6 +262,7 @@ impl Plan {
             crop,
             format,
             quality,
+            avif_speed: cfg.output.avif_speed,
             gen,
             engine,
         })
@@ -274,6 +288,9 @@ impl Plan {
             self.format.as_str(),
             self.quality
         );
+        if self.format == OutputFormat::Avif {
+            s.push_str(&format!("/speed={}", self.avif_speed));
+        }
         if let Some((l, t, w, h)) = self.crop {
             s.push_str(&format!("/crop={l:.6},{t:.6},{w:.6},{h:.6}"));
         }
@@ -292,14 +309,18 @@ impl Plan {
         s
     }
 
+    /// What the encoder is told.
+    pub fn encoding(&self) -> Encoding {
+        Encoding { format: self.format, quality: self.quality, avif_speed: self.avif_speed }
+    }
+
     /// What the resize-only path makes, when no engine runs and the source has no alpha.
     pub fn resize_only(&self) -> Option<Target> {
         (self.engine.is_none() && resize_only::handles(&self.source)).then_some(Target {
             width: self.out_w,
             height: self.out_h,
             crop: self.crop,
-            format: self.format,
-            quality: self.quality,
+            encoding: self.encoding(),
         })
     }
 
@@ -445,7 +466,7 @@ mod tests {
     fn plan_with(registry: &Registry, path: &str, w: u32, h: u32, accept: &str) -> Result<Plan, PlanError> {
         let t = crate::params::parse(path, &Default::default()).unwrap();
         let header = Header { format: ImageFormat::Jpeg, width: w, height: h, has_alpha: false, orientation: Orientation::NoTransforms };
-        Plan::resolve(&t.spec, Variant::negotiate(t.spec.format, Some(accept)), &header, registry, &Config::default(), Caller::Url)
+        Plan::resolve(&t.spec, Variant::negotiate(t.spec.format, Some(accept), true), &header, registry, &Config::default(), Caller::Url)
     }
 
     fn plan(path: &str, w: u32, h: u32) -> Result<Plan, PlanError> {
@@ -568,11 +589,21 @@ mod tests {
 
     #[test]
     fn accept_negotiation() {
-        assert!(accepts_webp("image/avif,image/webp,*/*"));
-        assert!(accepts_webp("image/webp;q=0.8"));
-        assert!(!accepts_webp("image/webp;q=0"));
-        assert!(!accepts_webp("*/*"));
-        assert!(!accepts_webp(""));
+        let webp = |a| accepts(a, "image/webp");
+        assert!(webp("image/avif,image/webp,*/*"));
+        assert!(webp("image/webp;q=0.8"));
+        assert!(!webp("image/webp;q=0"));
+        assert!(!webp("*/*"));
+        assert!(!webp(""));
+        let chrome = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
+        assert_eq!(Variant::negotiate(Format::Auto, Some(chrome), true), Variant::AutoAvif);
+        assert_eq!(Variant::negotiate(Format::Auto, Some(chrome), false), Variant::AutoWebp, "auto_avif off");
+        assert_eq!(Variant::negotiate(Format::Auto, Some("image/avif;q=0,image/webp"), true), Variant::AutoWebp);
+        assert_eq!(Variant::negotiate(Format::Auto, Some("image/*,*/*"), true), Variant::AutoLegacy);
+        assert_eq!(Variant::negotiate(Format::Avif, None, false), Variant::Explicit(OutputFormat::Avif));
+        assert_eq!(Variant::AutoAvif.resolve(true), OutputFormat::Avif, "AVIF keeps alpha");
+        assert_eq!(Variant::AutoAvif.resolve_for_size(false, 16385, 10).unwrap(), OutputFormat::Jpeg);
+        assert!(Variant::Explicit(OutputFormat::Avif).resolve_for_size(false, 16385, 10).is_err());
         assert_eq!(Variant::AutoLegacy.resolve(true), OutputFormat::Png);
         assert_eq!(Variant::AutoLegacy.resolve(false), OutputFormat::Jpeg);
         assert!(Variant::AutoWebp.varies() && !Variant::Explicit(OutputFormat::Png).varies());

@@ -124,7 +124,7 @@ async fn render(app: &App, planned: &Planned) -> Result<CachedResult, ProxyError
         });
         let rgb = resize::resize_rgb(&decoded.rgb, plan.out_w, plan.out_h, crop);
         let alpha = decoded.alpha.map(|a| resize::resize_plane(&a, plan.src_w, plan.src_h, plan.out_w, plan.out_h, crop));
-        Ok::<_, ProxyError>(encode::encode(&rgb, alpha.as_deref(), plan.format, plan.quality)?)
+        Ok::<_, ProxyError>(encode::encode(&rgb, alpha.as_deref(), &plan.encoding())?)
     })
     .await
     .map_err(|e| ProxyError::new(ErrorClass::Internal, format!("preview panicked: {e}")))??;

@@ -59,7 +59,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
                 Ok(spec) => {
                     let variant = match spec.format {
                         Format::Auto => Variant::AutoWebp,
-                        f => Variant::negotiate(f, None),
+                        f => Variant::negotiate(f, None, false),
                     };
                     pipeline::uploaded(app, bytes, &spec, variant, &pipeline::Watcher::none(app)).await
                 }

@@ -34,7 +34,7 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, head: &Parts, body: B) -> An
     let pairs = form.fields.iter().map(|(n, v)| (n.as_str(), v.as_str()));
     let spec = fields::spec(&fields::api_base(), pairs, &app.param_limits)?;
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let variant = Variant::negotiate(spec.format, accept);
+    let variant = Variant::negotiate(spec.format, accept, app.cfg.output.auto_avif);
 
     let (computed, cache, plan) = pipeline::uploaded(app, image, &spec, variant, &watcher).await?;
     watcher.answered();

@@ -1,4 +1,5 @@
-//! Planar `f32` pixels → WebP (libwebp), JPEG or PNG bytes. No metadata is written.
+//! Planar `f32` pixels → AVIF (rav1e, `avif.rs`), WebP (libwebp), JPEG or PNG bytes. No metadata
+//! is written.
 
 use std::io::Cursor;
 
@@ -6,20 +7,25 @@ use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 
+use super::avif;
 use crate::engine::Tile;
 use crate::error::{Classify, ErrorClass};
 
 /// A concrete output format (after `auto` was negotiated).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OutputFormat {
+    Avif,
     Webp,
     Jpeg,
     Png,
 }
 
 impl OutputFormat {
+    pub const ALL: [OutputFormat; 4] = [OutputFormat::Avif, OutputFormat::Webp, OutputFormat::Jpeg, OutputFormat::Png];
+
     pub fn content_type(self) -> &'static str {
         match self {
+            OutputFormat::Avif => "image/avif",
             OutputFormat::Webp => "image/webp",
             OutputFormat::Jpeg => "image/jpeg",
             OutputFormat::Png => "image/png",
@@ -28,6 +34,7 @@ impl OutputFormat {
 
     pub fn extension(self) -> &'static str {
         match self {
+            OutputFormat::Avif => "avif",
             OutputFormat::Webp => "webp",
             OutputFormat::Jpeg => "jpg",
             OutputFormat::Png => "png",
@@ -36,6 +43,7 @@ impl OutputFormat {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            OutputFormat::Avif => "avif",
             OutputFormat::Webp => "webp",
             OutputFormat::Jpeg => "jpeg",
             OutputFormat::Png => "png",
@@ -44,6 +52,7 @@ impl OutputFormat {
 
     pub fn from_extension(ext: &str) -> Option<Self> {
         match ext {
+            "avif" => Some(OutputFormat::Avif),
             "webp" => Some(OutputFormat::Webp),
             "jpg" | "jpeg" => Some(OutputFormat::Jpeg),
             "png" => Some(OutputFormat::Png),
@@ -52,12 +61,14 @@ impl OutputFormat {
     }
 
     pub fn from_content_type(ct: &str) -> Option<Self> {
-        [OutputFormat::Webp, OutputFormat::Jpeg, OutputFormat::Png].into_iter().find(|f| f.content_type() == ct)
+        Self::ALL.into_iter().find(|f| f.content_type() == ct)
     }
 
-    /// WebP's hard limit is 16383 pixels per side.
+    /// WebP's hard limit is 16383 pixels per side; AVIF's is AV1's highest level's frame width
+    /// (larger AVIF images would need grids, which upres does not write).
     pub fn max_side(self) -> u32 {
         match self {
+            OutputFormat::Avif => 16384,
             OutputFormat::Webp => 16383,
             OutputFormat::Jpeg => 65535,
             OutputFormat::Png => u32::MAX,
@@ -82,6 +93,30 @@ impl Classify for EncodeError {
     }
 }
 
+/// What the encoder is told: the format, its quality, and the settings that change its bytes
+/// (part of the result key through `Plan::canonical`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Encoding {
+    pub format: OutputFormat,
+    /// 1..=100 (PNG ignores it).
+    pub quality: u8,
+    /// rav1e's speed preset for AVIF (`avif::SPEEDS`).
+    pub avif_speed: u8,
+}
+
+impl Encoding {
+    /// The defaults of `[output]` for `format` (tests and tools).
+    pub fn new(format: OutputFormat, quality: u8) -> Self {
+        Encoding { format, quality, avif_speed: DEFAULT_AVIF_SPEED }
+    }
+}
+
+/// Chosen with `encode-bench` (docs/benchmarks.md, README "Formats"): rav1e's fastest speed
+/// (the others cost 3 to 6 times more on two cores), at the quality whose SSIM matches WebP at
+/// its default 82.
+pub const DEFAULT_AVIF_SPEED: u8 = 10;
+pub const DEFAULT_AVIF_QUALITY: u8 = 80;
+
 fn to_u8(v: f32) -> u8 {
     (v.clamp(0.0, 1.0) * 255.0).round() as u8
 }
@@ -103,10 +138,10 @@ fn interleave(rgb: &Tile, alpha: Option<&[f32]>) -> Vec<u8> {
 }
 
 /// Encodes. JPEG has no alpha: transparent pixels are composited over white.
-pub fn encode(rgb: &Tile, alpha: Option<&[f32]>, format: OutputFormat, quality: u8) -> Result<Vec<u8>, EncodeError> {
+pub fn encode(rgb: &Tile, alpha: Option<&[f32]>, enc: &Encoding) -> Result<Vec<u8>, EncodeError> {
     let (w, h) = rgb.shape();
-    check_sides(w, h, format)?;
-    match (format, alpha) {
+    check_sides(w, h, enc.format)?;
+    match (enc.format, alpha) {
         (OutputFormat::Jpeg, Some(a)) => {
             let n = rgb.plane_len();
             let mut data = rgb.data.clone();
@@ -115,17 +150,17 @@ pub fn encode(rgb: &Tile, alpha: Option<&[f32]>, format: OutputFormat, quality: 
                     data[c * n + i] = data[c * n + i] * a[i] + (1.0 - a[i]);
                 }
             }
-            encode_rgb8(&interleave(&Tile::new(w, h, data), None), w, h, format, quality)
+            encode_rgb8(&interleave(&Tile::new(w, h, data), None), w, h, enc)
         }
-        (_, Some(_)) => encode_interleaved(&interleave(rgb, alpha), w, h, true, format, quality),
-        (_, None) => encode_rgb8(&interleave(rgb, None), w, h, format, quality),
+        (_, Some(_)) => encode_interleaved(&interleave(rgb, alpha), w, h, true, enc),
+        (_, None) => encode_rgb8(&interleave(rgb, None), w, h, enc),
     }
 }
 
 /// Encodes interleaved 8-bit RGB.
-pub fn encode_rgb8(px: &[u8], w: u32, h: u32, format: OutputFormat, quality: u8) -> Result<Vec<u8>, EncodeError> {
-    check_sides(w, h, format)?;
-    encode_interleaved(px, w, h, false, format, quality)
+pub fn encode_rgb8(px: &[u8], w: u32, h: u32, enc: &Encoding) -> Result<Vec<u8>, EncodeError> {
+    check_sides(w, h, enc.format)?;
+    encode_interleaved(px, w, h, false, enc)
 }
 
 fn check_sides(w: u32, h: u32, format: OutputFormat) -> Result<(), EncodeError> {
@@ -137,10 +172,12 @@ fn check_sides(w: u32, h: u32, format: OutputFormat) -> Result<(), EncodeError> 
 }
 
 /// RGB8 or (with `alpha`) RGBA8 pixels into `format`; JPEG takes RGB8 only.
-fn encode_interleaved(px: &[u8], w: u32, h: u32, alpha: bool, format: OutputFormat, quality: u8) -> Result<Vec<u8>, EncodeError> {
+fn encode_interleaved(px: &[u8], w: u32, h: u32, alpha: bool, enc: &Encoding) -> Result<Vec<u8>, EncodeError> {
     let color = if alpha { ExtendedColorType::Rgba8 } else { ExtendedColorType::Rgb8 };
+    let quality = enc.quality;
     let mut out = Cursor::new(Vec::new());
-    match format {
+    match enc.format {
+        OutputFormat::Avif => return avif::encode(px, w, h, alpha, quality, enc.avif_speed),
         OutputFormat::Webp => {
             let enc = if alpha { webp::Encoder::from_rgba(px, w, h) } else { webp::Encoder::from_rgb(px, w, h) };
             let mem = enc.encode_simple(false, quality as f32).map_err(|e| EncodeError::Failed(format!("{e:?}")))?;
@@ -162,7 +199,7 @@ mod tests {
     fn every_format_round_trips_through_the_decoder() {
         let rgb = Tile::new(5, 3, vec![0.5; 45]);
         for f in [OutputFormat::Webp, OutputFormat::Jpeg, OutputFormat::Png] {
-            let bytes = encode(&rgb, None, f, 90).unwrap();
+            let bytes = encode(&rgb, None, &Encoding::new(f, 90)).unwrap();
             let img = image::load_from_memory(&bytes).unwrap();
             assert_eq!((img.width(), img.height()), (5, 3), "{f:?}");
             let px = img.to_rgb8().get_pixel(2, 1).0;
@@ -175,15 +212,62 @@ mod tests {
         let rgb = Tile::new(2, 1, vec![1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
         let alpha = [0.0, 1.0];
         for f in [OutputFormat::Png, OutputFormat::Webp] {
-            let img = image::load_from_memory(&encode(&rgb, Some(&alpha), f, 100).unwrap()).unwrap().to_rgba8();
+            let img = image::load_from_memory(&encode(&rgb, Some(&alpha), &Encoding::new(f, 100)).unwrap()).unwrap().to_rgba8();
             assert_eq!(img.get_pixel(0, 0).0[3], 0, "{f:?}");
             assert_eq!(img.get_pixel(1, 0).0[3], 255, "{f:?}");
+        }
+    }
+
+    /// The AVIF decoded by libavif's `avifdec` (Debian `libavif-bin`, installed by
+    /// scripts/install-test-tools.sh) as RGBA8; `None` (said why) where it is missing.
+    fn avifdec(bytes: &[u8]) -> Option<image::RgbaImage> {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("in.avif"), dir.path().join("out.png"));
+        std::fs::write(&src, bytes).unwrap();
+        match std::process::Command::new("avifdec").arg(&src).arg(&dst).output() {
+            Ok(o) => assert!(o.status.success(), "avifdec: {}", String::from_utf8_lossy(&o.stderr)),
+            Err(e) => {
+                eprintln!("skipping the AVIF pixel check: avifdec not runnable ({e}); scripts/install-test-tools.sh installs it");
+                return None;
+            }
+        }
+        Some(image::open(&dst).unwrap().to_rgba8())
+    }
+
+    #[test]
+    fn avif_is_an_avif_file_with_the_pixels_and_alpha() {
+        // A left-right gradient, the right half transparent.
+        let (w, h) = (64u32, 32u32);
+        let n = (w * h) as usize;
+        let mut data = vec![0.0f32; 3 * n];
+        let mut alpha = vec![1.0f32; n];
+        for i in 0..n {
+            let x = (i as u32 % w) as f32 / (w - 1) as f32;
+            data[i] = x;
+            data[n + i] = 1.0 - x;
+            data[2 * n + i] = 0.5;
+            if i as u32 % w >= w / 2 {
+                alpha[i] = 0.0;
+            }
+        }
+        let rgb = Tile::new(w, h, data);
+        for alpha in [None, Some(&alpha[..])] {
+            let bytes = encode(&rgb, alpha, &Encoding::new(OutputFormat::Avif, 80)).unwrap();
+            assert_eq!(&bytes[4..12], b"ftypavif", "an AVIF file");
+            let Some(img) = avifdec(&bytes) else { return };
+            assert_eq!(img.dimensions(), (w, h));
+            let left = img.get_pixel(4, 16).0;
+            assert!((left[0] as i32 - 16).abs() <= 8 && (left[1] as i32 - 239).abs() <= 8, "{left:?}");
+            assert_eq!(left[3], 255);
+            assert_eq!(img.get_pixel(60, 16).0[3], if alpha.is_some() { 0 } else { 255 });
         }
     }
 
     #[test]
     fn webp_side_limit_is_a_clear_error() {
         let rgb = Tile::new(16384, 1, vec![0.0; 3 * 16384]);
-        assert_eq!(encode(&rgb, None, OutputFormat::Webp, 80).unwrap_err().class(), ErrorClass::TooLarge);
+        assert_eq!(encode(&rgb, None, &Encoding::new(OutputFormat::Webp, 80)).unwrap_err().class(), ErrorClass::TooLarge);
+        let rgb = Tile::new(16385, 1, vec![0.0; 3 * 16385]);
+        assert_eq!(encode(&rgb, None, &Encoding::new(OutputFormat::Avif, 80)).unwrap_err().class(), ErrorClass::TooLarge);
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Everything here is synchronous and CPU-bound; callers run it on the blocking pool.
 
+pub mod avif;
 pub mod decode;
 pub mod encode;
 pub mod resize;

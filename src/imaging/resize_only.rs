@@ -11,7 +11,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::{DynamicImage, ImageFormat, RgbImage};
 
 use super::decode::{self, DecodeError, Header};
-use super::encode::{self, EncodeError, OutputFormat};
+use super::encode::{self, EncodeError, Encoding};
 
 /// What to make: the output size, the source region it shows (fractions, for `fit=cover`) and
 /// the encoding.
@@ -21,8 +21,7 @@ pub struct Target {
     pub height: u32,
     /// (left, top, width, height) as fractions of the oriented source.
     pub crop: Option<(f64, f64, f64, f64)>,
-    pub format: OutputFormat,
-    pub quality: u8,
+    pub encoding: Encoding,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -62,7 +61,7 @@ pub fn render(bytes: &[u8], header: &Header, target: &Target, max_pixels: u64) -
     } else {
         resize_rgb8(rgb.as_raw(), w, h, target)
     };
-    Ok(encode::encode_rgb8(&px, target.width, target.height, target.format, target.quality)?)
+    Ok(encode::encode_rgb8(&px, target.width, target.height, &target.encoding)?)
 }
 
 /// The largest JPEG shrink (8, 4, 2 or 1) that keeps the shown region at least the output's
@@ -124,6 +123,7 @@ fn resize_rgb8(src: &[u8], w: u32, h: u32, target: &Target) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::imaging::encode::OutputFormat;
     use std::io::Cursor;
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {
@@ -134,7 +134,7 @@ mod tests {
     }
 
     fn target(width: u32, height: u32, format: OutputFormat) -> Target {
-        Target { width, height, crop: None, format, quality: 90 }
+        Target { width, height, crop: None, encoding: Encoding::new(format, 90) }
     }
 
     #[test]

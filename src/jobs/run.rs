@@ -36,7 +36,7 @@ use crate::respond::Timings;
 pub async fn plan(app: &App, input: &JobInput, image: Bytes) -> Result<Planned, ProxyError> {
     let pairs = input.fields.iter().map(|(n, v)| (n.as_str(), v.as_str()));
     let spec = crate::api::fields::spec(&TransformSpec::default(), pairs, &app.param_limits)?;
-    let variant = Variant::negotiate(spec.format, input.accept.as_deref());
+    let variant = Variant::negotiate(spec.format, input.accept.as_deref(), app.cfg.output.auto_avif);
     miss::plan_bytes(app, image, &spec, variant, Caller::Api).await
 }
 

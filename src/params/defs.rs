@@ -186,15 +186,16 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef {
         name: "format",
         aliases: &["f"],
-        syntax: "`auto` \\| `webp` \\| `jpeg` \\| `png`",
-        doc: "Output format; `auto` picks WebP when `Accept` allows it, else JPEG (PNG for alpha).",
+        syntax: "`auto` \\| `avif` \\| `webp` \\| `jpeg` \\| `png`",
+        doc: "Output format; `auto` picks AVIF when `Accept` lists it (unless `output.auto_avif` is off), else WebP when listed, else JPEG (PNG for alpha).",
         apply: |s, v, _| {
             s.format = match v {
                 "auto" => Format::Auto,
+                "avif" => Format::Avif,
                 "webp" => Format::Webp,
                 "jpeg" | "jpg" => Format::Jpeg,
                 "png" => Format::Png,
-                _ => return Err("expected auto, webp, jpeg or png".into()),
+                _ => return Err("expected auto, avif, webp, jpeg or png".into()),
             };
             Ok(())
         },
@@ -203,7 +204,7 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "q",
         aliases: &["quality"],
         syntax: "`1..100`",
-        doc: "Encoder quality (WebP, JPEG). Default per format from the config.",
+        doc: "Encoder quality (AVIF, WebP, JPEG). Default per format from the config.",
         apply: |s, v, _| {
             s.quality = Some(int_in(v, 1, 100)? as u8);
             Ok(())

@@ -460,10 +460,11 @@ impl<'a> State<'a> {
             "png" => Format::Png,
             "jpg" | "jpeg" => Format::Jpeg,
             "webp" => Format::Webp,
-            "avif" | "gif" | "ico" | "svg" | "heic" | "bmp" | "tiff" | "jxl" | "best" => {
+            "avif" => Format::Avif,
+            "gif" | "ico" | "svg" | "heic" | "bmp" | "tiff" | "jxl" | "best" => {
                 return self.unsupported(&format!("format:{v}"));
             }
-            _ => return Err(invalid("format", "expected png, jpg or webp")),
+            _ => return Err(invalid("format", "expected png, jpg, webp or avif")),
         };
         Ok(())
     }

@@ -23,6 +23,7 @@ pub use canonical::{canonical, normalized};
 pub enum Format {
     #[default]
     Auto,
+    Avif,
     Webp,
     Jpeg,
     Png,
@@ -32,6 +33,7 @@ impl Format {
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Auto => "auto",
+            Format::Avif => "avif",
             Format::Webp => "webp",
             Format::Jpeg => "jpeg",
             Format::Png => "png",

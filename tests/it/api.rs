@@ -75,6 +75,10 @@ async fn the_same_upload_twice_is_a_hit_and_scale_and_format_apply() {
     let (a, b) = (first.bytes().await.unwrap(), second.bytes().await.unwrap());
     assert_eq!(a, b);
     assert_eq!(dimensions(&a), (32, 24));
+    let avif = upscale(&s, form(png(16, 12), &[("model", "lanczos"), ("scale", "2"), ("format", "avif")])).await;
+    assert_eq!(header(&avif, "content-type"), "image/avif");
+    assert!(header(&avif, "x-upres-params").starts_with("out=32x24/format=avif/q=80/speed=10"), "{}", header(&avif, "x-upres-params"));
+    assert_eq!(&avif.bytes().await.unwrap()[4..12], b"ftypavif");
     s.stop().await;
 }
 

@@ -21,17 +21,43 @@ async fn x2_x3_x4_give_scaled_dimensions() {
 async fn format_auto_negotiates_on_accept_and_says_vary() {
     let s = TestServer::start().await;
     s.put_source("a.png", &png(8, 8));
-    let webp = client().get(s.url("/x2/a.png")).header(ACCEPT, "image/avif,image/webp,*/*").send().await.unwrap();
+    let get = |accept: &'static str| client().get(s.url("/x2/a.png")).header(ACCEPT, accept).send();
+    let avif = get("image/avif,image/webp,*/*").await.unwrap();
+    assert_eq!(avif.headers()[CONTENT_TYPE], "image/avif", "AVIF first");
+    assert_eq!(avif.headers()[VARY], "Accept");
+    let webp = get("image/webp,*/*").await.unwrap();
     assert_eq!(webp.headers()[CONTENT_TYPE], "image/webp");
     assert_eq!(webp.headers()[VARY], "Accept");
-    let jpeg = client().get(s.url("/x2/a.png")).header(ACCEPT, "*/*").send().await.unwrap();
+    let jpeg = get("*/*").await.unwrap();
     assert_eq!(jpeg.headers()[CONTENT_TYPE], "image/jpeg");
     assert_ne!(webp.headers()[ETAG], jpeg.headers()[ETAG]);
+    assert_ne!(avif.headers()[ETAG], webp.headers()[ETAG]);
+    let body = avif.bytes().await.unwrap();
+    assert_eq!(&body[4..12], b"ftypavif");
     let png_out = client().get(s.url("/x2/format=png/a.png")).header(ACCEPT, "image/webp").send().await.unwrap();
     assert_eq!(png_out.headers()[CONTENT_TYPE], "image/png");
     assert!(png_out.headers().get(VARY).is_none(), "an explicit format does not vary");
     let bytes = png_out.bytes().await.unwrap();
     assert_eq!(image::guess_format(&bytes).unwrap(), ImageFormat::Png);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn avif_is_explicit_or_left_out_of_auto_by_config() {
+    let s = Setup::new().config(|c| c.output.auto_avif = false).start().await;
+    s.put_source("a.png", &png(8, 8));
+    let chrome = "image/avif,image/webp,image/apng,*/*;q=0.8";
+    let auto = client().get(s.url("/x2/a.png")).header(ACCEPT, chrome).send().await.unwrap();
+    assert_eq!(auto.headers()[CONTENT_TYPE], "image/webp", "auto_avif = false");
+    let avif = client().get(s.url("/x2/format=avif/a.png")).send().await.unwrap();
+    assert_eq!(avif.headers()[CONTENT_TYPE], "image/avif");
+    assert!(avif.headers().get(VARY).is_none());
+    let etag = avif.headers()[ETAG].to_str().unwrap().trim_matches('"').to_string();
+    let body = avif.bytes().await.unwrap();
+    let stored = client().get(s.url(&format!("/r/{etag}.avif"))).send().await.unwrap();
+    assert_eq!(stored.status(), 200);
+    assert_eq!(stored.headers()[CONTENT_TYPE], "image/avif");
+    assert_eq!(stored.bytes().await.unwrap(), body);
     s.stop().await;
 }
 

@@ -105,7 +105,9 @@ fn formats_from_option_and_extension() {
     // The extension wins over the option, as in imgproxy.
     assert_eq!(spec("/format:webp/plain/cat.jpg@png").format, Format::Png);
     assert_eq!(spec("/plain/cat.jpg").format, Format::Auto);
-    assert_eq!(p("/plain/cat.jpg@avif").unwrap_err(), ParamError::Unsupported("format:avif".into()));
+    assert_eq!(spec("/plain/cat.jpg@avif").format, Format::Avif);
+    assert_eq!(spec("/f:avif/plain/cat.jpg").format, Format::Avif);
+    assert_eq!(p("/plain/cat.jpg@heic").unwrap_err(), ParamError::Unsupported("format:heic".into()));
     assert!(matches!(p("/f:nope/plain/cat.jpg").unwrap_err(), ParamError::Invalid { name: "format", .. }));
 }
 

@@ -1,0 +1,138 @@
+//! Encoder time, size and SSIM for one image: the table behind the `[output]` defaults.
+//!
+//! `encode-bench <image> [side] [avif:<q>:<speed>…]` makes the image `side`×`side` (default 2048; Lanczos-3, cover)
+//! and encodes it as upres does (`imaging::encode::encode_rgb8`) in each format at several
+//! qualities, AVIF at several rav1e speeds. Each row: the faster of two runs (wall time, every
+//! core the encoder uses), bytes, and SSIM against the encoder's input (luma, 11×11 Gaussian
+//! window, σ 1.5). AVIF is decoded by libavif's `avifdec` (Debian `libavif-bin`), the others by
+//! the `image` crate. Feed it a model's output (`upres upscale … x4`) to measure "an upscaled
+//! photo".
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use upres::imaging::encode::{encode_rgb8, Encoding, OutputFormat};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(path) = args.next() else { bail!("usage: encode-bench <image> [side]") };
+    let side: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2048);
+    let img = image::open(&path).with_context(|| format!("reading {path}"))?.to_rgb8();
+    let img = if img.dimensions() == (side, side) {
+        img
+    } else {
+        image::DynamicImage::ImageRgb8(img).resize_to_fill(side, side, image::imageops::FilterType::Lanczos3).to_rgb8()
+    };
+    let px = img.as_raw();
+    // `avif:<q>:<speed>` arguments pick the AVIF rows; the default is a grid.
+    let picked: Vec<(OutputFormat, u8, u8)> = args
+        .map(|a| {
+            let v: Vec<&str> = a.split(':').collect();
+            match v[..] {
+                ["avif", q, s] => Ok((OutputFormat::Avif, q.parse()?, s.parse()?)),
+                _ => bail!("expected avif:<quality>:<speed>, got {a}"),
+            }
+        })
+        .collect::<Result<_>>()?;
+    let grid = || [6, 7, 8, 9, 10].into_iter().flat_map(|speed| [50, 55, 60, 65, 70].map(|q| (OutputFormat::Avif, q, speed)));
+    let avif_rows: Vec<_> = if picked.is_empty() { grid().collect() } else { picked };
+    let rows: Vec<(OutputFormat, u8, u8)> =
+        [(OutputFormat::Webp, 82, 0), (OutputFormat::Webp, 75, 0), (OutputFormat::Jpeg, 85, 0), (OutputFormat::Jpeg, 75, 0)]
+            .into_iter()
+            .chain(avif_rows)
+            .collect();
+    println!("# {path} as {side}x{side}, {} threads", rayon::current_num_threads());
+    println!("| format | quality | speed | ms | bytes | SSIM |");
+    println!("|---|---|---|---|---|---|");
+    // The JPEG encoder upres used before mozjpeg (baseline, standard tables), for comparison.
+    for quality in [85, 75] {
+        let mut best = f64::MAX;
+        let mut bytes = Vec::new();
+        for _ in 0..2 {
+            let t = Instant::now();
+            bytes.clear();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality).encode(px, side, side, image::ExtendedColorType::Rgb8)?;
+            best = best.min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let score = ssim(px, decode(&bytes, OutputFormat::Jpeg)?.as_raw(), side as usize, side as usize);
+        println!("| jpeg (image crate, baseline) | {quality} | - | {best:.0} | {} | {score:.4} |", bytes.len());
+    }
+    for (format, quality, speed) in rows {
+        let enc = Encoding { format, quality, avif_speed: speed.max(1) };
+        let mut best = f64::MAX;
+        let mut bytes = Vec::new();
+        for _ in 0..2 {
+            let t = Instant::now();
+            bytes = encode_rgb8(px, side, side, &enc)?;
+            best = best.min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let decoded = decode(&bytes, format)?;
+        let score = ssim(px, decoded.as_raw(), side as usize, side as usize);
+        let speed = if format == OutputFormat::Avif { speed.to_string() } else { "-".into() };
+        println!("| {} | {quality} | {speed} | {best:.0} | {} | {score:.4} |", format.as_str(), bytes.len());
+    }
+    Ok(())
+}
+
+fn decode(bytes: &[u8], format: OutputFormat) -> Result<image::RgbImage> {
+    if format != OutputFormat::Avif {
+        return Ok(image::load_from_memory(bytes)?.to_rgb8());
+    }
+    let dir = tempfile_dir()?;
+    let (src, dst) = (dir.join("in.avif"), dir.join("out.png"));
+    std::fs::write(&src, bytes)?;
+    let out = std::process::Command::new("avifdec").arg(&src).arg(&dst).output().context("running avifdec (apt-get install libavif-bin)")?;
+    if !out.status.success() {
+        bail!("avifdec: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let img = image::open(&dst)?.to_rgb8();
+    std::fs::remove_dir_all(&dir)?;
+    Ok(img)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("encode-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// BT.601 luma of interleaved RGB8, in 0..=255.
+fn luma(rgb: &[u8]) -> Vec<f64> {
+    rgb.chunks_exact(3).map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64).collect()
+}
+
+/// Separable 11-tap Gaussian (σ 1.5), borders clamped.
+fn blur(src: &[f64], w: usize, h: usize) -> Vec<f64> {
+    let k: Vec<f64> = (-5..=5).map(|i: i32| (-(i * i) as f64 / (2.0 * 1.5 * 1.5)).exp()).collect();
+    let sum: f64 = k.iter().sum();
+    let k: Vec<f64> = k.iter().map(|v| v / sum).collect();
+    let mut tmp = vec![0.0; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            tmp[y * w + x] = (0..11).map(|t| k[t] * src[y * w + (x + t).saturating_sub(5).min(w - 1)]).sum();
+        }
+    }
+    let mut out = vec![0.0; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            out[y * w + x] = (0..11).map(|t| k[t] * tmp[(y + t).saturating_sub(5).min(h - 1) * w + x]).sum();
+        }
+    }
+    out
+}
+
+/// Mean SSIM (Wang et al. 2004) of the luma planes.
+fn ssim(a: &[u8], b: &[u8], w: usize, h: usize) -> f64 {
+    let (x, y) = (luma(a), luma(b));
+    let prod = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(u, v)| u * v).collect::<Vec<_>>();
+    let (mx, my) = (blur(&x, w, h), blur(&y, w, h));
+    let (sxx, syy, sxy) = (blur(&prod(&x, &x), w, h), blur(&prod(&y, &y), w, h), blur(&prod(&x, &y), w, h));
+    let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
+    let total: f64 = (0..w * h)
+        .map(|i| {
+            let (vx, vy, cxy) = (sxx[i] - mx[i] * mx[i], syy[i] - my[i] * my[i], sxy[i] - mx[i] * my[i]);
+            ((2.0 * mx[i] * my[i] + c1) * (2.0 * cxy + c2)) / ((mx[i] * mx[i] + my[i] * my[i] + c1) * (vx + vy + c2))
+        })
+        .sum();
+    total / (w * h) as f64
+}
