@@ -9,7 +9,7 @@ use super::select::{Backend, Winograd};
 use super::job::AmxWeights;
 use super::layout::Nhwc;
 use super::pack;
-use super::{shape_err, FastConvError};
+use super::error::{shape_err, FastConvError};
 
 /// Activation fused into the convolution's output.
 #[derive(Clone, Debug, PartialEq)]

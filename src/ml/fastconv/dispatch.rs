@@ -27,7 +27,7 @@ use super::job::{AmxWeights, WinoGeom};
 use super::job::{f32_to_bf16, RawBlock, RawJob, RawRes, SendPtr, WinoJob};
 use super::layout::{Nhwc, SLACK_PX};
 use super::{pack, pool, portable, winograd};
-use super::{shape_err, FastConvError};
+use super::error::{shape_err, FastConvError};
 
 /// Output positions per parallel work item (a multiple of every tile width P).
 const CHUNK: usize = 144;

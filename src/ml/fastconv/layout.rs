@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::job::{bf16_to_f32, f32_to_bf16};
-use super::{shape_err, FastConvError};
+use super::error::{shape_err, FastConvError};
 
 
 /// Extra pixels allocated after the last padded pixel: a tile may run up to 15 positions past

@@ -48,7 +48,8 @@
 //! * packing: `pack.rs` (weights into the kernels' layouts), `conv.rs` ([`Conv3x3`]'s
 //!   constructors and accessors);
 //! * dispatch: `dispatch.rs` (validation, the raw job, work items, the kernel call);
-//! * bottom: `job.rs` (raw job types, bf16 rounding), `amx_tile.rs` (AMX tile primitives);
+//! * bottom: `job.rs` (raw job types, bf16 rounding), `amx_tile.rs` (AMX tile primitives),
+//!   `error.rs` ([`FastConvError`]);
 //! * kernels: `avx512.rs`, `portable.rs`, `winograd.rs`, `amx.rs`, `amx_wino.rs`;
 //! * `pointwise.rs`: the 1×1 conv and the activations SPAN needs.
 
@@ -62,6 +63,7 @@ mod amx_wino;
 mod avx512;
 mod conv;
 mod dispatch;
+mod error;
 mod job;
 mod layout;
 mod pack;
@@ -74,21 +76,11 @@ mod winograd;
 pub use select::{
     Backend, Winograd, AMX_WINOGRAD_MIN_IN_C, AMX_WINOGRAD_MIN_OUT_C, AMX_WINOGRAD_MIN_TILES, WINOGRAD_MIN_IN_C, WINOGRAD_MIN_TILES,
 };
+pub use error::FastConvError;
 pub use conv::{Activation, Conv3x3, Epilogue, Residual};
 pub use layout::Nhwc;
 pub use pool::BufferPool;
 pub use select::{cpu_model, kernel_summary, overrides, set_overrides, CpuFeature, KernelOverrides};
-
-/// Errors from shape or slice mismatches.
-#[derive(thiserror::Error, Debug, PartialEq)]
-pub enum FastConvError {
-    #[error("fastconv: {0}")]
-    Shape(String),
-}
-
-fn shape_err<T>(msg: impl Into<String>) -> Result<T, FastConvError> {
-    Err(FastConvError::Shape(msg.into()))
-}
 
 /// A register-only AVX-512 FMA loop, 24 independent chains of `iters` FMAs each: the
 /// ceiling `benches/fastconv.rs` reports next to the kernels. `None` without AVX-512F.

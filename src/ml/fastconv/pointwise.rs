@@ -6,7 +6,8 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::{shape_err, FastConvError, Nhwc};
+use super::error::{shape_err, FastConvError};
+use super::layout::Nhwc;
 
 /// `e^x` to ~1 ulp of f32 for `x` in `[-87, 88]` (clamped outside): range reduction by `ln 2`,
 /// a degree-6 polynomial, and the power of two built in the exponent bits. Branch-free, so
