@@ -33,8 +33,9 @@ if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installe
 fi
 
 # tests/it/imgproxy.rs builds URLs with imgproxy's official Node SDK, pinned the same way;
-# so does examples/imgproxy-srcset/, the srcset page that the same test renders.
-for dir in tests/imgproxy examples/imgproxy-srcset; do
+# so does examples/imgproxy-srcset/, the srcset page that the same test renders, and
+# examples/nuxt-image/ (Nuxt Image's imgproxy provider), whose URLs it fetches too.
+for dir in tests/imgproxy examples/imgproxy-srcset examples/nuxt-image; do
   if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"; then
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
       && cp package-lock.json node_modules/.installed-lock.json)

@@ -130,6 +130,10 @@ pub async fn produce_planned(
     value
 }
 
+/// Source pixels kept around a smart crop's window when it is cut out before the model: context
+/// for the model's edge pixels and the final Lanczos filter.
+const SMART_CROP_MARGIN: u32 = 8;
+
 /// Decode → infer → finish, for a planned result that no tier holds. `memory` is the job's share
 /// of the memory budget; every stage holding its buffers holds a clone. Blocking stages stop
 /// between steps once `watch.cancel` fires (no client is waiting any more).
@@ -155,10 +159,19 @@ pub async fn compute(app: &Arc<App>, planned: Planned, memory: MemoryPermit, mut
     let tiling = plan.engine.as_ref().map(|e| e.tiling());
     let (stop, hold) = (cancel.clone(), memory.clone());
     // Without an engine the decoded source is what `finish` resizes; with one, only its tiles.
-    let (decoded, source) = blocking(move || {
+    let (decoded, source, plan) = blocking(move || {
         let _hold = hold;
-        let decoded = decode::decode(&bytes, max_pixels)?;
+        let mut decoded = decode::decode(&bytes, max_pixels)?;
         abandoned(&stop)?;
+        let mut plan = plan;
+        plan.place_smart_crop(&decoded.rgb);
+        // A smart crop is placed on the source and cut before the model: it upscales only the
+        // window (and a margin of context), and the window does not depend on the model.
+        if let (Some(_), Some(region)) = (tiling, plan.smart_region(SMART_CROP_MARGIN)) {
+            decoded.alpha = decoded.alpha.map(|a| resize::cut_plane(&a, plan.src_w, region));
+            decoded.rgb = resize::cut_rgb(&decoded.rgb, region);
+            plan = plan.narrowed_to(region);
+        }
         let source = match tiling {
             Some(tiling) => {
                 let grid = Grid::new(decoded.rgb.width, decoded.rgb.height, tiling);
@@ -167,7 +180,7 @@ pub async fn compute(app: &Arc<App>, planned: Planned, memory: MemoryPermit, mut
             }
             None => Pixels::Whole(decoded.rgb),
         };
-        Ok::<_, ProxyError>((decoded.alpha, source))
+        Ok::<_, ProxyError>((decoded.alpha, source, plan))
     })
     .await?;
     stage(app, &mut t, "decode", clock);

@@ -17,11 +17,13 @@ use crate::config::Config;
 use crate::engine::registry::{with_denoise, ModelError, Registry};
 use crate::engine::{Engine, GenParams};
 use crate::error::{Classify, ErrorClass};
+use crate::engine::Tile;
+use crate::imaging::attention;
 use crate::imaging::decode::Header;
 use crate::imaging::encode::{Encoding, OutputFormat};
 use crate::imaging::resize::Crop;
 use crate::imaging::resize_only::{self, Target};
-use crate::params::{Fit, Format, ModelChoice, TransformSpec};
+use crate::params::{Fit, Format, Gravity, ModelChoice, TransformSpec};
 
 /// The output format after `Accept` negotiation, as far as it is known before decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,6 +132,9 @@ pub struct Plan {
     pub out_h: u32,
     /// Source rectangle of the final resize, as fractions of the engine output (for `cover`).
     pub crop: Option<(f64, f64, f64, f64)>,
+    /// `gravity=smart`: the crop's size is planned, its place is chosen from the decoded pixels
+    /// (`place_smart_crop`); until then it is centred.
+    pub smart: bool,
     pub format: OutputFormat,
     pub quality: u8,
     /// rav1e's speed preset (`output.avif_speed`); it changes AVIF bytes only.
@@ -232,6 +237,8 @@ impl Plan {
         }
         let es = engine.as_ref().map_or(1, |e| e.scale());
         let crop = geometry.crop;
+        // A window as large as the image has nowhere to move.
+        let smart = spec.gravity == Some(Gravity::Smart) && crop.is_some_and(|(_, _, w, h)| w < 1.0 - 1e-9 || h < 1.0 - 1e-9);
         let format = variant.resolve_for_size(header.has_alpha, out_w, out_h)?;
         let quality = spec.quality.unwrap_or(match format {
             OutputFormat::Avif => cfg.output.avif_quality,
@@ -260,6 +267,7 @@ impl Plan {
             out_w,
             out_h,
             crop,
+            smart,
             format,
             quality,
             avif_speed: cfg.output.avif_speed,
@@ -291,8 +299,11 @@ impl Plan {
         if self.format == OutputFormat::Avif {
             s.push_str(&format!("/speed={}", self.avif_speed));
         }
-        if let Some((l, t, w, h)) = self.crop {
-            s.push_str(&format!("/crop={l:.6},{t:.6},{w:.6},{h:.6}"));
+        match self.crop {
+            // The window's place follows from the source bytes, which the result key hashes.
+            Some((_, _, w, h)) if self.smart => s.push_str(&format!("/crop=smart,{w:.6},{h:.6}")),
+            Some((l, t, w, h)) => s.push_str(&format!("/crop={l:.6},{t:.6},{w:.6},{h:.6}")),
+            None => {}
         }
         if self.prompt_guided() {
             let g = &self.gen;
@@ -320,8 +331,44 @@ impl Plan {
             width: self.out_w,
             height: self.out_h,
             crop: self.crop,
+            smart: self.smart,
             encoding: self.encoding(),
         })
+    }
+
+    /// Moves a smart crop's window to the most interesting place in the decoded source `rgb`
+    /// (`imaging::attention`); other plans are unchanged.
+    pub fn place_smart_crop(&mut self, rgb: &Tile) {
+        if let (true, Some((_, _, w, h))) = (self.smart, self.crop) {
+            let (l, t) = attention::best_offset_tile(rgb, w, h);
+            self.crop = Some((l, t, w, h));
+        }
+    }
+
+    /// The source rectangle (x, y, width, height in source pixels) a placed smart crop needs,
+    /// with `margin` pixels of context on each side where the source has them; `None` when the
+    /// plan has no smart crop or it needs nearly the whole source.
+    pub fn smart_region(&self, margin: u32) -> Option<(u32, u32, u32, u32)> {
+        let (l, t, w, h) = self.crop.filter(|_| self.smart)?;
+        let span = |start: f64, len: f64, size: u32| {
+            let lo = ((start * size as f64).floor() as u32).saturating_sub(margin);
+            let hi = (((start + len) * size as f64).ceil() as u32).saturating_add(margin).min(size);
+            (lo, hi - lo)
+        };
+        let (x, cw) = span(l, w, self.src_w);
+        let (y, ch) = span(t, h, self.src_h);
+        ((cw as u64 * ch as u64) * 10 < self.src_w as u64 * self.src_h as u64 * 9).then_some((x, y, cw, ch))
+    }
+
+    /// The same plan on the `region` of the source only (`smart_region`): source and engine
+    /// sizes shrink to the region, the crop is expressed in it. Outputs are unchanged.
+    pub fn narrowed_to(&self, (x, y, w, h): (u32, u32, u32, u32)) -> Plan {
+        let es = self.engine.as_ref().map_or(1, |e| e.scale());
+        let crop = self.crop.map(|(l, t, cw, ch)| {
+            let (sw, sh) = (self.src_w as f64, self.src_h as f64);
+            ((l * sw - x as f64) / w as f64, (t * sh - y as f64) / h as f64, cw * sw / w as f64, ch * sh / h as f64)
+        });
+        Plan { src_w: w, src_h: h, engine_w: w * es, engine_h: h * es, crop, ..self.clone() }
     }
 
     /// The crop in engine-output pixels.
@@ -506,6 +553,31 @@ mod tests {
         assert_eq!(plan("/x3/a.png", 10, 10).unwrap().engine.unwrap().scale(), 3);
         let p = plan("/a.png", 100, 50).unwrap();
         assert_eq!((p.out_w, p.out_h, p.model()), (100, 50, "resize".to_string()), "no scale, no box: re-encode");
+    }
+
+    #[test]
+    fn a_smart_crop_is_keyed_apart_and_narrows_to_its_window() {
+        let centre = plan("/x2/w=100/h=100/fit=cover/a.png", 100, 50).unwrap();
+        let smart = plan("/x2/w=100/h=100/fit=cover/gravity=smart/a.png", 100, 50).unwrap();
+        assert!(smart.smart && !centre.smart);
+        assert_ne!(smart.canonical(), centre.canonical());
+        assert!(smart.canonical().contains("crop=smart,0.500000,1.000000"), "{}", smart.canonical());
+        // Nothing to crop: smart is the same as centre.
+        let whole = plan("/x2/w=200/h=100/fit=cover/gravity=smart/a.png", 100, 50).unwrap();
+        assert!(!whole.smart && whole.canonical() == plan("/x2/w=200/h=100/fit=cover/a.png", 100, 50).unwrap().canonical());
+        // Placed at the left edge, the window (50×50 source px) and 8 px of context are cut out.
+        let mut placed = smart.clone();
+        placed.crop = Some((0.0, 0.0, 0.5, 1.0));
+        let region = placed.smart_region(8).unwrap();
+        assert_eq!(region, (0, 0, 58, 50));
+        let n = placed.narrowed_to(region);
+        assert_eq!((n.src_w, n.src_h, n.engine_w, n.engine_h, n.out_w, n.out_h), (58, 50, 116, 100, 100, 100));
+        let (l, t, w, h) = n.crop.unwrap();
+        assert!(l.abs() < 1e-9 && t.abs() < 1e-9 && (w - 50.0 / 58.0).abs() < 1e-9 && (h - 1.0).abs() < 1e-9);
+        // The crop in engine pixels is the same window either way.
+        let (a, b) = (placed.crop_px().unwrap(), n.crop_px().unwrap());
+        assert!((a.width - b.width).abs() < 1e-9 && (a.left - b.left).abs() < 1e-9);
+        assert!(centre.smart_region(8).is_none());
     }
 
     #[test]

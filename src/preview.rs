@@ -112,10 +112,11 @@ pub fn estimate(app: &App, plan: &Plan) -> Option<Duration> {
 /// The plan's output by one Lanczos resize from the source (what `model=lanczos` would give,
 /// without the batcher): decode, resize RGB and alpha (with `fit=cover`'s crop), encode.
 async fn render(app: &App, planned: &Planned) -> Result<CachedResult, ProxyError> {
-    let (bytes, plan, max_pixels) = (planned.bytes.clone(), planned.plan.clone(), app.cfg.limits.max_source_pixels);
+    let (bytes, mut plan, max_pixels) = (planned.bytes.clone(), planned.plan.clone(), app.cfg.limits.max_source_pixels);
     let key = ResultKey::derive(&[b"preview", planned.key.as_bytes()]);
     let encoded = tokio::task::spawn_blocking(move || {
         let decoded = decode::decode(&bytes, max_pixels)?;
+        plan.place_smart_crop(&decoded.rgb);
         let crop = plan.crop.map(|(l, t, w, h)| resize::Crop {
             left: l * f64::from(plan.src_w),
             top: t * f64::from(plan.src_h),

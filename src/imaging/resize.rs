@@ -49,6 +49,19 @@ pub fn resize_rgb(src: &Tile, dw: u32, dh: u32, crop: Option<Crop>) -> Tile {
     Tile::new(dw, dh, data)
 }
 
+/// The `(x, y, w, h)` region of an `sw`-wide plane, copied out.
+pub fn cut_plane(src: &[f32], sw: u32, (x, y, w, h): (u32, u32, u32, u32)) -> Vec<f32> {
+    let (sw, x, w) = (sw as usize, x as usize, w as usize);
+    (y as usize..(y + h) as usize).flat_map(|row| &src[row * sw + x..row * sw + x + w]).copied().collect()
+}
+
+/// The `(x, y, w, h)` region of every plane of an RGB tile.
+pub fn cut_rgb(src: &Tile, region: (u32, u32, u32, u32)) -> Tile {
+    let n = src.plane_len();
+    let data = (0..3).flat_map(|c| cut_plane(&src.data[c * n..(c + 1) * n], src.width, region)).collect();
+    Tile::new(region.2, region.3, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageFormat, RgbImage};
 
+use super::attention;
 use super::decode::{self, DecodeError, Header};
 use super::encode::{self, EncodeError, Encoding};
 
@@ -21,6 +22,8 @@ pub struct Target {
     pub height: u32,
     /// (left, top, width, height) as fractions of the oriented source.
     pub crop: Option<(f64, f64, f64, f64)>,
+    /// `gravity=smart`: the crop's left/top are chosen from the decoded pixels.
+    pub smart: bool,
     pub encoding: Encoding,
 }
 
@@ -56,10 +59,15 @@ pub fn render(bytes: &[u8], header: &Header, target: &Target, max_pixels: u64) -
         _ => decode_any(bytes, max_pixels)?,
     };
     let (w, h) = rgb.dimensions();
+    let mut target = *target;
+    if let (true, Some((_, _, cw, ch))) = (target.smart, target.crop) {
+        let (l, t) = attention::best_offset_rgb8(rgb.as_raw(), w, h, cw, ch);
+        target.crop = Some((l, t, cw, ch));
+    }
     let px = if (w, h) == (target.width, target.height) && target.crop.is_none() {
         rgb.into_raw()
     } else {
-        resize_rgb8(rgb.as_raw(), w, h, target)
+        resize_rgb8(rgb.as_raw(), w, h, &target)
     };
     Ok(encode::encode_rgb8(&px, target.width, target.height, &target.encoding)?)
 }
@@ -134,7 +142,7 @@ mod tests {
     }
 
     fn target(width: u32, height: u32, format: OutputFormat) -> Target {
-        Target { width, height, crop: None, encoding: Encoding::new(format, 90) }
+        Target { width, height, crop: None, smart: false, encoding: Encoding::new(format, 90) }
     }
 
     #[test]

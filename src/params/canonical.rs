@@ -7,15 +7,16 @@
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::{Fit, Format, ModelChoice, TransformSpec};
+use super::{Fit, Format, Gravity, ModelChoice, TransformSpec};
 
 /// Bytes left unescaped in canonical prompt values: unreserved characters only, so the form is
 /// a valid path segment and unambiguous.
 const VALUE_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// `spec` without options at their default or without effect: `x1`, `fit=contain`, `dpr=1`,
-/// `origin=default`; `fit` and `dpr` without a `w`/`h` box; a scale beside a box unless
-/// `fit=inside` (only `inside` reads it, as its cap: `plan.rs`).
+/// `origin=default`, `gravity=centre`; `fit` and `dpr` without a `w`/`h` box; `gravity` without
+/// `fit=cover`; a scale beside a box unless `fit=inside` (only `inside` reads it, as its cap:
+/// `plan.rs`).
 pub fn normalized(spec: &TransformSpec) -> TransformSpec {
     let mut s = spec.clone();
     let boxed = s.width.is_some() || s.height.is_some();
@@ -27,6 +28,9 @@ pub fn normalized(spec: &TransformSpec) -> TransformSpec {
     }
     if s.scale == Some(1) || (boxed && s.fit != Some(Fit::Inside)) {
         s.scale = None;
+    }
+    if s.gravity == Some(Gravity::Centre) || s.fit != Some(Fit::Cover) {
+        s.gravity = None;
     }
     if s.origin.as_deref() == Some("default") {
         s.origin = None;

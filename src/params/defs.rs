@@ -166,10 +166,10 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef {
         name: "gravity",
         aliases: &[],
-        syntax: "`centre` \\| `north` \\| `south` \\| `east` \\| `west` \\| `northeast` \\| `northwest` \\| `southeast` \\| `southwest`",
-        doc: "Which part `fit=cover` keeps when it crops. Default `centre`.",
+        syntax: "`centre` \\| `north` \\| `south` \\| `east` \\| `west` \\| `northeast` \\| `northwest` \\| `southeast` \\| `southwest` \\| `smart`",
+        doc: "Which part `fit=cover` keeps when it crops. `smart` keeps the most interesting window (edges, saturated colour, skin tones). Default `centre`.",
         apply: |s, v, _| {
-            s.gravity = Some(gravity(v).ok_or("expected centre, north, south, east, west or a corner (northeast…)")?);
+            s.gravity = Some(gravity(v).ok_or("expected centre, north, south, east, west, a corner (northeast…) or smart")?);
             Ok(())
         },
     },
@@ -251,6 +251,7 @@ pub fn gravity(v: &str) -> Option<Gravity> {
         "northwest" => Gravity::NorthWest,
         "southeast" => Gravity::SouthEast,
         "southwest" => Gravity::SouthWest,
+        "smart" => Gravity::Smart,
         _ => return None,
     })
 }

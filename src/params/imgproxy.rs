@@ -442,7 +442,7 @@ impl<'a> State<'a> {
             "nowe" => Gravity::NorthWest,
             "soea" => Gravity::SouthEast,
             "sowe" => Gravity::SouthWest,
-            "sm" => return self.unsupported("gravity:sm"),
+            "sm" => Gravity::Smart,
             "fp" => return self.unsupported("gravity:fp"),
             "obj" | "objw" => return self.unsupported("gravity:obj"),
             _ => return Err(invalid("gravity", "expected ce, no, so, ea, we, noea, nowe, soea, sowe")),

@@ -47,7 +47,7 @@ pub enum Fit {
     /// Scale to fit inside the box, keeping the aspect ratio.
     #[default]
     Contain,
-    /// Scale to cover the box, keeping the aspect ratio, and crop the centre.
+    /// Scale to cover the box, keeping the aspect ratio, and crop (where `gravity` says).
     Cover,
     /// Stretch to exactly the box.
     Fill,
@@ -79,6 +79,8 @@ pub enum Gravity {
     NorthWest,
     SouthEast,
     SouthWest,
+    /// The most interesting window, chosen from the source's pixels (`imaging::attention`).
+    Smart,
 }
 
 impl Gravity {
@@ -93,13 +95,15 @@ impl Gravity {
             Gravity::NorthWest => "northwest",
             Gravity::SouthEast => "southeast",
             Gravity::SouthWest => "southwest",
+            Gravity::Smart => "smart",
         }
     }
 
-    /// Where the crop window sits in the room it has: 0 = left/top, 1 = right/bottom.
+    /// Where the crop window sits in the room it has: 0 = left/top, 1 = right/bottom. `Smart`
+    /// starts centred; its window moves once the pixels are decoded.
     pub fn anchor(self) -> (f64, f64) {
         match self {
-            Gravity::Centre => (0.5, 0.5),
+            Gravity::Centre | Gravity::Smart => (0.5, 0.5),
             Gravity::North => (0.5, 0.0),
             Gravity::South => (0.5, 1.0),
             Gravity::East => (1.0, 0.5),

@@ -133,7 +133,7 @@ fn arb_spec() -> impl Strategy<Value = TransformSpec> {
             0usize..4,
             proptest::option::of(1u8..=100),
             proptest::option::of("[a-z]{1,8}|default"),
-            proptest::option::of(0usize..9),
+            proptest::option::of(0usize..10),
             proptest::option::of(0u8..5),
         ),
     )
@@ -160,7 +160,7 @@ fn arb_spec() -> impl Strategy<Value = TransformSpec> {
                 fit: fit.map(|i| [Fit::Contain, Fit::Cover, Fit::Fill, Fit::Inside][i]),
                 gravity: gravity.map(|i| {
                     use Gravity::*;
-                    [Centre, North, South, East, West, NorthEast, NorthWest, SouthEast, SouthWest][i]
+                    [Centre, North, South, East, West, NorthEast, NorthWest, SouthEast, SouthWest, Smart][i]
                 }),
                 dpr: dpr.map(|d| d as f32 / 10.0),
                 format: [Format::Auto, Format::Webp, Format::Jpeg, Format::Png][fmt],

@@ -22,6 +22,7 @@ const cases = {
   zoom: { width: 60, zoom: 2 },
   dpr: { width: 30, dpr: 2 },
   gravity: { resizing_type: "fill", width: 40, height: 40, gravity: { type: "we" } },
+  smart_crop: { resizing_type: "fill", width: 40, height: 40, gravity: { type: "sm" } },
   quality_format: { width: 60, quality: 50, format: "jpg" },
   format_webp: { format: "webp", width: 60 },
   preset: { preset: ["thumb"] },

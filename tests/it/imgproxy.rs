@@ -87,6 +87,7 @@ async fn urls_from_the_official_node_sdk_work_for_every_option_family() {
         ("zoom", 200, Some((120, 80)), "image/webp", ""),
         ("dpr", 200, Some((60, 40)), "image/webp", ""),
         ("gravity", 200, Some((40, 40)), "image/webp", ""),
+        ("smart_crop", 200, Some((40, 40)), "image/webp", ""),
         ("quality_format", 200, Some((60, 40)), "image/jpeg", ""),
         ("format_webp", 200, Some((60, 40)), "image/webp", ""),
         ("preset", 200, Some((50, 50)), "image/webp", ""),
@@ -186,6 +187,34 @@ async fn the_srcset_example_page_serves_every_candidate() {
     assert_eq!(candidates.len(), want.len(), "{page}");
     for ((url, descriptor), (want_descriptor, size)) in candidates.iter().zip(want) {
         assert_eq!(*descriptor, want_descriptor);
+        let a = get(url).await;
+        assert_eq!(a.status, 200, "{url}: {}", String::from_utf8_lossy(&a.body));
+        assert_eq!(header(&a, "content-type"), "image/webp");
+        assert_eq!(dimensions(&a.body), size, "{url}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nuxt_image_imgproxy_provider_urls_serve_every_width() {
+    let s = signed_server().await;
+    s.put_source("shop/wide.png", &png(200, 100));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nuxt-image");
+    assert!(root.join("node_modules/@nuxt/image").exists(), "run scripts/install-test-tools.sh (npm ci in examples/nuxt-image)");
+    let mut cmd = Command::new("timeout");
+    cmd.args(["60", "node", "urls.mjs", &s.url(""), "local:///shop/wide.png", "50", "100", "300", "400"]).current_dir(&root);
+    cmd.env("IMGPROXY_KEY", KEY).env("IMGPROXY_SALT", SALT);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("node runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 300 is past the source (200 px) and not the widest: the source's size; the widest asks
+    // for enlarge and is upscaled; the smart thumbnail is a 100×100 crop.
+    let want = [("w50", (50, 25)), ("w100", (100, 50)), ("w300", (200, 100)), ("w400", (400, 200)), ("thumb_smart", (100, 100))];
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), want.len(), "{list:?}");
+    for (case, (name, size)) in list.iter().zip(want) {
+        assert_eq!(case["name"], name);
+        let url = case["url"].as_str().unwrap();
         let a = get(url).await;
         assert_eq!(a.status, 200, "{url}: {}", String::from_utf8_lossy(&a.body));
         assert_eq!(header(&a, "content-type"), "image/webp");

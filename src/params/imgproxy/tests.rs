@@ -76,6 +76,13 @@ fn both_syntaxes_share_the_canonical_spec() {
     let imgproxy = p("/rs:fill:300:200/g:no/q:70/plain/local:///cat.jpg@webp").unwrap().path;
     assert_eq!(canonical(&upres.spec), canonical(&imgproxy.spec));
     assert_eq!(upres.source, imgproxy.source);
+    // Smart crops: one canonical form in both syntaxes, different from the centre crop's.
+    let upres = crate::params::parse("/w=300/h=200/fit=cover/gravity=smart/cat.jpg", &ParamLimits::default()).unwrap();
+    let imgproxy = p("/rs:fill:300:200/g:sm/plain/local:///cat.jpg").unwrap().path;
+    assert_eq!(canonical(&upres.spec), canonical(&imgproxy.spec));
+    let centre = p("/rs:fill:300:200/g:ce/plain/local:///cat.jpg").unwrap().path;
+    assert_ne!(canonical(&centre.spec), canonical(&imgproxy.spec));
+    assert!(canonical(&imgproxy.spec).contains("gravity=smart"), "{}", canonical(&imgproxy.spec));
 }
 
 #[test]
@@ -125,7 +132,7 @@ fn quality_zoom_dpr_gravity() {
     assert_eq!(spec("/w:100/dpr:2/plain/c.jpg").dpr, Some(2.0));
     assert_eq!(spec("/w:100/dpr:1/plain/c.jpg").dpr, None);
     assert!(matches!(p("/dpr:0/plain/c.jpg").unwrap_err(), ParamError::Invalid { name: "dpr", .. }));
-    for (g, want) in [("no", Gravity::North), ("sowe", Gravity::SouthWest), ("ea:0:0", Gravity::East)] {
+    for (g, want) in [("no", Gravity::North), ("sowe", Gravity::SouthWest), ("ea:0:0", Gravity::East), ("sm", Gravity::Smart)] {
         assert_eq!(spec(&format!("/g:{g}/plain/c.jpg")).gravity, Some(want));
     }
     assert_eq!(spec("/g:ce/plain/c.jpg").gravity, None);
