@@ -46,15 +46,7 @@ pub async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
     // First, so the progress stream of a request that fails early ends at once too.
     let mut watcher = Watcher::for_request(app, head);
     get_or_head(head)?;
-    let raw_path = head.uri.path();
-    if raw_path.len() > app.param_limits.max_path_bytes {
-        return Err(params::ParamError::TooLong(app.param_limits.max_path_bytes).into());
-    }
-    let path = match &app.signer {
-        Some(signer) => signer.verify(raw_path)?,
-        None => raw_path,
-    };
-    let (request, disposition) = parse_either(app, path)?;
+    let (request, disposition) = parse_transform_path(app, head.uri.path())?;
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let variant = Variant::negotiate(request.spec.format, accept, app.cfg.output.auto_avif);
     let key = RequestKey::for_request(
@@ -87,6 +79,19 @@ pub async fn transform(app: &Arc<App>, head: &Parts) -> Answer {
     };
     let response = reply(app, head, &c.result, cache, &c.timings, variant, cache_control);
     Ok((disposed(response, disposition.as_ref(), &source, &c.result), cache))
+}
+
+/// A transform path as sent (the `/info` route's, after its prefix): length, signature, then
+/// either syntax.
+pub fn parse_transform_path(app: &App, raw_path: &str) -> Result<(TransformPath, Option<Disposition>), ProxyError> {
+    if raw_path.len() > app.param_limits.max_path_bytes {
+        return Err(params::ParamError::TooLong(app.param_limits.max_path_bytes).into());
+    }
+    let path = match &app.signer {
+        Some(signer) => signer.verify(raw_path)?,
+        None => raw_path,
+    };
+    parse_either(app, path)
 }
 
 /// upres's URL syntax, or imgproxy's when the path is in it (`params::imgproxy::recognise`).

@@ -9,6 +9,7 @@
 //!            ├─ /api/v1/upscale /api/v1/batch-upscale             api::upscale, api::batch
 //!            ├─ /api/v1/purge  /api/v1/jobs[/<id>]                api::purge, api::jobs
 //!            ├─ /r/<hash>.<ext>                                   stored
+//!            ├─ /info/<transform path>   the plan, keys, cache state  api::image_info
 //!            ├─ / /docs /playground/* /api/v1/{samples,sign,progress}   playground
 //!            └─ anything else: a transform URL                    pipeline::transform
 //!        → guards.decorate (CORS) → metrics, one log line
@@ -42,6 +43,8 @@ pub enum Route {
     ApiJobCreate,
     ApiJobGet,
     Stored,
+    /// `/info/<transform path>`: what the transform would do, as JSON.
+    Info,
     Playground,
     /// The fallback: any path no other route matches is a transform URL.
     Transform,
@@ -97,6 +100,7 @@ pub const ROUTES: &[RouteDef] = &[
     def(Exact("/api/v1/jobs"), POST, Route::ApiJobCreate),
     def(Prefix("/api/v1/jobs/"), GET, Route::ApiJobGet),
     def(Prefix("/r/"), GET, Route::Stored),
+    def(Prefix("/info/"), GET, Route::Info),
     def(Exact("/"), GET, Route::Playground),
     def(Exact("/docs"), GET, Route::Playground),
     def(Exact("/api/v1/samples"), GET, Route::Playground),
@@ -126,6 +130,7 @@ impl Route {
             Route::ApiPurge => "api_purge",
             Route::ApiJobCreate | Route::ApiJobGet => "api_jobs",
             Route::Stored => "stored",
+            Route::Info => "info",
             Route::Playground => "playground",
             Route::Transform => "transform",
         }
@@ -194,6 +199,7 @@ async fn dispatch<B: RequestBody>(app: &Arc<App>, route: Route, head: &Parts, bo
         Route::ApiJobCreate => api::jobs::create(app, head, body).await,
         Route::ApiJobGet => api::jobs::get(app, head).await,
         Route::Stored => stored::serve(app, head).await,
+        Route::Info => api::image_info::handle(app, head).await,
         Route::Playground => playground::serve(app, head).await.map(|r| (r, CacheOutcome::None)),
         Route::Transform => pipeline::transform(app, head).await,
     }
@@ -209,6 +215,7 @@ mod tests {
         assert_eq!(Route::resolve("/api/v1/jobs"), Route::ApiJobCreate);
         assert_eq!(Route::resolve("/api/v1/jobs/3f9a"), Route::ApiJobGet);
         assert_eq!(Route::resolve("/r/abc.webp"), Route::Stored);
+        assert_eq!(Route::resolve("/info/sig/w:60/plain/cat.png"), Route::Info);
         assert_eq!(Route::resolve("/"), Route::Playground);
         assert_eq!(Route::resolve("/playground/app.js"), Route::Playground);
         assert_eq!(Route::resolve("/x4/shop/cat.png"), Route::Transform);

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod fields;
 pub mod form;
+pub mod image_info;
 pub mod info;
 pub mod jobs;
 pub mod openapi;

@@ -30,6 +30,11 @@ impl MemoryTier {
         self.cache.get(key).await
     }
 
+    /// Whether the tier holds `key` now (no read, no recency update).
+    pub fn contains(&self, key: &RequestKey) -> bool {
+        self.cache.contains_key(key)
+    }
+
     pub async fn insert(&self, key: RequestKey, value: Arc<CachedResult>) {
         self.cache.insert(key, value).await;
     }

@@ -139,6 +139,16 @@ impl StoreTier {
         })
     }
 
+    /// Whether the store holds a result under `key` (a HEAD: the object is not read or checked).
+    pub async fn contains(&self, key: &ResultKey) -> Result<bool, StoreError> {
+        let r = match self.bucket.store.head(&self.location(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StoreError(e.to_string())),
+        };
+        self.observe(r)
+    }
+
     pub async fn put(&self, result: &CachedResult) -> Result<(), StoreError> {
         let framed = frame(result);
         let r = self
