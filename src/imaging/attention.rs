@@ -80,9 +80,8 @@ fn downsample(w: usize, h: usize, factor: usize, mw: usize, mh: usize, pixel: im
         let row = (y / factor) * mw;
         for x in 0..w {
             let i = row + x / factor;
-            let p = pixel(x, y);
-            for c in 0..3 {
-                sums[i][c] += p[c] as f64;
+            for (sum, v) in sums[i].iter_mut().zip(pixel(x, y)) {
+                *sum += v as f64;
             }
             counts[i] += 1;
         }
