@@ -32,7 +32,7 @@ pub async fn handle(app: &Arc<App>, head: &Parts) -> Answer {
     let path = &head.uri.path()[PREFIX.len()..];
     let (request, _disposition) = pipeline::parse_transform_path(app, path)?;
     let accept = head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let variant = Variant::negotiate(request.spec.format, accept);
+    let variant = Variant::negotiate(request.spec.format, accept, app.cfg.output.auto_avif);
     let request_key = RequestKey::for_request(
         &params::canonical(&request.spec),
         variant.as_str(),
