@@ -443,6 +443,9 @@ pub struct SdConfig {
     pub path: Option<PathBuf>,
     /// Steps when a URL gives none (the REST API defaults to 75).
     pub url_default_steps: u32,
+    /// Denoising scheduler when a URL gives none, `ddim` or `dpm` (the REST API defaults to
+    /// `ddim`, like diffusers).
+    pub url_default_scheduler: crate::engine::SchedulerKind,
     /// Largest input side accepted by sd-x4.
     pub max_input_side: u32,
     /// The VAE decodes latents (one per engine tile; latent side = input side) with a side longer
@@ -456,7 +459,7 @@ pub struct SdConfig {
 
 impl Default for SdConfig {
     fn default() -> Self {
-        Self { path: None, url_default_steps: 30, max_input_side: 512, vae_tile: 128, vae_tile_overlap: 16 }
+        Self { path: None, url_default_steps: 30, url_default_scheduler: crate::engine::SchedulerKind::Ddim, max_input_side: 512, vae_tile: 128, vae_tile_overlap: 16 }
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::engine::registry::{with_denoise, ModelError, Registry};
-use crate::engine::{Engine, GenParams};
+use crate::engine::{Engine, GenParams, SchedulerKind};
 use crate::error::{Classify, ErrorClass};
 use crate::engine::Tile;
 use crate::imaging::attention;
@@ -255,6 +255,10 @@ impl Plan {
                 Caller::Url => cfg.sd.url_default_steps,
                 Caller::Api => defaults.steps,
             }),
+            scheduler: spec.scheduler.unwrap_or(match caller {
+                Caller::Url => cfg.sd.url_default_scheduler,
+                Caller::Api => defaults.scheduler,
+            }),
             guidance: spec.guidance.unwrap_or(defaults.guidance),
             seed: spec.seed.unwrap_or(defaults.seed),
         };
@@ -316,6 +320,10 @@ impl Plan {
                 g.guidance,
                 g.seed
             ));
+            // DDIM keys stay as they were before schedulers could be chosen
+            if g.scheduler != SchedulerKind::Ddim {
+                s.push_str(&format!("/scheduler={}", g.scheduler.as_str()));
+            }
         }
         s
     }
@@ -465,6 +473,27 @@ mod tests {
     struct Fake {
         id: EngineId,
         scale: u32,
+    }
+
+    /// A prompt-guided model (like sd-x4) that is only planned with.
+    struct FakeSd(EngineId);
+
+    impl Engine for FakeSd {
+        fn id(&self) -> &EngineId {
+            &self.0
+        }
+        fn scale(&self) -> u32 {
+            4
+        }
+        fn tiling(&self) -> Option<Tiling> {
+            None
+        }
+        fn prompt_guided(&self) -> bool {
+            true
+        }
+        fn upscale(&self, _: &[Tile], _: &[GenParams], _: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
+            Err(InferError::Model("planned only".into()))
+        }
     }
 
     impl Engine for Fake {
@@ -688,5 +717,24 @@ mod tests {
         assert_eq!(a.canonical(), b.canonical());
         let c = plan("/x4/q=50/a.png", 10, 10).unwrap();
         assert_ne!(a.canonical(), c.canonical());
+    }
+
+    #[test]
+    fn scheduler_reaches_gen_params_and_the_key_names_it_only_when_not_ddim() {
+        let sd = Registry::new(vec![ModelEntry {
+            name: "sd-x4".into(),
+            aliases: vec![],
+            rank: 0,
+            engine: Arc::new(FakeSd(EngineId::new("sd-x4", "0"))),
+            description: String::new(),
+        }]);
+        let p = |path: &str| plan_with(&sd, path, 10, 10, "image/webp").unwrap();
+        let (ddim, dpm) = (p("/x4/m=sd-x4/prompt=a/scheduler=ddim/a.png"), p("/x4/m=sd-x4/prompt=a/scheduler=dpm/a.png"));
+        assert_eq!((ddim.gen.scheduler, dpm.gen.scheduler), (SchedulerKind::Ddim, SchedulerKind::Dpm));
+        assert!(!ddim.canonical().contains("scheduler"), "{}", ddim.canonical());
+        assert!(dpm.canonical().ends_with("/scheduler=dpm"), "{}", dpm.canonical());
+        // no `scheduler=` in the URL: `[sd] url_default_scheduler` (ddim by default)
+        let default = p("/x4/m=sd-x4/prompt=a/a.png");
+        assert_eq!(default.gen.scheduler, Config::default().sd.url_default_scheduler);
     }
 }

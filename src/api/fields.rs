@@ -18,6 +18,7 @@ pub static FIELDS: &[(&str, &str)] = &[
     ("noise_level", "noise"),
     ("guidance_scale", "guidance"),
     ("num_inference_steps", "steps"),
+    ("scheduler", "scheduler"),
     ("seed", "seed"),
     ("format", "format"),
     ("quality", "q"),

@@ -60,6 +60,7 @@ pub fn model_info(app: &App, head: &Parts) -> Answer {
             "guidance_scale": 9.0,
             "seed": 0,
             "num_inference_steps": { "api": crate::engine::GenParams::default().steps, "url": app.cfg.sd.url_default_steps },
+            "scheduler": { "api": crate::engine::GenParams::default().scheduler, "url": app.cfg.sd.url_default_scheduler },
         },
         "limits": {
             "max_source_bytes": l.max_source_bytes,

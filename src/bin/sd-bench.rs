@@ -5,6 +5,7 @@
 //! sd-bench rss SIZE [--full] [--steps 1] [--vae-tile T] [--vae-overlap O]
 //! sd-bench vae SIZE [--full] [--vae-tile T] [--vae-overlap O]
 //! sd-bench tiling SIZE [--full] [--steps 2] [--vae-tile T] [--vae-overlap O]
+//! sd-bench schedulers [--full] [--sizes 32] [--steps 5,8,10,15,20] [--ref-steps 30] [--seeds 4]
 //! ```
 //! `speed` reports seconds per image per denoising step (time between the first and the last
 //! step's progress report, divided by steps-1 and by the batch size) and the speed-up of batching.
@@ -15,6 +16,9 @@
 //! say (`sd.vae_tile`, `sd.vae_tile_overlap`) unless `--vae-tile` (0: decode whole) and
 //! `--vae-overlap` override them. `tiling` runs the pipeline at SIZE² and compares the tiled
 //! decode of its final latents with a whole one: PSNR on the 8-bit output and both times.
+//! `schedulers` compares DPM-Solver++ and DDIM at each of `--steps` with DDIM at `--ref-steps`
+//! (same seed, prompt and image): PSNR of the 8-bit outputs, the lowest over `--seeds` seeds, and
+//! the wall time of one run.
 //! Without `--full` the tiny fixture model (tests/fixtures/sd-tiny/model) is used; with it a
 //! full-size model with random weights is generated from tests/fixtures/sd-x4-configs into a
 //! temporary folder (safetensors written at bench time, removed afterwards).
@@ -25,7 +29,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use upres::engine::{GenParams, Progress, RunContext};
+use upres::engine::{GenParams, Progress, RunContext, SchedulerKind};
 use upres::ml::sd::pipeline::{Item, Noise};
 use upres::ml::sd::{clip, load_pipeline, tokenizer, unet, vae};
 
@@ -151,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         let items: Vec<Item> = imgs.iter().zip(&params).map(|(im, p)| Item { image: im, params: p, noise: Noise::Seeded(p.seed) }).collect();
         let timer = Timer(Mutex::new(Vec::new()));
         let t = Instant::now();
-        pipe.run(&items, steps, &timer, None)?;
+        pipe.run(&items, steps, SchedulerKind::Ddim, &timer, None)?;
         let total = t.elapsed().as_secs_f64();
         let marks = timer.0.into_inner().unwrap();
         let per_step = if marks.len() >= 2 {
@@ -162,6 +166,45 @@ fn main() -> anyhow::Result<()> {
         Ok((per_step / batch as f64, total))
     };
     match mode.as_str() {
+        "schedulers" => {
+            let size = arg_list(&args, "--sizes", "32")[0];
+            let steps = arg_list(&args, "--steps", "5,8,10,15,20");
+            let ref_steps = arg_list(&args, "--ref-steps", "30")[0];
+            let seeds = arg_list(&args, "--seeds", "4")[0] as u64;
+            // a smooth test image: the tiny model's random weights make a textured output anyway
+            let img: Vec<f32> = (0..3 * size * size)
+                .map(|i| {
+                    let (c, y, x) = (i / (size * size), (i / size) % size, i % size);
+                    0.5 + 0.4 * ((x as f32 / 5.0 + c as f32).sin() * (y as f32 / 4.0).cos())
+                })
+                .collect();
+            let img = Tensor::from_vec(img, (3, size, size), &Device::Cpu)?;
+            let go = |kind: SchedulerKind, steps: usize, seed: u64| -> anyhow::Result<(Tensor, f64)> {
+                let params = GenParams { prompt: "a photo of a cat, sharp details".into(), negative_prompt: "blurry".into(), steps: steps as u32, seed, scheduler: kind, ..GenParams::default() };
+                let t = Instant::now();
+                let y = pipe.run(&[Item { image: &img, params: &params, noise: Noise::Seeded(seed) }], steps, kind, &Timer(Mutex::new(Vec::new())), None)?;
+                Ok((y, t.elapsed().as_secs_f64()))
+            };
+            let refs: Vec<(Tensor, f64)> = (0..seeds).map(|s| go(SchedulerKind::Ddim, ref_steps, s)).collect::<anyhow::Result<_>>()?;
+            let ref_time = refs.iter().map(|r| r.1).sum::<f64>() / seeds as f64;
+            println!("reference: DDIM-{ref_steps}, {label} model, {size}x{size} input, {seeds} seeds, {ref_time:.2}s per run");
+            println!("| scheduler | steps | min PSNR vs DDIM-{ref_steps} (dB) | mean PSNR (dB) | s per run |");
+            println!("|---|---|---|---|---|");
+            for &n in &steps {
+                for kind in [SchedulerKind::Dpm, SchedulerKind::Ddim] {
+                    let (mut min, mut sum, mut time) = (f64::INFINITY, 0.0, 0.0);
+                    for (s, (r, _)) in refs.iter().enumerate() {
+                        let (y, t) = go(kind, n, s as u64)?;
+                        // the outputs are in [0, 1]; psnr8 takes [-1, 1]
+                        let p = psnr8(&((y * 2.0)? - 1.0)?, &((r * 2.0)? - 1.0)?)?;
+                        min = min.min(p);
+                        sum += p.min(99.0);
+                        time += t;
+                    }
+                    println!("| {} | {n} | {min:.2} | {:.2} | {:.2} |", kind.as_str(), sum / seeds as f64, time / seeds as f64);
+                }
+            }
+        }
         "vae" => {
             let size: usize = args.get(1).and_then(|s| s.parse().ok()).expect("vae SIZE");
             let z = Tensor::randn(0f32, 1f32, (1, 4, size, size), &Device::Cpu)?;
@@ -182,7 +225,7 @@ fn main() -> anyhow::Result<()> {
             let params = GenParams { prompt: "a photo".into(), steps: steps as u32, seed: 1, ..GenParams::default() };
             let mut tr = upres::ml::sd::pipeline::Trace::default();
             let item = Item { image: &img, params: &params, noise: Noise::Seeded(1) };
-            pipe.run(&[item], steps, &Timer(Mutex::new(Vec::new())), Some(&mut tr))?;
+            pipe.run(&[item], steps, SchedulerKind::Ddim, &Timer(Mutex::new(Vec::new())), Some(&mut tr))?;
             let z = (tr.final_latents.expect("traced") / upres::ml::sd::pipeline::VAE_SCALING)?;
             let t = Instant::now();
             let whole = pipe.vae.decode(&z)?;

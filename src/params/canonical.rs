@@ -51,6 +51,7 @@ pub fn canonical(spec: &TransformSpec) -> String {
         negative_prompt,
         noise_level,
         steps,
+        scheduler,
         guidance,
         seed,
         width,
@@ -83,6 +84,9 @@ pub fn canonical(spec: &TransformSpec) -> String {
     }
     if let Some(v) = steps {
         parts.push(("steps", v.to_string()));
+    }
+    if let Some(v) = scheduler {
+        parts.push(("scheduler", v.as_str().to_string()));
     }
     if let Some(v) = guidance {
         parts.push(("guidance", number(*v)));

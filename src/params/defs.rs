@@ -4,7 +4,7 @@
 //! parser. The canonical writer for each field lives in `canonical.rs`, which is exhaustive over
 //! `TransformSpec`.
 
-use super::{Denoise, Fit, Format, Gravity, ModelChoice, ParamError, ParamLimits, TransformSpec};
+use super::{Denoise, Fit, Format, Gravity, ModelChoice, ParamError, ParamLimits, SchedulerKind, TransformSpec};
 
 /// One transform option.
 pub struct OptionDef {
@@ -104,6 +104,16 @@ pub static OPTIONS: &[OptionDef] = &[
         doc: "sd-x4 denoising steps. Default from `[sd] url_default_steps`.",
         apply: |s, v, _| {
             s.steps = Some(int_in(v, 1, 200)?);
+            Ok(())
+        },
+    },
+    OptionDef {
+        name: "scheduler",
+        aliases: &[],
+        syntax: "`ddim`, `dpm`",
+        doc: "sd-x4 denoising scheduler: DDIM or DPM-Solver++ (same picture in fewer steps). Default from `[sd] url_default_scheduler`.",
+        apply: |s, v, _| {
+            s.scheduler = Some(SchedulerKind::parse(v).ok_or_else(|| "expected `ddim` or `dpm`".to_string())?);
             Ok(())
         },
     },

@@ -370,7 +370,7 @@ impl<'a> State<'a> {
                 let text = percent_decode_str(&args.join(":")).decode_utf8().map_err(|_| ParamError::BadEncoding)?.into_owned();
                 self.native(if name == "prompt" { "prompt" } else { "neg" }, &text)
             }
-            "noise" | "steps" | "guidance" | "seed" => {
+            "noise" | "steps" | "scheduler" | "guidance" | "seed" => {
                 let def = defs::lookup(name).expect("upres option exists");
                 arity(def.name, args, 1)?;
                 self.native(def.name, arg(args, 0))

@@ -14,6 +14,7 @@ pub mod imgproxy;
 
 use percent_encoding::percent_decode_str;
 
+use crate::engine::SchedulerKind;
 use crate::error::{Classify, ErrorClass};
 
 pub use canonical::{canonical, normalized};
@@ -172,6 +173,8 @@ pub struct TransformSpec {
     pub negative_prompt: Option<String>,
     pub noise_level: Option<u32>,
     pub steps: Option<u32>,
+    /// sd-x4 denoising scheduler.
+    pub scheduler: Option<SchedulerKind>,
     pub guidance: Option<f32>,
     pub seed: Option<u64>,
     pub width: Option<u32>,
@@ -197,6 +200,7 @@ impl std::fmt::Debug for TransformSpec {
             .field("negative_prompt_len", &self.negative_prompt.as_ref().map(|p| p.len()))
             .field("noise_level", &self.noise_level)
             .field("steps", &self.steps)
+            .field("scheduler", &self.scheduler)
             .field("guidance", &self.guidance)
             .field("seed", &self.seed)
             .field("width", &self.width)
@@ -238,6 +242,7 @@ impl TransformSpec {
             negative_prompt,
             noise_level,
             steps,
+            scheduler,
             guidance,
             seed,
             width,
@@ -258,6 +263,7 @@ impl TransformSpec {
         pick(&mut self.negative_prompt, negative_prompt, overwrite);
         pick(&mut self.noise_level, noise_level, overwrite);
         pick(&mut self.steps, steps, overwrite);
+        pick(&mut self.scheduler, scheduler, overwrite);
         pick(&mut self.guidance, guidance, overwrite);
         pick(&mut self.seed, seed, overwrite);
         pick(&mut self.width, width, overwrite);

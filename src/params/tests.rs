@@ -37,6 +37,7 @@ fn out_of_range_values_name_the_option() {
         ("/x5/cat.jpg", "scale"),
         ("/x4/noise=351/cat.jpg", "noise"),
         ("/x4/steps=0/cat.jpg", "steps"),
+        ("/x4/scheduler=euler/cat.jpg", "scheduler"),
         ("/x4/guidance=31/cat.jpg", "guidance"),
         ("/x4/q=0/cat.jpg", "q"),
         ("/x4/w=0/cat.jpg", "w"),
@@ -135,9 +136,10 @@ fn arb_spec() -> impl Strategy<Value = TransformSpec> {
             proptest::option::of("[a-z]{1,8}|default"),
             proptest::option::of(0usize..10),
             proptest::option::of(0u8..5),
+            proptest::option::of(any::<bool>()),
         ),
     )
-        .prop_map(|((scale, model, prompt, neg), (noise, steps, g, seed), (w, h, fit, dpr), (fmt, q, origin, gravity, denoise))| {
+        .prop_map(|((scale, model, prompt, neg), (noise, steps, g, seed), (w, h, fit, dpr), (fmt, q, origin, gravity, denoise, sched))| {
             TransformSpec {
                 scale,
                 model: match model {
@@ -153,6 +155,7 @@ fn arb_spec() -> impl Strategy<Value = TransformSpec> {
                 negative_prompt: neg,
                 noise_level: noise,
                 steps,
+                scheduler: sched.map(|d| if d { SchedulerKind::Dpm } else { SchedulerKind::Ddim }),
                 guidance: g.map(|g| g as f32 / 10.0),
                 seed,
                 width: w,

@@ -4,11 +4,12 @@
 //! Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
 //! `scheduler/`, `low_res_scheduler/`), reading every config file. CPU runs f32; with the `cuda`
 //! feature and a CUDA device the UNet and text encoder run f16 (the VAE stays f32). Requests with
-//! the same tile shape and step count share one UNet pass per denoising step.
+//! the same tile shape, step count and scheduler share one UNet pass per denoising step.
 
 pub mod blocks;
 pub mod clip;
 pub mod conv;
+pub mod dpm;
 pub mod loader;
 pub mod pipeline;
 pub mod rng;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::engine::{Engine, EngineId, GenParams, InferError, RunContext, Tile, Tiling};
+use crate::engine::{Engine, EngineId, GenParams, InferError, RunContext, SchedulerKind, Tile, Tiling};
 use pipeline::{Item, Noise, Pipeline};
 
 /// The model name in URLs.
@@ -83,8 +84,9 @@ pub fn load_pipeline(dir: &Path, device: &Device, dtype: DType) -> Result<(Pipel
         .map_err(|e| ctx("text_encoder", e))?;
     let tokenizer = tokenizer::ClipTokenizer::from_dir(&dir.join("tokenizer")).map_err(|source| SdError::Tokenizer { dir: dir.into(), source })?;
     let ddim = scheduler::Ddim::new(&ddim_cfg).map_err(|source| SdError::Scheduler { which: "scheduler", source })?;
+    let dpm = dpm::DpmSolver::new(&ddim_cfg).map_err(|source| SdError::Scheduler { which: "scheduler", source })?;
     let low_res = scheduler::LowResNoiser::new(&low_cfg).map_err(|source| SdError::Scheduler { which: "low_res_scheduler", source })?;
-    Ok((Pipeline { tokenizer, text, unet, vae, ddim, low_res, dtype, vae_tiling: None, device: device.clone() }, digest, max_noise))
+    Ok((Pipeline { tokenizer, text, unet, vae, ddim, dpm, low_res, dtype, vae_tiling: None, device: device.clone() }, digest, max_noise))
 }
 
 /// The sd-x4 engine.
@@ -135,7 +137,7 @@ impl Engine for SdEngine {
         Some(self.tiling)
     }
     fn batch_class(&self, params: &GenParams) -> u64 {
-        params.steps as u64
+        params.steps as u64 | (params.scheduler as u64) << 32
     }
     fn prompt_guided(&self) -> bool {
         true
@@ -159,15 +161,16 @@ impl Engine for SdEngine {
             .map(|t| Tensor::from_slice(&t.data, (3, h as usize, w as usize), &candle_core::Device::Cpu))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mut out: Vec<Option<Tile>> = vec![None; tiles.len()];
-        // the batcher groups by step count already; stay correct if a mixed batch arrives anyway
-        let mut steps: Vec<u32> = params.iter().map(|p| p.steps).collect();
-        steps.sort_unstable();
-        steps.dedup();
-        for s in steps {
-            let idx: Vec<usize> = (0..tiles.len()).filter(|&i| params[i].steps == s).collect();
+        // the batcher groups by step count and scheduler already; stay correct if a mixed batch
+        // arrives anyway
+        let mut groups: Vec<(u32, SchedulerKind)> = params.iter().map(|p| (p.steps, p.scheduler)).collect();
+        groups.sort_unstable_by_key(|&(s, k)| (s, k as u8));
+        groups.dedup();
+        for (s, kind) in groups {
+            let idx: Vec<usize> = (0..tiles.len()).filter(|&i| (params[i].steps, params[i].scheduler) == (s, kind)).collect();
             let items: Vec<Item> =
                 idx.iter().map(|&i| Item { image: &imgs[i], params: &params[i], noise: Noise::Seeded(params[i].seed) }).collect();
-            let y = self.pipe.run(&items, s as usize, ctx, None)?.to_device(&candle_core::Device::Cpu)?;
+            let y = self.pipe.run(&items, s as usize, kind, ctx, None)?.to_device(&candle_core::Device::Cpu)?;
             for (k, &i) in idx.iter().enumerate() {
                 let data = y.get(k)?.flatten_all()?.to_vec1::<f32>()?;
                 out[i] = Some(Tile::new(4 * w, 4 * h, data));

@@ -1,7 +1,7 @@
 //! `StableDiffusionUpscalePipeline.__call__` for a batch of items that share the image shape and
 //! the step count: prompt encoding with classifier-free guidance, low-res noise augmentation,
-//! DDIM v-prediction denoising with one UNet pass per step for the whole batch (CFG halves
-//! included), VAE decode (scaling factor 0.08333, always f32), post-processing to [0, 1].
+//! DDIM or DPM-Solver++ v-prediction denoising (the batch shares one scheduler) with one UNet
+//! pass per step for the whole batch (CFG halves included), VAE decode (scaling factor 0.08333, always f32), post-processing to [0, 1].
 //!
 //! Each item has its own prompt, negative prompt, noise level, guidance and seed. Its noise (the
 //! low-res noise first, then the initial latents) comes from `NormalRng(seed)`, so the result does
@@ -11,11 +11,12 @@ use candle_core::{DType, Device, Tensor};
 
 use super::clip::ClipTextModel;
 use super::rng::NormalRng;
+use super::dpm::DpmSolver;
 use super::scheduler::{Ddim, LowResNoiser};
 use super::tokenizer::ClipTokenizer;
 use super::unet::Unet;
 use super::vae::{VaeDecoder, VaeTiling};
-use crate::engine::{GenParams, InferError, Progress, RunContext};
+use crate::engine::{GenParams, InferError, Progress, RunContext, SchedulerKind};
 
 /// The x4 pipeline forces this VAE scaling factor whatever `vae/config.json` says.
 pub const VAE_SCALING: f64 = 0.08333;
@@ -44,6 +45,8 @@ pub struct Pipeline {
     pub unet: Unet,
     pub vae: VaeDecoder,
     pub ddim: Ddim,
+    /// DPM-Solver++ on the same noise schedule as `ddim`.
+    pub dpm: DpmSolver,
     pub low_res: LowResNoiser,
     /// dtype of the UNet and text encoder (f32 on CPU, f16 on CUDA); the VAE is always f32.
     pub dtype: DType,
@@ -58,6 +61,8 @@ pub struct Trace {
     pub text_embeddings: Option<Tensor>,
     pub lowres_noised: Option<Tensor>,
     pub unet0_out: Option<Tensor>,
+    /// The latents after every denoising step.
+    pub step_latents: Vec<Tensor>,
     pub final_latents: Option<Tensor>,
     pub decoded: Option<Tensor>,
 }
@@ -77,8 +82,15 @@ impl Pipeline {
         self.text.forward(&ids)
     }
 
-    /// Runs the whole pipeline; returns (B, 3, 4H, 4W) f32 in [0, 1].
-    pub fn run(&self, items: &[Item], steps: usize, ctx: &dyn RunContext, mut trace: Option<&mut Trace>) -> Result<Tensor, InferError> {
+    /// Runs the whole pipeline with `steps` steps of `scheduler`; returns (B, 3, 4H, 4W) f32 in [0, 1].
+    pub fn run(
+        &self,
+        items: &[Item],
+        steps: usize,
+        scheduler: SchedulerKind,
+        ctx: &dyn RunContext,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor, InferError> {
         let b = items.len();
         if b == 0 {
             return Err(InferError::Input("empty batch".into()));
@@ -118,7 +130,11 @@ impl Pipeline {
         // diffusers skips CFG when guidance <= 1, i.e. uses the conditional prediction alone
         let g: Vec<f32> = items.iter().map(|it| if it.params.guidance > 1.0 { it.params.guidance } else { 1.0 }).collect();
         let g = Tensor::from_vec(g, (b, 1, 1, 1), dev)?;
-        let timesteps = self.ddim.timesteps(steps);
+        let mut dpm = self.dpm.start(steps);
+        let timesteps = match scheduler {
+            SchedulerKind::Ddim => self.ddim.timesteps(steps),
+            SchedulerKind::Dpm => dpm.timesteps.clone(),
+        };
         let total = timesteps.len() as u32;
         for (i, &t) in timesteps.iter().enumerate() {
             if ctx.cancelled() {
@@ -134,7 +150,13 @@ impl Pipeline {
             }
             let (vu, vc) = (v.narrow(0, 0, b)?, v.narrow(0, b, b)?);
             let v = (&vu + (vc - &vu)?.broadcast_mul(&g)?)?;
-            latents = self.ddim.step(&v, t, timesteps.len(), &latents)?;
+            latents = match scheduler {
+                SchedulerKind::Ddim => self.ddim.step(&v, t, timesteps.len(), &latents)?,
+                SchedulerKind::Dpm => dpm.step(&v, &latents)?,
+            };
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.step_latents.push(latents.clone());
+            }
             ctx.progress(Progress { done: i as u32 + 1, total });
         }
         if let Some(t) = trace.as_deref_mut() {

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::pipeline::{Item, Noise, Trace};
 use super::*;
-use crate::engine::{Progress, Unattended};
+use crate::engine::{Progress, SchedulerKind, Unattended};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny")
@@ -52,6 +52,7 @@ fn ref_params() -> GenParams {
         steps: m["steps"].as_u64().unwrap() as u32,
         guidance: m["guidance"].as_f64().unwrap() as f32,
         seed: 0,
+        scheduler: SchedulerKind::Ddim,
     }
 }
 
@@ -92,7 +93,7 @@ fn full_pipeline_matches_diffusers() {
     let ts: Vec<usize> = r["timesteps"].to_vec1::<i64>().unwrap().iter().map(|&t| t as usize).collect();
     assert_eq!(p.ddim.timesteps(params.steps as usize), ts);
     let mut tr = Trace::default();
-    let out = p.run(&[ref_item(&r, &img, &params)], params.steps as usize, &Unattended, Some(&mut tr)).unwrap();
+    let out = p.run(&[ref_item(&r, &img, &params)], params.steps as usize, SchedulerKind::Ddim, &Unattended, Some(&mut tr)).unwrap();
     assert_close("text embeddings", tr.text_embeddings.as_ref().unwrap(), &r["text_embeddings"], 1e-5);
     assert_close("noised low-res image", tr.lowres_noised.as_ref().unwrap(), &r["lowres_noised"], 5e-6);
     assert_close("unet step 0 (in pipeline)", tr.unet0_out.as_ref().unwrap(), &r["unet0_out"], 1e-5);
@@ -109,10 +110,10 @@ fn batching_does_not_change_an_items_result() {
     let img = r["image01"].get(0).unwrap();
     let img2 = (img.ones_like().unwrap() - &img).unwrap();
     let steps = a.steps as usize;
-    let alone = p.run(&[ref_item(&r, &img, &a)], steps, &Unattended, None).unwrap();
+    let alone = p.run(&[ref_item(&r, &img, &a)], steps, SchedulerKind::Ddim, &Unattended, None).unwrap();
     let seeded = || Item { image: &img2, params: &b, noise: Noise::Seeded(b.seed) };
-    let b_alone = p.run(&[seeded()], steps, &Unattended, None).unwrap();
-    let both = p.run(&[seeded(), ref_item(&r, &img, &a)], steps, &Unattended, None).unwrap();
+    let b_alone = p.run(&[seeded()], steps, SchedulerKind::Ddim, &Unattended, None).unwrap();
+    let both = p.run(&[seeded(), ref_item(&r, &img, &a)], steps, SchedulerKind::Ddim, &Unattended, None).unwrap();
     assert_close("item in a batch vs alone", &both.get(1).unwrap().unsqueeze(0).unwrap(), &alone, 1e-5);
     assert_close("seeded item in a batch vs alone", &both.get(0).unwrap().unsqueeze(0).unwrap(), &b_alone, 1e-5);
     assert_close("reference still matched in a batch", &both.get(1).unwrap().unsqueeze(0).unwrap(), &r["image_out"], 2e-5);
@@ -227,7 +228,7 @@ fn tiled_vae_decode_stays_close_to_a_whole_decode() {
     let img = Tensor::from_vec(img, (3, h, w), &Device::Cpu).unwrap();
     let params = GenParams { prompt: "a photo of a garden".into(), steps: 2, seed: 3, ..GenParams::default() };
     let mut tr = Trace::default();
-    p.run(&[Item { image: &img, params: &params, noise: Noise::Seeded(3) }], 2, &Unattended, Some(&mut tr)).unwrap();
+    p.run(&[Item { image: &img, params: &params, noise: Noise::Seeded(3) }], 2, SchedulerKind::Ddim, &Unattended, Some(&mut tr)).unwrap();
     let z = (tr.final_latents.unwrap() / pipeline::VAE_SCALING).unwrap();
     let whole = p.vae.decode(&z).unwrap();
     assert_close("decode_tiled without tiling", &p.vae.decode_tiled(&z, None).unwrap(), &whole, 0.0);
@@ -238,4 +239,28 @@ fn tiled_vae_decode_stays_close_to_a_whole_decode() {
     let psnr = psnr8(&tiled, &whole);
     eprintln!("tiled vs whole VAE decode (48x64 latent, 3x4 tiles of 22): PSNR {psnr:.2} dB on 8-bit output, max abs diff {d:.3e} in [-1, 1]");
     assert!(psnr >= 30.0, "tiled decode PSNR {psnr:.2} dB < 30 dB");
+}
+
+/// DPM-Solver++ against diffusers' `DPMSolverMultistepScheduler` (from the DDIM config, its
+/// defaults) with the same injected noise: the timesteps, the latents after every step and the
+/// output, for 5 and 10 steps (`ref-dpm.safetensors`, written by `generate_dpm.py`).
+#[test]
+fn dpm_solver_matches_diffusers_at_every_step() {
+    let p = pipe();
+    let r = refs();
+    let d = candle_core::safetensors::load(fixture().join("ref-dpm.safetensors"), &Device::Cpu).unwrap();
+    let img = r["image01"].get(0).unwrap();
+    for n in [5usize, 10] {
+        let params = GenParams { steps: n as u32, scheduler: SchedulerKind::Dpm, ..ref_params() };
+        let ts: Vec<usize> = d[&format!("dpm{n}_timesteps")].to_vec1::<i64>().unwrap().iter().map(|&t| t as usize).collect();
+        assert_eq!(p.dpm.timesteps(n), ts, "DPM timesteps for {n} steps");
+        let mut tr = Trace::default();
+        let out = p.run(&[ref_item(&r, &img, &params)], n, SchedulerKind::Dpm, &Unattended, Some(&mut tr)).unwrap();
+        let want = &d[&format!("dpm{n}_latents")];
+        assert_eq!(tr.step_latents.len(), n);
+        for (i, got) in tr.step_latents.iter().enumerate() {
+            assert_close(&format!("DPM-{n} latents after step {}", i + 1), got, &want.get(i).unwrap(), 5e-5);
+        }
+        assert_close(&format!("DPM-{n} image [0,1]"), &out, &d[&format!("dpm{n}_image_out")], 2e-5);
+    }
 }
