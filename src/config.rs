@@ -318,8 +318,22 @@ pub struct AutoRule {
     /// The rule applies to sources of at most this many pixels; absent: to every source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_pixels: Option<u64>,
+    /// The rule applies only to sources of this kind (`imaging::content`: decided from the
+    /// pixels); absent: to every source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
     /// Model name or alias.
     pub model: String,
+}
+
+/// What a source shows, as `imaging::content::classify` decides it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Content {
+    /// Camera pictures: texture and noise nearly everywhere.
+    Photo,
+    /// Drawn pictures (illustrations, anime, logos): mostly flat fills and lines.
+    Illustration,
 }
 
 /// See `EngineConfig::auto_unavailable`.
@@ -343,8 +357,9 @@ impl Default for EngineConfig {
             lanczos_workers: 0,
             auto_unavailable: AutoUnavailable::Next,
             auto: vec![
-                AutoRule { max_input_pixels: Some(524_288), model: "realesrgan-x4plus".into() },
-                AutoRule { max_input_pixels: None, model: "realesr-animevideov3".into() },
+                AutoRule { max_input_pixels: None, content: Some(Content::Illustration), model: "realesr-animevideov3".into() },
+                AutoRule { max_input_pixels: None, content: Some(Content::Photo), model: "photo".into() },
+                AutoRule { max_input_pixels: None, content: None, model: "realesr-animevideov3".into() },
             ],
         }
     }

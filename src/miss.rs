@@ -29,10 +29,10 @@ use crate::engine::tiling::Grid;
 use crate::engine::Tile;
 use crate::error::{ErrorClass, ProxyError};
 use crate::flight::{Computed, FlightValue};
-use crate::imaging::{decode, encode, resize, resize_only};
+use crate::imaging::{content, decode, encode, resize, resize_only};
 use crate::key::{ResultKey, SourceHash, SourceTag};
-use crate::params::{TransformPath, TransformSpec};
-use crate::plan::{Caller, Plan, Variant};
+use crate::params::{ModelChoice, TransformPath, TransformSpec};
+use crate::plan::{Caller, Plan, PlanError, Variant};
 use crate::respond::{CacheOutcome, Timings};
 
 /// How a computation is watched: `cancel` fires when no client waits for it any more, and
@@ -89,11 +89,20 @@ pub async fn plan_bytes(app: &App, bytes: Bytes, spec: &TransformSpec, variant: 
     let max_pixels = app.cfg.limits.max_source_pixels;
     let read = bytes.clone();
     let (header, hash) = blocking(move || Ok((decode::probe(&read, max_pixels)?, SourceHash::of(&read)))).await?;
-    let plan = Plan::resolve(spec, variant, &header, &app.registry, &app.cfg, caller).map_err(|e| {
+    let refused = |e: PlanError| {
         // `auto` refused here: another replica may have the model.
         let e = ProxyError::from(e);
         if e.class == ErrorClass::Overloaded { e.with_retry_after(app.cfg.engine.retry_after) } else { e }
-    })?;
+    };
+    let mut plan = Plan::resolve(spec, variant, &header, &app.registry, &app.cfg, caller).map_err(refused)?;
+    // `auto` with rules by content and a model to run: decode once more and look (the kind
+    // depends on the bytes only, which the result key hashes).
+    let by_content = app.cfg.engine.auto.iter().any(|r| r.content.is_some());
+    if by_content && spec.model == ModelChoice::Auto && plan.engine.is_some() {
+        let read = bytes.clone();
+        let content = blocking(move || Ok(content::classify(&decode::decode_rgb8(&read, max_pixels)?))).await?;
+        plan = Plan::resolve_with_content(spec, variant, &header, Some(content), &app.registry, &app.cfg, caller).map_err(refused)?;
+    }
     let key = ResultKey::for_result(&hash, &plan.canonical(), &plan.model());
     Ok(Planned { bytes, plan, key })
 }

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, Content};
 use crate::engine::registry::{with_denoise, ModelError, Registry};
 use crate::engine::{Engine, GenParams, SchedulerKind};
 use crate::error::{Classify, ErrorClass};
@@ -188,6 +188,20 @@ impl Plan {
         cfg: &Config,
         caller: Caller,
     ) -> Result<Plan, PlanError> {
+        Plan::resolve_with_content(spec, variant, header, None, registry, cfg, caller)
+    }
+
+    /// As `resolve`, with the source's content kind (`imaging::content`) for `model=auto` rules
+    /// that name one; `None`: such rules are skipped.
+    pub fn resolve_with_content(
+        spec: &TransformSpec,
+        variant: Variant,
+        header: &Header,
+        content: Option<Content>,
+        registry: &Registry,
+        cfg: &Config,
+        caller: Caller,
+    ) -> Result<Plan, PlanError> {
         let has_prompt = spec.prompt.as_deref().is_some_and(|p| !p.trim().is_empty());
         let (src_w, src_h) = (header.width, header.height);
         let limit = cfg.limits.max_output_pixels;
@@ -219,7 +233,7 @@ impl Plan {
             let want = (factor - 1e-9).ceil().max(1.0) as u32;
             let pixels = src_w as u64 * src_h as u64;
             let e = &cfg.engine;
-            Some(registry.pick(&model, want, has_prompt, pixels, &e.auto, e.auto_unavailable)?)
+            Some(registry.pick_for(&model, want, has_prompt, pixels, content, &e.auto, e.auto_unavailable)?)
         } else {
             None
         };

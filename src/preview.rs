@@ -7,8 +7,11 @@
 //! fetch_and_plan → estimate (measured speed × input pixels × (1 + jobs queued)) fits the budget,
 //!                  or nothing measured, or the engine is Lanczos anyway → produce_planned (wait)
 //!                : else store tier (a stored final is served as it is, no preview)
-//!                  → preview: decode → one Lanczos resize straight to the output size → encode
-//!                    (on the blocking pool, never through the batcher, so overload cannot stop it)
+//!                  → preview: the cheapest other loaded model whose estimate fits the budget
+//!                    (`preview_model`), through the batcher like any run, then resized to the
+//!                    output; none fits, the queue is full or it fails: decode → one Lanczos
+//!                    resize straight to the output size → encode (on the blocking pool, never
+//!                    through the batcher, so overload cannot stop it)
 //!                  → queue full? publish the preview, count the run `dropped`, end the flight
 //!                  → else detach the flight (its waiters leaving no longer cancel it), publish
 //!                    the preview, run produce_planned: stored, published to the memory tier
@@ -19,6 +22,10 @@
 //! either cache tier; its `ResultKey` (the `ETag`) is derived from the final's, so a 304 for a
 //! preview never validates the final.
 //!
+//! The preview's model is chosen by measured speed (`Registry::estimate`), unlike `model=auto`:
+//! a preview lives only in its flight and never in a cache tier, so replicas may differ in it;
+//! the final they store is the same everywhere.
+//!
 //! Judged from the estimate, not a timer: a run estimated to fit that then overruns is waited
 //! for as before (the request deadline still bounds it).
 
@@ -27,9 +34,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admission;
 use crate::app::App;
 use crate::cache::CachedResult;
 use crate::coalesce::FlightHandle;
+use crate::engine::Engine;
 use crate::engine::batcher::ProgressFn;
 use crate::error::{ErrorClass, ProxyError};
 use crate::imaging::{decode, encode, resize};
@@ -68,7 +77,14 @@ pub async fn produce(
     }
 
     let clock = Instant::now();
-    let preview = render(app, &planned).await?;
+    let by_model = match preview_model(app, &planned.plan, budget) {
+        Some(engine) => model_preview(app, &planned, engine, cancel).await.map_err(|e| tracing::warn!(error = %e.message, "model preview failed; Lanczos instead")).ok(),
+        None => None,
+    };
+    let preview = match by_model {
+        Some(p) => p,
+        None => render(app, &planned).await?,
+    };
     let mut preview_timings = t.clone();
     preview_timings.push("preview", clock.elapsed());
     let preview = Computed { result: Arc::new(preview), outcome: CacheOutcome::Preview, timings: preview_timings };
@@ -107,6 +123,39 @@ pub fn estimate(app: &App, plan: &Plan) -> Option<Duration> {
     let one = app.registry.estimate(index, u64::from(plan.src_w) * u64::from(plan.src_h))?;
     let queued = u32::try_from(app.batcher.depth()).unwrap_or(u32::MAX);
     Some(one.saturating_mul(queued.saturating_add(1)))
+}
+
+/// The cheapest loaded model other than the plan's own (measured, not prompt-guided, not
+/// Lanczos) whose estimate for this source, with the queue ahead, fits `budget`.
+pub fn preview_model(app: &App, plan: &Plan, budget: Duration) -> Option<Arc<dyn Engine>> {
+    let own = plan.engine.as_ref()?;
+    let pixels = u64::from(plan.src_w) * u64::from(plan.src_h);
+    let queued = u32::try_from(app.batcher.depth()).unwrap_or(u32::MAX).saturating_add(1);
+    app.registry
+        .entries()
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !Arc::ptr_eq(&e.engine, own) && !e.engine.prompt_guided() && !e.engine.id().name.starts_with("lanczos"))
+        .filter_map(|(i, e)| Some((app.registry.estimate(i, pixels)?.saturating_mul(queued), e)))
+        .filter(|(t, _)| *t <= budget)
+        .min_by_key(|(t, _)| *t)
+        .map(|(_, e)| e.engine.clone())
+}
+
+/// The plan's output made by `engine` instead of the plan's model (the same crop, size and
+/// format): the miss path's `compute` without the store tier or claims, admitted by the queue
+/// and the memory budget like any run. `X-Upres-Model` names the preview's model.
+async fn model_preview(app: &Arc<App>, planned: &Planned, engine: Arc<dyn Engine>, cancel: &CancellationToken) -> Result<CachedResult, ProxyError> {
+    let mut plan = planned.plan.clone();
+    let scale = engine.scale();
+    (plan.engine_w, plan.engine_h) = (plan.src_w * scale, plan.src_h * scale);
+    plan.engine = Some(engine);
+    app.batcher.check_room()?;
+    let memory = app.memory_budget.admit(admission::job_bytes(&plan))?;
+    let key = ResultKey::derive(&[b"preview", planned.key.as_bytes()]);
+    let preview = Planned { bytes: planned.bytes.clone(), plan, key };
+    let computed = miss::compute(app, preview, memory, Timings::default(), miss::Watch { cancel, progress: None }).await?;
+    Ok(CachedResult::clone(&computed.result))
 }
 
 /// The plan's output by one Lanczos resize from the source (what `model=lanczos` would give,

@@ -3,7 +3,8 @@
 //! `model=auto` is decided by the request and the config only, never by one replica's speed or
 //! load, so every replica with the same config picks the same model for the same URL: with a
 //! prompt, the highest-ranked prompt-guided model; otherwise the first `engine.auto` rule whose
-//! `max_input_pixels` covers the source (a rule naming a model that is not loaded here goes on
+//! `max_input_pixels` covers the source and whose `content`, if any, is the source's (photo or
+//! illustration, `imaging::content`, decided from its pixels) (a rule naming a model that is not loaded here goes on
 //! to the next rule, or is refused with 503 under `engine.auto_unavailable = "refuse"`); no rule
 //! left: the highest rank. A named model is always honoured. A family with several scales
 //! (realesr-animevideov3 x2/x3/x4) is several entries with one name: the one whose scale
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::Engine;
-use crate::config::{AutoRule, AutoUnavailable};
+use crate::config::{AutoRule, AutoUnavailable, Content};
 use crate::error::{Classify, ErrorClass};
 use crate::params::{Denoise, ModelChoice};
 
@@ -114,13 +115,30 @@ impl Registry {
     }
 
     /// Picks the engine for a request: a named model as asked, at the scale nearest `scale`
-    /// from above; `auto` by `rules` on the source's `input_pixels` (module docs).
+    /// from above; `auto` by `rules` on the source's `input_pixels` (module docs), skipping
+    /// rules that name a content kind.
     pub fn pick(
         &self,
         choice: &ModelChoice,
         scale: u32,
         has_prompt: bool,
         input_pixels: u64,
+        rules: &[AutoRule],
+        unavailable: AutoUnavailable,
+    ) -> Result<Arc<dyn Engine>, ModelError> {
+        self.pick_for(choice, scale, has_prompt, input_pixels, None, rules, unavailable)
+    }
+
+    /// As `pick`, with the source's content kind when it is known (rules naming another kind,
+    /// or any kind when it is not known, are skipped).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pick_for(
+        &self,
+        choice: &ModelChoice,
+        scale: u32,
+        has_prompt: bool,
+        input_pixels: u64,
+        content: Option<Content>,
         rules: &[AutoRule],
         unavailable: AutoUnavailable,
     ) -> Result<Arc<dyn Engine>, ModelError> {
@@ -132,7 +150,10 @@ impl Registry {
             ModelChoice::Named(n) => pick_scale(&named(n), scale),
             ModelChoice::Auto => {
                 let guided: Vec<_> = indexed.iter().copied().filter(|(_, e)| e.engine.prompt_guided()).collect();
-                let by_rule = rules.iter().filter(|r| r.max_input_pixels.is_none_or(|max| input_pixels <= max));
+                let by_rule = rules
+                    .iter()
+                    .filter(|r| r.max_input_pixels.is_none_or(|max| input_pixels <= max))
+                    .filter(|r| r.content.is_none_or(|c| Some(c) == content));
                 let mut from_rules = None;
                 if !has_prompt || guided.is_empty() {
                     for rule in by_rule {
@@ -246,9 +267,9 @@ mod tests {
             r.record_speed(i, Duration::from_secs(1000), 1);
         }
         let rules = vec![
-            AutoRule { max_input_pixels: Some(100_000), model: "realesrgan".into() },
-            AutoRule { max_input_pixels: Some(1_000_000), model: "not-loaded".into() },
-            AutoRule { max_input_pixels: None, model: "animevideo".into() },
+            AutoRule { max_input_pixels: Some(100_000), content: None, model: "realesrgan".into() },
+            AutoRule { max_input_pixels: Some(1_000_000), content: None, model: "not-loaded".into() },
+            AutoRule { max_input_pixels: None, content: None, model: "animevideo".into() },
         ];
         let pick = |px: u64, scale: u32, how| r.pick(&ModelChoice::Auto, scale, false, px, &rules, how).map(|e| e.id().name.clone());
         assert_eq!(pick(100_000, 4, AutoUnavailable::Next).unwrap(), "realesrgan-x4plus-x4");

@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod avif;
+pub mod content;
 pub mod decode;
 pub mod encode;
 pub mod resize;

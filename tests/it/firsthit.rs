@@ -174,3 +174,41 @@ async fn a_zero_budget_always_waits_for_the_model() {
     assert_eq!(s.metric("upres_previews_total").await, 0);
     s.stop().await;
 }
+
+/// With a second, fast model loaded (measured within the budget), the preview is made by that
+/// model instead of Lanczos, through the queue, and `X-Upres-Model` names it; the final is still
+/// the requested model's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preview_is_made_by_the_cheapest_model_that_fits_the_budget() {
+    let (slow, quick) = (GatedEngine::new(), SlowEngine::new(Duration::ZERO));
+    let s = Setup::new()
+        .models(vec![entry("gated", slow.clone()), entry("quick", quick.clone())])
+        .config(|c| c.ml.warm_up = false)
+        .start()
+        .await;
+    measured_slow(&s.app, 0, Duration::from_secs(10));
+    measured_slow(&s.app, 1, Duration::from_nanos(10));
+    s.put_source("q.png", &png(16, 12));
+    let url = s.url("/x2/model=gated/format=png/q.png");
+
+    let first = client().get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-upres-result"], "preview");
+    let model = first.headers()["x-upres-model"].to_str().unwrap().to_string();
+    assert!(model.starts_with("slow-x2@"), "the quick model made the preview, not {model}");
+    assert_eq!(quick.passes.load(Ordering::SeqCst), 1, "one pass of the quick model");
+    assert_eq!(dimensions(&first.bytes().await.unwrap()), (32, 24), "the same transform");
+
+    slow.release();
+    let last = until_final(&s, &url).await;
+    assert!(last.headers()["x-upres-model"].to_str().unwrap().starts_with("gated-x2@"));
+    assert_eq!(quick.passes.load(Ordering::SeqCst), 1, "the final is the requested model's alone");
+
+    // A quick model measured too slow for the budget leaves the preview to Lanczos.
+    measured_slow(&s.app, 1, Duration::from_secs(10));
+    s.put_source("r.png", &png(16, 12));
+    let other = client().get(s.url("/x2/model=gated/format=png/r.png")).send().await.unwrap();
+    assert_eq!(other.headers()["x-upres-result"], "preview");
+    assert_eq!(other.headers()["x-upres-model"], upres::preview::PREVIEW_MODEL);
+    s.stop().await;
+}

@@ -81,7 +81,7 @@ async fn auto_refuses_when_the_configured_model_is_not_loaded_here() {
     use upres::config::{AutoRule, AutoUnavailable};
     let s = Setup::new()
         .config(|c| {
-            c.engine.auto = vec![AutoRule { max_input_pixels: None, model: "realesrgan-x4plus".into() }];
+            c.engine.auto = vec![AutoRule { max_input_pixels: None, content: None, model: "realesrgan-x4plus".into() }];
             c.engine.auto_unavailable = AutoUnavailable::Refuse;
         })
         .start()
