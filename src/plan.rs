@@ -550,13 +550,16 @@ mod tests {
         let mut entries = lanczos();
         entries.extend([2, 3, 4].map(|s| fake("realesr-animevideov3", "animevideo", 5, s)));
         entries.push(fake("realesrgan-x4plus", "realesrgan", 10, 4));
+        entries.push(fake("clearreality4x", "photo", 8, 4));
         Registry::new(entries)
     }
 
+    /// The plan for `path` on a `w`×`h` JPEG that reads as a photo (`imaging::content`).
     fn plan_with(registry: &Registry, path: &str, w: u32, h: u32, accept: &str) -> Result<Plan, PlanError> {
         let t = crate::params::parse(path, &Default::default()).unwrap();
         let header = Header { format: ImageFormat::Jpeg, width: w, height: h, has_alpha: false, orientation: Orientation::NoTransforms };
-        Plan::resolve(&t.spec, Variant::negotiate(t.spec.format, Some(accept), true), &header, registry, &Config::default(), Caller::Url)
+        let variant = Variant::negotiate(t.spec.format, Some(accept), true);
+        Plan::resolve_with_content(&t.spec, variant, &header, Some(Content::Photo), registry, &Config::default(), Caller::Url)
     }
 
     fn plan(path: &str, w: u32, h: u32) -> Result<Plan, PlanError> {
