@@ -8,14 +8,13 @@
 
 use rgb::FromSlice;
 
-use super::encode::EncodeError;
-
 /// Encoder speed range (rav1e presets): 1 is slowest and smallest, 10 fastest.
 pub const SPEEDS: std::ops::RangeInclusive<u8> = 1..=10;
 
 /// Interleaved RGB8 or (with `alpha`) RGBA8 pixels into an AVIF file. Threads come from the
 /// rayon pool of the calling thread (the global one on the blocking pool).
-pub fn encode(px: &[u8], w: u32, h: u32, alpha: bool, quality: u8, speed: u8) -> Result<Vec<u8>, EncodeError> {
+/// Errors are ravif's own (`encode.rs` maps them), so this module imports nothing of `encode`.
+pub fn encode(px: &[u8], w: u32, h: u32, alpha: bool, quality: u8, speed: u8) -> Result<Vec<u8>, ravif::Error> {
     let (w, h) = (w as usize, h as usize);
     let enc = ravif::Encoder::new()
         .with_quality(quality.clamp(1, 100) as f32)
@@ -27,5 +26,5 @@ pub fn encode(px: &[u8], w: u32, h: u32, alpha: bool, quality: u8, speed: u8) ->
     } else {
         enc.encode_rgb(ravif::Img::new(px.as_rgb(), w, h))
     };
-    encoded.map(|e| e.avif_file).map_err(|e| EncodeError::Failed(format!("avif: {e}")))
+    encoded.map(|e| e.avif_file)
 }

@@ -177,7 +177,9 @@ fn encode_interleaved(px: &[u8], w: u32, h: u32, alpha: bool, enc: &Encoding) ->
     let quality = enc.quality;
     let mut out = Cursor::new(Vec::new());
     match enc.format {
-        OutputFormat::Avif => return avif::encode(px, w, h, alpha, quality, enc.avif_speed),
+        OutputFormat::Avif => {
+            return avif::encode(px, w, h, alpha, quality, enc.avif_speed).map_err(|e| EncodeError::Failed(format!("avif: {e}")));
+        }
         OutputFormat::Webp => {
             let enc = if alpha { webp::Encoder::from_rgba(px, w, h) } else { webp::Encoder::from_rgb(px, w, h) };
             let mem = enc.encode_simple(false, quality as f32).map_err(|e| EncodeError::Failed(format!("{e:?}")))?;
