@@ -111,7 +111,7 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "scheduler",
         aliases: &[],
         syntax: "`ddim`, `dpm`",
-        doc: "sd-x4 denoising scheduler: DDIM or DPM-Solver++ (same picture in fewer steps). Default from `[sd] url_default_scheduler`.",
+        doc: "sd-x4 denoising scheduler: DDIM (eta 0) or DPM-Solver++ (multistep, order 2). Default from `[sd] url_default_scheduler`.",
         apply: |s, v, _| {
             s.scheduler = Some(SchedulerKind::parse(v).ok_or_else(|| "expected `ddim` or `dpm`".to_string())?);
             Ok(())
