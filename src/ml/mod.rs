@@ -75,9 +75,9 @@ pub(crate) fn discover_ncnn(cfg: &MlConfig) -> Result<Vec<ModelEntry>, MlError> 
             continue;
         };
         let tiling = Some(gan_tiling(cfg, &(known.arch)()));
-        let engine = realesrgan::RealEsrgan::load(dir, known, &device, tiling).map_err(|reason| MlError::Load {
+        let engine = realesrgan::RealEsrgan::load(dir, known, &device, tiling).map_err(|e| MlError::Load {
             path: dir.join(format!("{stem}.param")).display().to_string(),
-            reason,
+            reason: e.to_string(),
         })?;
         tracing::info!(model = %crate::engine::Engine::id(&engine), "loaded");
         entries.push(ModelEntry {

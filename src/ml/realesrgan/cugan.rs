@@ -21,6 +21,7 @@
 
 use candle_core::{Device, Result, Tensor, D};
 
+use super::error::ModelError;
 use super::graph::{Builder, DenseAct, Fused, Op, Src};
 use super::layers::pixel_shuffle;
 use crate::ml::ncnn::LayerData;
@@ -96,15 +97,14 @@ pub struct VConv {
 }
 
 impl VConv {
-    fn expect(b: &mut Builder, x: Src, (cin, cout, k, stride): (usize, usize, usize, usize), leaky: bool, device: &Device) -> std::result::Result<(Src, Self), String> {
+    fn expect(b: &mut Builder, x: Src, (cin, cout, k, stride): (usize, usize, usize, usize), leaky: bool, device: &Device) -> std::result::Result<(Src, Self), ModelError> {
         let act = if leaky { Fused::LeakyRelu(SLOPE) } else { Fused::None };
         let (s, data) = b.expect(Op::ConvValid { cin, cout, k, stride, act }, &[x])?;
         let LayerData::Convolution { weight, bias: Some(bias) } = data else {
-            return Err("convolution without weights or bias".into());
+            return Err(ModelError::Graph("convolution without weights or bias".into()));
         };
-        let mk = |r: Result<Tensor>| r.map_err(|e| e.to_string());
-        let w_t = mk(Tensor::from_slice(&weight, (cout, cin, k, k), device))?;
-        let b_t = mk(Tensor::from_slice(&bias, (1, cout, 1, 1), device))?;
+        let w_t = Tensor::from_slice(&weight, (cout, cin, k, k), device)?;
+        let b_t = Tensor::from_slice(&bias, (1, cout, 1, 1), device)?;
         Ok((s, Self { weight, bias, cin, cout, k, stride, leaky, w_t, b_t }))
     }
 
@@ -141,15 +141,14 @@ pub struct Deconv {
 }
 
 impl Deconv {
-    fn expect(b: &mut Builder, x: Src, (cin, cout, k, stride, pad): (usize, usize, usize, usize, usize), leaky: bool, device: &Device) -> std::result::Result<(Src, Self), String> {
+    fn expect(b: &mut Builder, x: Src, (cin, cout, k, stride, pad): (usize, usize, usize, usize, usize), leaky: bool, device: &Device) -> std::result::Result<(Src, Self), ModelError> {
         let act = if leaky { Fused::LeakyRelu(SLOPE) } else { Fused::None };
         let (s, data) = b.expect(Op::Deconv { cin, cout, k, stride, pad, act }, &[x])?;
         let LayerData::Convolution { weight, bias: Some(bias) } = data else {
-            return Err("deconvolution without weights or bias".into());
+            return Err(ModelError::Graph("deconvolution without weights or bias".into()));
         };
-        let mk = |r: Result<Tensor>| r.map_err(|e| e.to_string());
-        let w_t = mk(Tensor::from_slice(&weight, (cout, cin, k, k), device).and_then(|t| t.transpose(0, 1)?.contiguous()))?;
-        let b_t = mk(Tensor::from_slice(&bias, (1, cout, 1, 1), device))?;
+        let w_t = Tensor::from_slice(&weight, (cout, cin, k, k), device).and_then(|t| t.transpose(0, 1)?.contiguous())?;
+        let b_t = Tensor::from_slice(&bias, (1, cout, 1, 1), device)?;
         Ok((s, Self { weight, bias, cin, cout, k, stride, pad, leaky, w_t, b_t }))
     }
 
@@ -185,12 +184,12 @@ pub struct Se {
 }
 
 impl Se {
-    fn expect(b: &mut Builder, x: Src, c: usize) -> std::result::Result<(Src, Self), String> {
+    fn expect(b: &mut Builder, x: Src, c: usize) -> std::result::Result<(Src, Self), ModelError> {
         let hidden = c / 8;
-        let dense = |b: &mut Builder, x: Src, cin: usize, cout: usize, act: DenseAct| -> std::result::Result<(Src, Vec<f32>, Vec<f32>), String> {
+        let dense = |b: &mut Builder, x: Src, cin: usize, cout: usize, act: DenseAct| -> std::result::Result<(Src, Vec<f32>, Vec<f32>), ModelError> {
             let (s, data) = b.expect(Op::Dense { cin, cout, act }, &[x])?;
             let LayerData::Convolution { weight, bias: Some(bias) } = data else {
-                return Err("InnerProduct without weights or bias".into());
+                return Err(ModelError::Graph("InnerProduct without weights or bias".into()));
             };
             Ok((s, weight, bias))
         };
@@ -230,7 +229,7 @@ pub struct UNetConv {
 }
 
 impl UNetConv {
-    fn expect(b: &mut Builder, x: Src, (cin, mid, cout): (usize, usize, usize), se: bool, device: &Device) -> std::result::Result<(Src, Self), String> {
+    fn expect(b: &mut Builder, x: Src, (cin, mid, cout): (usize, usize, usize), se: bool, device: &Device) -> std::result::Result<(Src, Self), ModelError> {
         let (x, c1) = VConv::expect(b, x, (cin, mid, 3, 1), true, device)?;
         let (mut x, c2) = VConv::expect(b, x, (mid, cout, 3, 1), true, device)?;
         let se = if se {
@@ -288,13 +287,13 @@ pub struct Cugan {
     pub(super) last: Option<VConv>,
 }
 
-fn crop(b: &mut Builder, x: Src, border: usize) -> std::result::Result<Src, String> {
+fn crop(b: &mut Builder, x: Src, border: usize) -> std::result::Result<Src, ModelError> {
     Ok(b.expect(Op::Crop { border }, &[x])?.0)
 }
 
 impl Cugan {
     /// Builds the network from `b`, checking every layer of the file.
-    pub fn new(cfg: CuganConfig, b: &mut Builder, device: &Device) -> std::result::Result<(Self, Src), String> {
+    pub fn new(cfg: CuganConfig, b: &mut Builder, device: &Device) -> std::result::Result<(Self, Src), ModelError> {
         let d = device;
         let se = cfg.se;
         // U-Net 1.

@@ -24,6 +24,7 @@ use candle_core::{Device, Result, Tensor};
 
 pub use super::fast_cugan::FastCugan;
 pub use super::fast_span::FastSpan;
+use super::error::ModelError;
 use super::layers::bicubic;
 use super::rrdb::Rrdb;
 use super::srvgg::{Srvgg, SrvggConfig};
@@ -53,7 +54,7 @@ pub struct FastRrdb {
 }
 
 impl FastRrdb {
-    pub fn new(net: &Rrdb, backend: Backend, wino: Winograd) -> std::result::Result<Self, String> {
+    pub fn new(net: &Rrdb, backend: Backend, wino: Winograd) -> std::result::Result<Self, ModelError> {
         // The AMX bf16 Winograd kernel rounds its transforms to bf16, ~3× the direct kernel's
         // error per conv: over RRDBNet's 345 chained trunk convs that costs x4plus-anime 42.7 dB
         // against fp32 (under the 45 dB bound), so the trunk keeps the direct kernel there.
@@ -72,9 +73,9 @@ impl FastRrdb {
                     .enumerate()
                     .map(|(k, c)| c.to_fast(if k == 0 { backend.dense_in() } else { backend }, trunk_wino))
                     .collect::<std::result::Result<_, _>>()?;
-                dbs.push(<[Conv3x3; 5]>::try_from(convs).map_err(|_| "five convs")?);
+                dbs.push(<[Conv3x3; 5]>::try_from(convs).map_err(|_| ModelError::Graph("five convs".into()))?);
             }
-            blocks.push(<[[Conv3x3; 5]; 3]>::try_from(dbs).map_err(|_| "three dense blocks")?);
+            blocks.push(<[[Conv3x3; 5]; 3]>::try_from(dbs).map_err(|_| ModelError::Graph("three dense blocks".into()))?);
         }
         // The image-facing convs (the first, and from the trunk's closing conv on) at edge
         // precision; the residual trunk on `backend`.
@@ -168,7 +169,7 @@ pub struct FastSrvgg {
 }
 
 impl FastSrvgg {
-    pub fn new(net: &Srvgg, backend: Backend, wino: Winograd) -> std::result::Result<Self, String> {
+    pub fn new(net: &Srvgg, backend: Backend, wino: Winograd) -> std::result::Result<Self, ModelError> {
         // The first conv (reads the image) at edge precision, the rest on `backend`. Unlike
         // RRDBNet's tail, SRVGG's last conv (64→48, before the pixel shuffle) loses nothing
         // measurable in plain bf16 (8-bit PSNR vs fp32 52.3–52.7 / 51.9–52.0 dB on the test
@@ -181,7 +182,7 @@ impl FastSrvgg {
             .map(|(i, c)| c.to_fast(if i == 0 { backend.edge() } else { backend }, wino))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         if convs.len() < 2 {
-            return Err("SRVGGNetCompact needs at least two convs".into());
+            return Err(ModelError::Graph("SRVGGNetCompact needs at least two convs".into()));
         }
         Ok(Self { cfg: net.cfg, convs, pool: BufferPool::default() })
     }
@@ -229,7 +230,7 @@ pub enum FastNet {
 
 impl FastNet {
     /// Packs the weights of a loaded candle network (Winograd F(4×4, 3×3) per `wino`).
-    pub(super) fn new(net: &super::Net, backend: Backend, wino: Winograd) -> std::result::Result<Self, String> {
+    pub(super) fn new(net: &super::Net, backend: Backend, wino: Winograd) -> std::result::Result<Self, ModelError> {
         Ok(match net {
             super::Net::Rrdb(n) => FastNet::Rrdb(FastRrdb::new(n, backend, wino)?),
             super::Net::Srvgg(n) => FastNet::Srvgg(FastSrvgg::new(n, backend, wino)?),

@@ -17,6 +17,7 @@
 
 use rayon::prelude::*;
 
+use super::error::ModelError;
 use super::cugan::{pad_input, Cugan, CuganConfig, Deconv, Se, UNetConv, VConv, SLOPE};
 use crate::ml::fastconv::pointwise::Conv1x1;
 use crate::ml::fastconv::{Activation, Backend, BufferPool, Conv3x3, Epilogue, FastConvError, Nhwc, Winograd};
@@ -29,9 +30,9 @@ fn leaky(v: f32) -> f32 {
     }
 }
 
-fn conv3(c: &VConv, backend: Backend, wino: Winograd) -> Result<Conv3x3, String> {
+fn conv3(c: &VConv, backend: Backend, wino: Winograd) -> Result<Conv3x3, ModelError> {
     let act = if c.leaky { Activation::LeakyRelu(SLOPE) } else { Activation::None };
-    Conv3x3::with_options(&c.weight, Some(&c.bias), c.cin, c.cout, act, backend, wino).map_err(|e| e.to_string())
+    Ok(Conv3x3::with_options(&c.weight, Some(&c.bias), c.cin, c.cout, act, backend, wino)?)
 }
 
 /// A 2×2 stride-2 conv as space-to-depth + 1×1 (input channel `(ky·2 + kx)·C + c`).
@@ -41,7 +42,7 @@ struct Down {
 }
 
 impl Down {
-    fn new(c: &VConv) -> Result<Self, String> {
+    fn new(c: &VConv) -> Result<Self, ModelError> {
         let (cin, cout) = (c.cin, c.cout);
         let mut w = vec![0f32; cout * 4 * cin];
         for o in 0..cout {
@@ -51,7 +52,7 @@ impl Down {
                 }
             }
         }
-        Ok(Self { conv: Conv1x1::new(&w, Some(&c.bias), 4 * cin, cout).map_err(|e| e.to_string())?, cin })
+        Ok(Self { conv: Conv1x1::new(&w, Some(&c.bias), 4 * cin, cout)?, cin })
     }
 
     /// `x` (rim 0, even sides) → the half-size map, LeakyReLU applied.
@@ -85,7 +86,7 @@ struct Up {
 }
 
 impl Up {
-    fn new(d: &Deconv) -> Result<Self, String> {
+    fn new(d: &Deconv) -> Result<Self, ModelError> {
         let (cin, cout, k) = (d.cin, d.cout, d.k);
         // Column `(ky·k + kx)·C' + o` = Σᵢ x[i]·w[o][i][ky][kx].
         let mut w = vec![0f32; k * k * cout * cin];
@@ -96,7 +97,7 @@ impl Up {
                 }
             }
         }
-        let cols = Conv1x1::new(&w, None, cin, k * k * cout).map_err(|e| e.to_string())?;
+        let cols = Conv1x1::new(&w, None, cin, k * k * cout)?;
         Ok(Self { cols, bias: d.bias.clone(), cout, k, stride: d.stride, pad: d.pad, leaky: d.leaky })
     }
 
@@ -144,7 +145,7 @@ struct Block {
 }
 
 impl Block {
-    fn new(u: &UNetConv, backend: Backend, wino: Winograd) -> Result<Self, String> {
+    fn new(u: &UNetConv, backend: Backend, wino: Winograd) -> Result<Self, ModelError> {
         Ok(Self { c1: conv3(&u.c1, backend, wino)?, c2: conv3(&u.c2, backend, wino)?, se: u.se.clone() })
     }
 
@@ -200,7 +201,7 @@ pub struct FastCugan {
 }
 
 impl FastCugan {
-    pub fn new(net: &Cugan, backend: Backend, wino: Winograd) -> Result<Self, String> {
+    pub fn new(net: &Cugan, backend: Backend, wino: Winograd) -> Result<Self, ModelError> {
         let b = backend.edge();
         let (u1, u2) = (&net.unet1, &net.unet2);
         Ok(Self {

@@ -8,6 +8,7 @@
 //! their slots of one `4C`-channel buffer as they are made, so the concat costs one copy per
 //! slot at most. Buffers come from a [`BufferPool`] kept between forwards.
 
+use super::error::ModelError;
 use super::span::Span;
 use crate::ml::fastconv::pointwise::{sigmoid, swish, Conv1x1};
 use crate::ml::fastconv::{Backend, BufferPool, Conv3x3, Epilogue, FastConvError, Nhwc, Winograd};
@@ -28,13 +29,13 @@ pub struct FastSpan {
 }
 
 impl FastSpan {
-    pub fn new(net: &Span, backend: Backend, wino: Winograd) -> Result<Self, String> {
+    pub fn new(net: &Span, backend: Backend, wino: Winograd) -> Result<Self, ModelError> {
         let backend = backend.edge();
         let blocks = net
             .blocks
             .iter()
             .map(|b| Ok([b.c1.to_fast(backend, wino)?, b.c2.to_fast(backend, wino)?, b.c3.to_fast(backend, wino)?]))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ModelError>>()?;
         let conv_cat = net.conv_cat.to_fast_1x1()?;
         Ok(Self {
             feat: net.cfg.feat,

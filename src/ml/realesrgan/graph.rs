@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use super::error::ModelError;
 use crate::ml::ncnn::{Layer, LayerData, Param};
 
 /// What a node computes.
@@ -143,22 +144,22 @@ const OUTPUT_BLOB: &str = "output";
 
 impl Graph {
     /// Resolves `Split`s and `Input`, and turns each remaining layer into an [`Op`].
-    pub fn resolve(param: &Param, data: Vec<LayerData>) -> Result<Graph, String> {
+    pub fn resolve(param: &Param, data: Vec<LayerData>) -> Result<Graph, ModelError> {
         Self::resolve_named(param, data, INPUT_BLOB, OUTPUT_BLOB)
     }
 
     /// [`Graph::resolve`] for a file whose input and output blobs have other names
     /// (Real-CUGAN's `in0`/`out0`).
-    pub fn resolve_named(param: &Param, data: Vec<LayerData>, input_blob: &str, output_blob: &str) -> Result<Graph, String> {
+    pub fn resolve_named(param: &Param, data: Vec<LayerData>, input_blob: &str, output_blob: &str) -> Result<Graph, ModelError> {
         let mut blobs: HashMap<&str, Src> = HashMap::new();
         let mut nodes = Vec::new();
         for (layer, data) in param.layers.iter().zip(data) {
-            let at = |r: String| format!("line {} layer `{}` ({}): {r}", layer.line, layer.name, layer.kind);
+            let at = |r: String| ModelError::Graph(format!("line {} layer `{}` ({}): {r}", layer.line, layer.name, layer.kind));
             let inputs = layer
                 .inputs
                 .iter()
                 .map(|b| blobs.get(b.as_str()).copied().ok_or_else(|| at(format!("input blob `{b}` is never produced"))))
-                .collect::<Result<Vec<Src>, String>>()?;
+                .collect::<Result<Vec<Src>, ModelError>>()?;
             let src = match layer.kind.as_str() {
                 "Input" => {
                     if layer.outputs.len() != 1 || layer.outputs[0] != input_blob {
@@ -183,7 +184,7 @@ impl Graph {
                 blobs.insert(b.as_str(), src);
             }
         }
-        let output = *blobs.get(output_blob).ok_or_else(|| format!("no blob is named `{output_blob}`"))?;
+        let output = *blobs.get(output_blob).ok_or_else(|| ModelError::Graph(format!("no blob is named `{output_blob}`")))?;
         Ok(Graph { nodes, output })
     }
 }
@@ -353,40 +354,40 @@ impl Builder {
     }
 
     /// Expects the next node to compute `op` from `inputs`; returns it (with its weights).
-    pub fn expect(&mut self, op: Op, inputs: &[Src]) -> Result<(Src, LayerData), String> {
+    pub fn expect(&mut self, op: Op, inputs: &[Src]) -> Result<(Src, LayerData), ModelError> {
         let i = self.next;
         let Some(node) = self.graph.nodes.get_mut(i) else {
-            return Err(format!("the file ends after {i} computing layers; the network expects {op} next"));
+            return Err(ModelError::Graph(format!("the file ends after {i} computing layers; the network expects {op} next")));
         };
         let inputs_match = node.inputs == inputs
             || (op == Op::Add && inputs.len() == 2 && node.inputs == [inputs[1], inputs[0]]);
         if node.op != op || !inputs_match {
-            return Err(format!(
+            return Err(ModelError::Graph(format!(
                 "line {} layer `{}`: expected #{i} = {op} of {}, found {} of {}",
                 node.line,
                 node.layer,
                 list(inputs),
                 node.op,
                 list(&node.inputs)
-            ));
+            )));
         }
         self.next += 1;
         Ok((Src::Node(i), std::mem::replace(&mut node.data, LayerData::None)))
     }
 
     /// Checks that every node was used and that `out` is the blob named `output`.
-    pub fn finish(self, out: Src) -> Result<(), String> {
+    pub fn finish(self, out: Src) -> Result<(), ModelError> {
         if self.next != self.graph.nodes.len() {
             let n = &self.graph.nodes[self.next];
-            return Err(format!(
+            return Err(ModelError::Graph(format!(
                 "line {} layer `{}`: the network is complete but the file has {} more layers",
                 n.line,
                 n.layer,
                 self.graph.nodes.len() - self.next
-            ));
+            )));
         }
         if out != self.graph.output {
-            return Err(format!("the file's `output` blob is {}, the network's output is {out}", self.graph.output));
+            return Err(ModelError::Graph(format!("the file's `output` blob is {}, the network's output is {out}", self.graph.output)));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::error::ModelError;
 use super::graph::Fused;
 use crate::ml::fastconv;
 use crate::ml::ncnn::LayerData;
@@ -40,14 +41,13 @@ impl Conv {
         (cin, cout, k): (usize, usize, usize),
         fused: Fused,
         device: &Device,
-    ) -> std::result::Result<Conv, String> {
+    ) -> std::result::Result<Conv, ModelError> {
         let LayerData::Convolution { weight, bias } = data else {
-            return Err("convolution without weights".into());
+            return Err(ModelError::Graph("convolution without weights".into()));
         };
-        let mk = |r: Result<Tensor>| r.map_err(|e| e.to_string());
-        let weight = mk(Tensor::from_vec(weight, (cout, cin, k, k), device))?;
+        let weight = Tensor::from_vec(weight, (cout, cin, k, k), device)?;
         let bias = match bias {
-            Some(b) => Some(mk(Tensor::from_vec(b, (1, cout, 1, 1), device))?),
+            Some(b) => Some(Tensor::from_vec(b, (1, cout, 1, 1), device)?),
             None => None,
         };
         let act = match fused {
@@ -58,15 +58,15 @@ impl Conv {
     }
 
     /// Replaces the activation with a per-channel PReLU from ncnn slopes.
-    pub fn with_prelu(mut self, data: LayerData, device: &Device) -> std::result::Result<Conv, String> {
+    pub fn with_prelu(mut self, data: LayerData, device: &Device) -> std::result::Result<Conv, ModelError> {
         let LayerData::PRelu { slope } = data else {
-            return Err("PReLU without slopes".into());
+            return Err(ModelError::Graph("PReLU without slopes".into()));
         };
         let slope = if slope.len() == 1 { vec![slope[0]; self.cout] } else { slope };
         if slope.len() != self.cout {
-            return Err(format!("PReLU has {} slopes for {} channels", slope.len(), self.cout));
+            return Err(ModelError::Graph(format!("PReLU has {} slopes for {} channels", slope.len(), self.cout)));
         }
-        let t = Tensor::from_vec(slope, (1, self.cout, 1, 1), device).map_err(|e| e.to_string())?;
+        let t = Tensor::from_vec(slope, (1, self.cout, 1, 1), device)?;
         self.act = Activation::PRelu(t);
         Ok(self)
     }
@@ -90,12 +90,12 @@ impl Conv {
     /// The same convolution as a pre-packed [`fastconv::Conv3x3`] (NHWC, CPU): weights, bias
     /// and activation copied from this layer, for `backend` with the given Winograd mode
     /// (Winograd applies to the fp32 AVX-512 backend only). Only 3×3 kernels (every Real-ESRGAN conv).
-    pub fn to_fast(&self, backend: fastconv::Backend, winograd: fastconv::Winograd) -> std::result::Result<fastconv::Conv3x3, String> {
+    pub fn to_fast(&self, backend: fastconv::Backend, winograd: fastconv::Winograd) -> std::result::Result<fastconv::Conv3x3, ModelError> {
         if self.k != 3 {
-            return Err(format!("fastconv has no {0}x{0} kernel", self.k));
+            return Err(ModelError::Unsupported(format!("fastconv has no {0}x{0} kernel", self.k)));
         }
-        let host = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
-            t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())
+        let host = |t: &Tensor| -> std::result::Result<Vec<f32>, ModelError> {
+            Ok(t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>())?)
         };
         let weight = host(&self.weight)?;
         let bias = match &self.bias {
@@ -107,19 +107,19 @@ impl Conv {
             Activation::LeakyRelu(s) => fastconv::Activation::LeakyRelu(*s as f32),
             Activation::PRelu(slope) => fastconv::Activation::PRelu(host(slope)?),
         };
-        fastconv::Conv3x3::with_options(&weight, bias.as_deref(), self.cin, self.cout, act, backend, winograd).map_err(|e| e.to_string())
+        Ok(fastconv::Conv3x3::with_options(&weight, bias.as_deref(), self.cin, self.cout, act, backend, winograd)?)
     }
 
     /// A 1×1 layer as a [`fastconv::pointwise::Conv1x1`] (NHWC, CPU, fp32; no activation).
-    pub fn to_fast_1x1(&self) -> std::result::Result<fastconv::pointwise::Conv1x1, String> {
+    pub fn to_fast_1x1(&self) -> std::result::Result<fastconv::pointwise::Conv1x1, ModelError> {
         if self.k != 1 || !matches!(self.act, Activation::Identity) {
-            return Err(format!("not a plain 1x1 conv ({0}x{0}, {1:?})", self.k, self.act));
+            return Err(ModelError::Unsupported(format!("not a plain 1x1 conv ({0}x{0}, {1:?})", self.k, self.act)));
         }
-        let host = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
-            t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())
+        let host = |t: &Tensor| -> std::result::Result<Vec<f32>, ModelError> {
+            Ok(t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>())?)
         };
         let bias = self.bias.as_ref().map(host).transpose()?;
-        fastconv::pointwise::Conv1x1::new(&host(&self.weight)?, bias.as_deref(), self.cin, self.cout).map_err(|e| e.to_string())
+        Ok(fastconv::pointwise::Conv1x1::new(&host(&self.weight)?, bias.as_deref(), self.cin, self.cout)?)
     }
 
     /// Floating-point operations (multiply and add counted separately) on an `h`×`w` input.

@@ -30,6 +30,7 @@ use crate::ml::ncnn::{self, Param};
 use crate::ml::fastconv::{Backend, Winograd};
 
 pub mod cugan;
+mod error;
 pub mod fast;
 mod fast_cugan;
 mod fast_span;
@@ -40,6 +41,7 @@ pub mod span;
 pub mod srvgg;
 
 use cugan::{Cugan, CuganConfig};
+pub use error::ModelError;
 use fast::FastNet;
 use graph::{Builder, Graph};
 use rrdb::{Rrdb, RrdbConfig};
@@ -410,16 +412,16 @@ impl RealEsrgan {
         bin: &[u8],
         device: &Device,
         tiling: Option<Tiling>,
-    ) -> Result<Self, String> {
-        let text = std::str::from_utf8(param).map_err(|_| ".param is not UTF-8 text".to_string())?;
-        let parsed = Param::parse(text).map_err(|e| e.to_string())?;
-        let data = ncnn::read_bin(&parsed, bin).map_err(|e| e.to_string())?;
+    ) -> Result<Self, ModelError> {
+        let text = std::str::from_utf8(param).map_err(ModelError::NotUtf8)?;
+        let parsed = Param::parse(text)?;
+        let data = ncnn::read_bin(&parsed, bin)?;
         let graph = match arch {
             Arch::Cugan(_) => Graph::resolve_named(&parsed, data, "in0", "out0")?,
             _ => Graph::resolve(&parsed, data)?,
         };
         let mut b = Builder::new(graph);
-        let mismatch = |e: String| format!("the graph is not {arch:?}: {e}");
+        let mismatch = |e: ModelError| ModelError::NotArch { arch: format!("{arch:?}"), source: Box::new(e) };
         let (net, out) = match arch {
             Arch::Rrdb(cfg) => Rrdb::new(cfg, &mut b, device).map(|(n, o)| (Net::Rrdb(n), o)),
             Arch::Srvgg(cfg) => Srvgg::new(cfg, &mut b, device).map(|(n, o)| (Net::Srvgg(n), o)),
@@ -444,10 +446,10 @@ impl RealEsrgan {
     }
 
     /// Loads `<dir>/<stem>.param` and `.bin`.
-    pub fn load(dir: &Path, known: &Known, device: &Device, tiling: Option<Tiling>) -> Result<Self, String> {
+    pub fn load(dir: &Path, known: &Known, device: &Device, tiling: Option<Tiling>) -> Result<Self, ModelError> {
         let read = |ext: &str| {
-            let p = dir.join(format!("{}.{ext}", known.stem));
-            std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))
+            let path = dir.join(format!("{}.{ext}", known.stem));
+            std::fs::read(&path).map_err(|source| ModelError::Io { path, source })
         };
         let (param, bin) = (read("param")?, read("bin")?);
         Self::from_ncnn(known.stem, (known.arch)(), &param, &bin, device, tiling)
@@ -468,20 +470,20 @@ impl RealEsrgan {
     }
 
     /// Turns the fastconv path on (packing the weights, CPU device only) or off (candle).
-    pub fn set_fastconv(&mut self, on: bool) -> Result<(), String> {
+    pub fn set_fastconv(&mut self, on: bool) -> Result<(), ModelError> {
         if !on {
             self.fast = None;
         } else if !self.device.is_cpu() {
-            return Err("fastconv runs on the CPU only".into());
+            return Err(ModelError::Unsupported("fastconv runs on the CPU only".into()));
         } else if self.fast.is_none() {
-            self.fast = Some(FastNet::new(&self.net, self.fast_backend, self.winograd).map_err(|e| format!("fastconv: {e}"))?);
+            self.fast = Some(FastNet::new(&self.net, self.fast_backend, self.winograd).map_err(|e| ModelError::FastPath(Box::new(e)))?);
         }
         Ok(())
     }
 
     /// Repacks the fastconv path for `backend` (an unsupported one falls back to the best fp32
     /// kernel) and turns it on.
-    pub fn set_fastconv_backend(&mut self, backend: Backend) -> Result<(), String> {
+    pub fn set_fastconv_backend(&mut self, backend: Backend) -> Result<(), ModelError> {
         self.fast_backend = if backend.supported() { backend } else { Backend::best_fp32() };
         self.fast = None;
         self.set_fastconv(true)
@@ -494,7 +496,7 @@ impl RealEsrgan {
 
     /// Sets the Winograd F(4×4, 3×3) mode of the fastconv layers (re-packing them if fastconv
     /// is on). The default comes from `UPRES_FASTCONV_WINOGRAD` at load (Auto when unset; `off` turns it off).
-    pub fn set_fastconv_winograd(&mut self, mode: Winograd) -> Result<(), String> {
+    pub fn set_fastconv_winograd(&mut self, mode: Winograd) -> Result<(), ModelError> {
         self.winograd = mode;
         if self.fast.is_some() {
             self.fast = None;

@@ -10,6 +10,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use super::error::ModelError;
 use super::graph::{Builder, Fused, Op, Src};
 use super::layers::{nearest, Conv};
 
@@ -58,14 +59,14 @@ fn conv(
     (cin, cout): (usize, usize),
     act: Fused,
     d: &Device,
-) -> std::result::Result<(Conv, Src), String> {
+) -> std::result::Result<(Conv, Src), ModelError> {
     let (s, data) = b.expect(Op::Conv { cin, cout, k: 3, bias: true, act }, x)?;
     Ok((Conv::from_ncnn(data, (cin, cout, 3), act, d)?, s))
 }
 
 impl Rrdb {
     /// Builds the network from `b`, checking every layer of the file.
-    pub fn new(cfg: RrdbConfig, b: &mut Builder, d: &Device) -> std::result::Result<(Self, Src), String> {
+    pub fn new(cfg: RrdbConfig, b: &mut Builder, d: &Device) -> std::result::Result<(Self, Src), ModelError> {
         let (f, g) = (cfg.num_feat, cfg.num_grow);
         let leaky = Fused::LeakyRelu(LEAKY);
         let (conv_first, feat) = conv(b, &[Src::Input], (3, f), Fused::None, d)?;
@@ -87,10 +88,10 @@ impl Rrdb {
                 }
                 let x5 = *feats.last().expect("five convs");
                 x = b.expect(Op::WeightedSum { coeffs: vec![RES_SCALE, 1.0] }, &[x5, db_in])?.0;
-                dbs.push(DenseBlock { convs: convs.try_into().map_err(|_| "five convs")? });
+                dbs.push(DenseBlock { convs: convs.try_into().map_err(|_| ModelError::Graph("five convs".into()))? });
             }
             x = b.expect(Op::WeightedSum { coeffs: vec![RES_SCALE, 1.0] }, &[x, rrdb_in])?.0;
-            blocks.push(dbs.try_into().map_err(|_| "three dense blocks")?);
+            blocks.push(dbs.try_into().map_err(|_| ModelError::Graph("three dense blocks".into()))?);
         }
         let (conv_body, body) = conv(b, &[x], (f, f), Fused::None, d)?;
         let (sum, _) = b.expect(Op::Add, &[feat, body])?;

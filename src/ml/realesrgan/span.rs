@@ -17,6 +17,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use super::error::ModelError;
 use super::graph::{Builder, Fused, Op, Src};
 use super::layers::{pixel_shuffle, Conv};
 use crate::ml::ncnn::LayerData;
@@ -55,18 +56,18 @@ pub struct Span {
 
 impl Span {
     /// Builds the network from `b`, checking every layer of the file.
-    pub fn new(cfg: SpanConfig, b: &mut Builder, device: &Device) -> std::result::Result<(Self, Src), String> {
+    pub fn new(cfg: SpanConfig, b: &mut Builder, device: &Device) -> std::result::Result<(Self, Src), ModelError> {
         let f = cfg.feat;
         let (mean_src, data) = b.expect(Op::Constant { len: 3 }, &[])?;
-        let LayerData::MemoryData { values } = data else { return Err("MemoryData without values".into()) };
-        let mean = <[f32; 3]>::try_from(values.as_slice()).map_err(|_| "the input mean must have 3 values")?;
+        let LayerData::MemoryData { values } = data else { return Err(ModelError::Graph("MemoryData without values".into())) };
+        let mean = <[f32; 3]>::try_from(values.as_slice()).map_err(|_| ModelError::Graph("the input mean must have 3 values".into()))?;
         let (mut x, _) = b.expect(Op::Sub, &[Src::Input, mean_src])?;
         let mut img_range = 1.0;
         if let Some(&Op::MulScalar(s)) = b.peek() {
             img_range = s;
             x = b.expect(Op::MulScalar(s), &[x])?.0;
         }
-        let conv = |b: &mut Builder, x: Src, cin: usize, cout: usize, k: usize| -> std::result::Result<(Src, Conv), String> {
+        let conv = |b: &mut Builder, x: Src, cin: usize, cout: usize, k: usize| -> std::result::Result<(Src, Conv), ModelError> {
             let (s, data) = b.expect(Op::Conv { cin, cout, k, bias: true, act: Fused::None }, &[x])?;
             Ok((s, Conv::from_ncnn(data, (cin, cout, k), Fused::None, device)?))
         };

@@ -10,6 +10,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use super::error::ModelError;
 use super::graph::{Builder, Fused, Op, Src};
 use super::layers::{bicubic, nearest, pixel_shuffle, Conv};
 
@@ -38,7 +39,7 @@ pub struct Srvgg {
 
 impl Srvgg {
     /// Builds the network from `b`, checking every layer of the file.
-    pub fn new(cfg: SrvggConfig, b: &mut Builder, device: &Device) -> std::result::Result<(Self, Src), String> {
+    pub fn new(cfg: SrvggConfig, b: &mut Builder, device: &Device) -> std::result::Result<(Self, Src), ModelError> {
         let f = cfg.num_feat;
         let mut convs = Vec::new();
         let mut x = Src::Input;

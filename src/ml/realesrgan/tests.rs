@@ -386,14 +386,20 @@ fn mismatched_graph_is_a_clear_error() {
     let param = std::fs::read(dir.join("realesrgan-x4plus-anime.param")).unwrap();
     let bin = std::fs::read(dir.join("realesrgan-x4plus-anime.bin")).unwrap();
     let arch = Arch::Rrdb(RrdbConfig::x4plus());
-    let e = RealEsrgan::from_ncnn("x", arch, &param, &bin, &Device::Cpu, None).err().unwrap();
+    let err = RealEsrgan::from_ncnn("x", arch, &param, &bin, &Device::Cpu, None).err().unwrap();
+    // The mismatch keeps the graph check's error as its cause.
+    let cause = std::error::Error::source(&err).map(|c| c.to_string());
+    assert!(matches!(err, ModelError::NotArch { .. }) && cause.is_some_and(|c| c.contains("expected")), "{err:?}");
+    let e = err.to_string();
     assert!(e.contains("the graph is not") && e.contains("expected"), "{e}");
-    let e = RealEsrgan::from_ncnn("x", arch, &param, &bin[..bin.len() - 8], &Device::Cpu, None).err().unwrap();
+    let err = RealEsrgan::from_ncnn("x", arch, &param, &bin[..bin.len() - 8], &Device::Cpu, None).err().unwrap();
+    assert!(matches!(err, ModelError::Ncnn(crate::ml::ncnn::NcnnError::Bin { .. })), "{err:?}");
+    let e = err.to_string();
     assert!(e.contains("truncated"), "{e}");
     let srvgg = Arch::Srvgg(SrvggConfig::animevideov3(4));
     let p2 = std::fs::read(dir.join("realesr-animevideov3-x2.param")).unwrap();
     let b2 = std::fs::read(dir.join("realesr-animevideov3-x2.bin")).unwrap();
-    let e = RealEsrgan::from_ncnn("x", srvgg, &p2, &b2, &Device::Cpu, None).err().unwrap();
+    let e = RealEsrgan::from_ncnn("x", srvgg, &p2, &b2, &Device::Cpu, None).err().unwrap().to_string();
     assert!(e.contains("more layers"), "{e}");
 }
 
