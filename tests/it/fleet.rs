@@ -394,7 +394,6 @@ async fn a_job_accepted_by_one_replica_is_read_and_finished_through_another() {
 
 /// A callback receiver on 127.0.0.1 that answers 200 to every POST and counts them.
 async fn counting_receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>, tokio::sync::watch::Receiver<Option<serde_json::Value>>) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hooks", listener.local_addr().unwrap());
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -403,24 +402,7 @@ async fn counting_receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>, to
     tokio::spawn(async move {
         loop {
             let (socket, _) = listener.accept().await.unwrap();
-            let mut reader = BufReader::new(socket);
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).await.unwrap();
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some((name, value)) = line.split_once(':') {
-                    if name.eq_ignore_ascii_case("content-length") {
-                        length = value.trim().parse().unwrap();
-                    }
-                }
-            }
-            let mut body = vec![0u8; length];
-            reader.read_exact(&mut body).await.unwrap();
-            reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+            let (_, body) = answer_one_request(socket).await;
             counted.fetch_add(1, Ordering::SeqCst);
             tx.send_replace(serde_json::from_slice(&body).ok());
         }

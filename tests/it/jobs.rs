@@ -7,7 +7,6 @@ use hmac::{Hmac, Mac};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 use sha2::Sha256;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::support::*;
 
@@ -30,26 +29,8 @@ async fn receiver() -> (String, tokio::sync::oneshot::Receiver<(String, Vec<u8>)
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (socket, _) = listener.accept().await.unwrap();
-        let mut reader = BufReader::new(socket);
-        let (mut length, mut signature) = (0usize, String::new());
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).await.unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap(),
-                    "x-upres-signature" => signature = value.trim().to_string(),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body).await.unwrap();
-        reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+        let (headers, body) = answer_one_request(socket).await;
+        let signature = headers.into_iter().find(|(n, _)| n == "x-upres-signature").map(|(_, v)| v).unwrap_or_default();
         let _ = tx.send((signature, body));
     });
     (url, rx)

@@ -426,3 +426,28 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// Reads one HTTP/1.1 request (headers, then a `content-length` body) from a callback
+/// receiver's socket and answers `200` with no body. Returns the headers (names lower-cased) and
+/// the body.
+pub async fn answer_one_request(socket: tokio::net::TcpStream) -> (Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut reader = BufReader::new(socket);
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    let length = headers.iter().find(|(n, _)| n == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).await.unwrap();
+    reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+    (headers, body)
+}
