@@ -456,10 +456,10 @@ impl Default for MlConfig {
 pub struct SdConfig {
     /// Model folder in the diffusers layout; empty means `<models_dir>/stable-diffusion-x4-upscaler`.
     pub path: Option<PathBuf>,
-    /// Steps when a URL gives none (the REST API defaults to 75).
+    /// Steps when a URL gives none (default 8, as the REST API).
     pub url_default_steps: u32,
-    /// Denoising scheduler when a URL gives none, `ddim` or `dpm` (the REST API defaults to
-    /// `ddim`, like diffusers).
+    /// Denoising scheduler when a URL gives none, `ddim` or `dpm` (default `dpm`, as the REST API;
+    /// diffusers' pipeline defaults to DDIM with 75 steps).
     pub url_default_scheduler: crate::engine::SchedulerKind,
     /// Largest input side accepted by sd-x4.
     pub max_input_side: u32,
@@ -474,7 +474,7 @@ pub struct SdConfig {
 
 impl Default for SdConfig {
     fn default() -> Self {
-        Self { path: None, url_default_steps: 30, url_default_scheduler: crate::engine::SchedulerKind::Ddim, max_input_side: 512, vae_tile: 128, vae_tile_overlap: 16 }
+        Self { path: None, url_default_steps: crate::engine::DEFAULT_STEPS, url_default_scheduler: crate::engine::SchedulerKind::Dpm, max_input_side: 512, vae_tile: 128, vae_tile_overlap: 16 }
     }
 }
 

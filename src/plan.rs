@@ -750,8 +750,9 @@ mod tests {
         assert_eq!((ddim.gen.scheduler, dpm.gen.scheduler), (SchedulerKind::Ddim, SchedulerKind::Dpm));
         assert!(!ddim.canonical().contains("scheduler"), "{}", ddim.canonical());
         assert!(dpm.canonical().ends_with("/scheduler=dpm"), "{}", dpm.canonical());
-        // no `scheduler=` in the URL: `[sd] url_default_scheduler` (ddim by default)
+        // no `scheduler=` in the URL: `[sd] url_default_scheduler` (dpm by default)
         let default = p("/x4/m=sd-x4/prompt=a/a.png");
         assert_eq!(default.gen.scheduler, Config::default().sd.url_default_scheduler);
+        assert_eq!((default.gen.scheduler, default.gen.steps), (SchedulerKind::Dpm, 8));
     }
 }

@@ -317,7 +317,10 @@ async fn openapi_and_model_info_describe_the_server() {
     assert_eq!(info["devices"], serde_json::json!(["cpu"]));
     assert_eq!(info["limits"]["max_upload_bytes"], 10 * 1024 * 1024);
     assert_eq!(info["limits"]["max_batch_images"], 16);
-    assert_eq!(info["defaults"]["num_inference_steps"]["api"], 75);
+    assert_eq!(info["defaults"]["num_inference_steps"]["api"], 8);
+    assert_eq!(info["defaults"]["num_inference_steps"]["url"], 8);
+    assert_eq!(info["defaults"]["scheduler"]["api"], "dpm");
+    assert_eq!(info["defaults"]["scheduler"]["url"], "dpm");
     s.stop().await;
 }
 
