@@ -142,7 +142,8 @@ fn engine_upscales_deterministically_and_cancels() {
     assert_eq!(e.id().weights.len(), 16 + 2);
     assert!(e.prompt_guided());
     let params = GenParams { steps: 3, seed: 5, prompt: "a cat".into(), ..GenParams::default() };
-    assert_eq!(e.batch_class(&params), 3);
+    // the class is the step count and the scheduler (DPM-Solver++ by default)
+    assert_eq!(e.batch_class(&params), 3 | (SchedulerKind::Dpm as u64) << 32);
     let tile = Tile::new(10, 6, (0..180).map(|i| (i % 17) as f32 / 17.0).collect());
     let a = e.upscale(std::slice::from_ref(&tile), std::slice::from_ref(&params), &Unattended).unwrap();
     let b = e.upscale(&[tile.clone(), tile.clone()], &[GenParams { seed: 6, ..params.clone() }, params.clone()], &Unattended).unwrap();
