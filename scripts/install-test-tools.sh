@@ -25,6 +25,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# tests/it/slo.rs runs `promtool test rules` on deploy/prometheus/: promtool alone, taken out of
+# Debian's prometheus package (no Prometheus server installed or started, none of its web deps).
+if ! command -v promtool >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo=sudo
+  [ ${#missing[@]} -gt 0 ] || $sudo apt-get update -qq
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb x) \
+    && $sudo install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+fi
 # playwright-core at the version pinned in tests/browser/package-lock.json; reinstalled only
 # when the lock file changes.
 if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json; then

@@ -750,11 +750,14 @@ pub struct TelemetryConfig {
     pub log_format: String,
     /// `tracing` filter, e.g. `info,upres=debug`. `RUST_LOG` wins when set.
     pub log_filter: String,
+    /// OTLP/HTTP collector base URL (`http://otel-collector:4318`): request spans are exported
+    /// to `<url>/v1/traces` as protobuf. Empty: no export.
+    pub otlp_endpoint: String,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_format: "text".into(), log_filter: "info".into() }
+        Self { log_format: "text".into(), log_filter: "info".into(), otlp_endpoint: String::new() }
     }
 }
 

@@ -89,5 +89,6 @@ pub mod source;
 pub mod ssrf;
 pub mod stored;
 pub mod telemetry;
+pub mod trace_context;
 pub mod verify;
 pub mod warm;

@@ -25,7 +25,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config, listen, origin, store, models } => {
             let cfg = Config::load(config.as_deref(), &Overrides { listen, origin, store, models })?;
-            telemetry::init_tracing(&cfg.telemetry);
+            let telemetry = telemetry::init_tracing(&cfg.telemetry).map_err(anyhow::Error::msg)?;
             tracing::info!(config = ?cfg.redacted(), "starting");
             let ignored = upres::config::ignored_env_vars();
             if !ignored.is_empty() {
@@ -51,13 +51,17 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             });
             server::run(listener, tls, app, server::shutdown_signal()).await;
+            // The spans of the last requests (a blocking HTTP export).
+            tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
             Ok(())
         }
         Command::Upscale { input, output, options, config, models } => {
             let mut cfg = Config::load(config.as_deref(), &Overrides { models, store: Some(String::new()), ..Default::default() })?;
             cfg.origins.get_mut("default").expect("validated").url = "file://.".into();
             cfg.ml.warm_up = false;
-            telemetry::init_tracing(&cfg.telemetry);
+            // One file, no requests: logs only.
+            cfg.telemetry.otlp_endpoint.clear();
+            let _telemetry = telemetry::init_tracing(&cfg.telemetry).map_err(anyhow::Error::msg)?;
             set_kernels(&cfg)?;
             upscale_file(cfg, &input, &output, &options).await
         }

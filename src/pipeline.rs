@@ -165,7 +165,8 @@ where
             let tracking = app.progress.track(*key);
             let task = work(app.clone(), cancel.clone(), tracking.sink(), permit.handle());
             let app = app.clone();
-            tokio::spawn(async move {
+            // The leader's request span and trace go with it (logs, origin `traceparent`).
+            crate::trace_context::spawn(async move {
                 let _tracking = tracking;
                 let value = tokio::select! {
                     v = task => v,

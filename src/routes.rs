@@ -12,20 +12,22 @@
 //!            ├─ /info/<transform path>   the plan, keys, cache state  api::image_info
 //!            ├─ / /docs /playground/* /api/v1/{samples,sign,progress}   playground
 //!            └─ anything else: a transform URL                    pipeline::transform
-//!        → guards.decorate (CORS) → metrics, one log line
+//!        → guards.decorate (CORS) → metrics, one log line, X-Request-Id
+//! (all inside the request's span and trace: `trace_context`)
 //! ```
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::request::Parts;
-use http::{header, Request, Response};
-use tracing::{info, warn};
+use http::{header, HeaderValue, Request, Response};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::api::{self, RequestBody};
 use crate::app::App;
 use crate::error::ErrorClass;
 use crate::respond::{self, Answer, Body, CacheOutcome};
+use crate::trace_context::{self, TraceParent};
 use crate::{health, pipeline, playground, stored};
 
 /// Every kind of request the server answers.
@@ -136,16 +138,26 @@ impl Route {
         }
     }
 
-    /// Routes that serve images: their latency goes into `upres_request_seconds`.
-    fn serves_images(self) -> bool {
-        matches!(self, Route::Transform | Route::Stored | Route::ApiUpscale | Route::ApiBatch)
-    }
 }
 
-/// Answers one request. Never fails: errors become responses here.
+/// Answers one request. Never fails: errors become responses here. Runs inside the request's
+/// span (`request_id`, `trace_id`: on every log line the request causes) and trace
+/// (`trace_context`), and answers with `X-Request-Id`.
 pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
     let started = Instant::now();
-    let rid = app.next_request_id();
+    let rid = trace_context::request_id(req.headers().get(trace_context::REQUEST_ID), || app.next_request_id());
+    let incoming = req.headers().get(trace_context::TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
+    let span = info_span!("request", request_id = %rid, trace_id = tracing::field::Empty);
+    let trace = trace_context::start(&span, incoming);
+    span.record("trace_id", trace.trace_id_hex());
+    let mut response = trace_context::within(trace, answer(app, req, &rid, started)).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&rid) {
+        response.headers_mut().insert(trace_context::REQUEST_ID, value);
+    }
+    response
+}
+
+async fn answer<B: RequestBody>(app: &Arc<App>, req: Request<B>, rid: &str, started: Instant) -> Response<Body> {
     let (head, body) = req.into_parts();
     // `None`: a guard answered before routing.
     let (route, result) = match app.guards.admit(&head).await {
@@ -159,22 +171,22 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, req: Request<B>) -> Response
         Ok(ok) => ok,
         Err(e) => {
             if e.class == ErrorClass::Internal {
-                warn!(rid = %rid, error = %e.message, "internal error");
+                warn!(error = %e.message, "internal error");
             }
-            (respond::error(&e, &rid, &app.cfg.output), CacheOutcome::None)
+            (respond::error(&e, rid, &app.cfg.output), CacheOutcome::None)
         }
     };
     app.guards.decorate(&head.headers, &mut response);
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
+    let route = route.map_or("guard", Route::name);
+    // The model that made the image served (a closed set: the loaded models); `none` otherwise.
+    let model = response.headers().get("x-upres-model").and_then(|v| v.to_str().ok()).unwrap_or("none");
     app.metrics.requests.with_label_values(&[&status.to_string(), outcome.as_str()]).inc();
-    if route.is_some_and(Route::serves_images) {
-        app.metrics.request_seconds.observe(elapsed.as_secs_f64());
-    }
+    app.metrics.request_seconds.with_label_values(&[route, outcome.as_str(), model]).observe(elapsed.as_secs_f64());
     info!(
-        rid = %rid,
         method = %head.method,
-        route = route.map_or("guard", Route::name),
+        route,
         status,
         cache = outcome.as_str(),
         ms = elapsed.as_secs_f64() * 1000.0,

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
+use object_store::{GetOptions, ObjectStore};
+use tracing::{info, warn};
 
 use crate::config::OriginConfig;
 use crate::error::{Classify, ErrorClass};
@@ -81,8 +82,14 @@ impl Origins {
         let name = name.unwrap_or("default");
         let origin = self.origins.get(name).ok_or_else(|| SourceError::UnknownOrigin(name.to_string()))?;
         let path = origin.bucket.path(key).map_err(|e| SourceError::BadKey(e.to_string()))?;
+        // `http(s)` origins send the request's `traceparent` (`ssrf::GuardedClient` reads it
+        // from the request's extensions); other stores ignore extensions.
+        let mut options = GetOptions::default();
+        if let Some(trace) = crate::trace_context::current() {
+            options.extensions.insert(trace);
+        }
         let fetch = async {
-            let res = origin.bucket.store.get(&path).await.map_err(map_store_error)?;
+            let res = origin.bucket.store.get_opts(&path, options).await.map_err(map_store_error)?;
             if res.meta.size > max_bytes {
                 return Err(SourceError::TooLarge(max_bytes));
             }
@@ -99,7 +106,11 @@ impl Origins {
             }
             Ok(Fetched { bytes: buf.freeze(), etag, modified })
         };
-        tokio::time::timeout(origin.timeout, fetch).await.map_err(|_| SourceError::Timeout(origin.timeout))?
+        let fetched = tokio::time::timeout(origin.timeout, fetch).await.map_err(|_| SourceError::Timeout(origin.timeout))?;
+        if let Err(e) = &fetched {
+            log_failure(name, e);
+        }
+        fetched
     }
 }
 
@@ -142,6 +153,20 @@ impl Origins {
             Ok(found)
         };
         tokio::time::timeout(origin.timeout, list).await.map_err(|_| SourceError::Timeout(origin.timeout))?
+    }
+}
+
+/// One line per failed fetch, with the origin's name and the reason (the request span adds the
+/// request and trace ids). Never the image bytes, and never the transform URL (it may be signed).
+fn log_failure(origin: &str, e: &SourceError) {
+    match e {
+        SourceError::NotFound => info!(origin, reason = "not_found", "origin fetch failed"),
+        SourceError::TooLarge(_) => info!(origin, reason = "too_large", error = %e, "origin fetch failed"),
+        SourceError::Timeout(_) => warn!(origin, reason = "timeout", error = %e, "origin fetch failed"),
+        SourceError::Upstream(_) => warn!(origin, reason = "upstream", error = %e, "origin fetch failed"),
+        SourceError::Refused(_) => warn!(origin, reason = "refused", error = %e, "origin fetch failed"),
+        // The request's own mistakes, answered 400; not an origin failure.
+        SourceError::UnknownOrigin(_) | SourceError::BadKey(_) => {}
     }
 }
 

@@ -30,6 +30,8 @@ use object_store::client::{
 };
 use reqwest13 as reqwest;
 
+use crate::trace_context::{TraceParent, TRACEPARENT};
+
 /// Redirect hops followed at most.
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -377,6 +379,11 @@ impl HttpService for GuardedClient {
         self.policy.check_url(&url).map_err(|e| HttpError::new(HttpErrorKind::Unknown, e))?;
         let mut request = reqwest::Request::new(parts.method, url);
         *request.headers_mut() = parts.headers;
+        // The fetching request's trace (`source.rs` puts it in the extensions).
+        if let Some(trace) = parts.extensions.get::<TraceParent>() {
+            let value = http::HeaderValue::from_str(&trace.header_value()).expect("hex and dashes");
+            request.headers_mut().insert(TRACEPARENT, value);
+        }
         if !body.is_empty() {
             // Origins are only read (GET/HEAD); a body would be a bug upstream of here.
             let bytes = body.as_bytes().cloned().ok_or_else(|| {

@@ -1,21 +1,69 @@
-//! Logs and metrics: the tracing subscriber, and the Prometheus registry every stage reports to.
+//! Logs, traces and metrics: the tracing subscriber (with optional OTLP span export), and the
+//! Prometheus registry every stage reports to. W3C trace context lives in `trace_context.rs`.
 //!
 //! Metric label values are closed sets (`CacheOutcome::as_str`, stage names, status codes, model
 //! ids), so cardinality stays bounded. Log lines carry keys and sizes, never image bytes or
 //! prompt text.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::TelemetryConfig;
 
-/// Installs the global tracing subscriber (text or JSON). `RUST_LOG` overrides the filter.
-pub fn init_tracing(cfg: &TelemetryConfig) {
-    use tracing_subscriber::EnvFilter;
+/// Installs the global tracing subscriber (text or JSON logs, and with `otlp_endpoint` set the
+/// OpenTelemetry layer exporting spans over OTLP/HTTP). `RUST_LOG` overrides the filter. Keep
+/// the returned `Telemetry` and call `shutdown` at exit, so the last spans are sent.
+pub fn init_tracing(cfg: &TelemetryConfig) -> Result<Telemetry, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
+    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
+    let fmt = if cfg.log_format == "json" { fmt.json().boxed() } else { fmt.boxed() };
+    let provider = match cfg.otlp_endpoint.as_str() {
+        "" => None,
+        endpoint => Some(otlp_provider(endpoint)?),
+    };
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer().with_tracer(p.tracer("upres"))
+    });
     // A second init (tests) is harmless: keep the first subscriber.
-    let _ = if cfg.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    Ok(Telemetry { provider })
+}
+
+/// OTLP/HTTP (protobuf) span export to `<endpoint>/v1/traces`, batched on the SDK's own thread.
+fn otlp_provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name("upres").build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+}
+
+/// What `init_tracing` started that needs an orderly end.
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still batched and stops the exporter. Blocks (the export is a blocking
+    /// HTTP call): call it outside async code or in `spawn_blocking`.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!(error = %e, "OTLP exporter shutdown");
+            }
+        }
+    }
 }
 
 /// Every metric upres exports. One instance per server (tests run several in one process).
@@ -29,12 +77,14 @@ pub struct Metrics {
     pub engine_runs: IntCounterVec,
     /// Tiles per forward pass.
     pub batch_size: HistogramVec,
-    /// Jobs waiting for or in inference.
+    /// Jobs waiting for or in inference, and the most the queue takes (`engine.queue_capacity`).
     pub queue_depth: IntGauge,
+    pub queue_capacity: IntGauge,
     /// Cache tier events: tier × (hit, miss, corrupt, error, write).
     pub cache_events: IntCounterVec,
-    /// Whole-request latency.
-    pub request_seconds: Histogram,
+    /// Whole-request latency by route, cache outcome and model (the `X-Upres-Model` answered;
+    /// `none` when no image was served), so hits and misses never share a histogram.
+    pub request_seconds: HistogramVec,
     /// Sources dropped from the memory tier by `POST /api/v1/purge`.
     pub purged_sources: IntCounter,
     /// First hits answered with a preview (`serve.first_hit_budget`).
@@ -58,6 +108,9 @@ pub struct Metrics {
     pub memory_refused: IntCounter,
     /// Requests whose rate limit was decided without Redis, by policy (allow, deny).
     pub rate_limit_fallbacks: IntCounterVec,
+    /// Every series name the registry can export (histograms as `_bucket`/`_sum`/`_count`),
+    /// empty label sets included: the list the dashboard and alert rules are checked against.
+    series: Vec<String>,
 }
 
 /// `upres_rate_limit_fallbacks_total{policy}` (unregistered; `Metrics::new` registers its own).
@@ -101,11 +154,22 @@ impl Metrics {
             &["tier", "event"],
         )
         .expect("valid metric");
-        let request_seconds = Histogram::with_opts(
-            HistogramOpts::new("upres_request_seconds", "Whole-request latency")
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("upres_request_seconds", "Whole-request latency by route, cache outcome and model")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["route", "cache", "model"],
         )
         .expect("valid metric");
+        let queue_capacity = IntGauge::new("upres_engine_queue_capacity", "Jobs the inference queue takes before answering 503")
+            .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("upres_build_info", "Always 1; the labels name the build"),
+            &["version", "cuda"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), if cfg!(feature = "cuda") { "true" } else { "false" }]).set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … (Linux).
+        let process = prometheus::process_collector::ProcessCollector::for_self();
         let purged_sources =
             IntCounter::new("upres_purged_sources_total", "Sources purged from the memory tier").expect("valid metric");
         let previews = IntCounter::new("upres_previews_total", "First hits answered with a preview").expect("valid metric");
@@ -134,6 +198,7 @@ impl Metrics {
             IntCounter::new("upres_memory_refused_total", "Jobs refused (503) because the memory budget was in use")
                 .expect("valid metric");
         let rate_limit_fallbacks = rate_limit_fallbacks();
+        let mut series = Vec::new();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stage_seconds.clone()),
@@ -154,9 +219,14 @@ impl Metrics {
             Box::new(memory_budget_bytes.clone()),
             Box::new(memory_refused.clone()),
             Box::new(rate_limit_fallbacks.clone()),
+            Box::new(queue_capacity.clone()),
+            Box::new(build_info),
+            Box::new(process),
         ] {
+            series.extend(series_names(c.as_ref()));
             registry.register(c).expect("metric names are unique");
         }
+        series.sort();
         Self {
             registry,
             requests,
@@ -178,7 +248,14 @@ impl Metrics {
             memory_budget_bytes,
             memory_refused,
             rate_limit_fallbacks,
+            queue_capacity,
+            series,
         }
+    }
+
+    /// Every series name `/metrics` can show (see `series`).
+    pub fn series_names(&self) -> &[String] {
+        &self.series
     }
 
     /// Prometheus text exposition.
@@ -191,6 +268,22 @@ impl Metrics {
     pub fn cache_event(&self, tier: &str, event: &str) {
         self.cache_events.with_label_values(&[tier, event]).inc();
     }
+}
+
+/// The series names a collector exports, from its families' types (a labelled family with no
+/// children yet still has its name and type).
+fn series_names(c: &dyn Collector) -> Vec<String> {
+    c.collect()
+        .iter()
+        .flat_map(|f| {
+            let name = f.name().to_string();
+            match f.get_field_type() {
+                MetricType::HISTOGRAM => vec![format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count")],
+                MetricType::SUMMARY => vec![name.clone(), format!("{name}_sum"), format!("{name}_count")],
+                _ => vec![name],
+            }
+        })
+        .collect()
 }
 
 impl Default for Metrics {

@@ -66,7 +66,8 @@ impl StoreWriter {
         self.pending.lock().insert(result.key, result.clone());
         self.metrics.store_writes_pending.inc();
         let (pending, metrics) = (self.pending.clone(), self.metrics.clone());
-        tokio::spawn(async move {
+        // Under the request's span: a failed write logs its request and trace ids.
+        crate::trace_context::spawn(async move {
             let written = write_with_one_retry(&store, &result, &metrics).await;
             metrics.cache_event("store", if written { "write" } else { "write_failed" });
             {

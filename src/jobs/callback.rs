@@ -46,7 +46,11 @@ pub async fn deliver(app: &App, job: &Job) -> bool {
     let mut pause = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
         let unix = super::now_ms() / 1000;
-        let headers = [(SIGNATURE_HEADER, sign(secret.as_bytes(), unix, &body)), ("x-upres-job", job.id.clone())];
+        let mut headers = vec![(SIGNATURE_HEADER, sign(secret.as_bytes(), unix, &body)), ("x-upres-job", job.id.clone())];
+        // The trace of the request that created the job (`jobs::run::spawn` keeps it).
+        if let Some(trace) = crate::trace_context::current() {
+            headers.push((crate::trace_context::TRACEPARENT, trace.header_value()));
+        }
         // The URL is not logged: a receiver may put a token in it.
         match crate::ssrf::post_json(&client, allow_private, &url, &headers, body.clone()).await {
             Ok(status) if (200..300).contains(&status) => return true,

@@ -43,7 +43,8 @@ pub async fn plan(app: &App, input: &JobInput, image: Bytes) -> Result<Planned, 
 /// Runs `job` for `planned` in its own task.
 pub fn spawn(app: &Arc<App>, planned: Planned, job: Job) {
     let app = app.clone();
-    tokio::spawn(async move { run(app, planned, job).await });
+    // Under the creating request's span and trace: its logs and its callback carry them.
+    crate::trace_context::spawn(async move { run(app, planned, job).await });
 }
 
 async fn run(app: Arc<App>, planned: Planned, mut job: Job) {

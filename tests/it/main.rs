@@ -27,4 +27,6 @@ mod imgproxy; // imgproxy's URL syntax: the official Node SDK against a live ser
 mod info; // /info/…: the plan and keys of a transform URL as JSON, signed, never running a model
 mod smartcrop; // gravity=smart: off-centre subjects on the resize and model paths, one cache key, replicas agree
 mod rules; // the URL API's "what runs" rules: resize vs model, limits and formats decided in the plan
+mod slo; // deploy/prometheus rules under promtool's unit tests; the dashboard names only exported metrics
+mod traces; // X-Request-Id, traceparent to the origin and job callbacks, the binary's log ids and OTLP export
 mod layering; // no import loops among the crate's files (a scan of `use` lines)

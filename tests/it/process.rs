@@ -11,6 +11,8 @@ pub struct ChildServer {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// The threads reading stdout and stderr; they end when the child's pipes close.
+    readers: Vec<std::thread::JoinHandle<()>>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -81,12 +83,12 @@ impl ChildServer {
             return Err(StartFailure { exit, log });
         };
         let out_log = log.clone();
-        std::thread::spawn(move || {
+        let stdout_thread = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 out_log.lock().unwrap().push(line);
             }
         });
-        Ok(ChildServer { child, addr, log, _dirs: vec![empty_models] })
+        Ok(ChildServer { child, addr, log, readers: vec![stdout_thread, stderr_thread], _dirs: vec![empty_models] })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -109,6 +111,19 @@ impl ChildServer {
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL reaches the child");
         let _ = self.child.wait();
+    }
+
+    /// Stops the child the orderly way (SIGTERM: drain, flush, exit) and returns everything it
+    /// logged, to its last line.
+    pub fn terminate(mut self) -> String {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(sent.success(), "SIGTERM reaches the child");
+        let status = self.child.wait().expect("the child exits");
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        assert!(status.success(), "upres serve exits cleanly on SIGTERM: {status:?}\n{}", self.log());
+        self.log()
     }
 
     /// Everything the child logged so far.
