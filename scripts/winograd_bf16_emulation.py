@@ -5,12 +5,18 @@ Winograd transforms rounded to bf16 (V = B^T d B and U = G g G^T rounded once, f
 the output transform in f32), printed as 8-bit PSNR against the fp32 network.
 
     .venv/bin/python scripts/winograd_bf16_emulation.py [--models models] [--size 128]
+    .venv/bin/python scripts/winograd_bf16_emulation.py --avx512 [--stem realesrgan-x4plus-anime] [--size 64]
 
 As in upres: the first conv (reads the image) fp32, the last conv plain bf16 (inputs and weights
 rounded), every activation between body convs rounded to bf16 (the shadow). Tiles F(my x mx)
 with interpolation points per axis (the transform matrices come from the points by solving the
 Toom-Cook identity numerically and are checked exact). Images: realesrgan-bench's texture, the
 parity fixtures' test card (scripts/realesrgan_reference.py) and uniform noise.
+
+`--avx512` emulates the AVX-512 BF16 path of a CPU without AMX instead (wino_bf16.rs): the
+activations stay fp32 (the transforms read f32 and only V and U are rounded), every trunk conv
+(SRVGG: all but the first; RRDBNet: the dense blocks' convs) runs the Winograd tile or, for
+"direct bf16", the direct conv on bf16-rounded inputs and weights; `--stem` picks the network.
 """
 import argparse
 import os
@@ -99,13 +105,34 @@ def forward(net, x, tiles):
     return F.pixel_shuffle(h, 4) + F.interpolate(x, scale_factor=4, mode="nearest")
 
 
+def avx512_trunk(net, tiles):
+    """A copy of `net` whose trunk convs run as on AVX-512 BF16 without AMX (see --avx512)."""
+    import copy
+
+    net = copy.deepcopy(net)
+    if isinstance(net, peer_torch.RRDBNet):
+        convs = [c for rrdb in net.blocks for db in rrdb for c in db.convs]
+    else:
+        convs = [m for m in net.body if isinstance(m, torch.nn.Conv2d)][1:]
+    for c in convs:
+        if tiles[0] is None:
+            c.forward = lambda x, c=c: F.conv2d(bf16(x), bf16(c.weight), c.bias, padding=1)
+        else:
+            c.forward = lambda x, c=c: winograd_conv(x, c.weight, c.bias, *tiles)
+    return net
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="models")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--avx512", action="store_true", help="fp32 activations, bf16 V and U only (no AMX)")
+    ap.add_argument("--stem", default="realesr-animevideov3-x4")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.avx512:
+        return main_avx512(a)
     net = peer_torch.load(a.models, "realesr-animevideov3-x4")
     s = a.size
     images = {
@@ -120,6 +147,23 @@ def main():
             for img in images.values():
                 x = torch.from_numpy(img)[None]
                 cols.append(peer_torch.compare(forward(net, x, (ty, tx))[0].numpy(), forward(net, x, None)[0].numpy())[1])
+            print(f"{name:>22}: " + " | ".join(f"{c:.1f}" for c in cols), flush=True)
+
+
+def main_avx512(a):
+    net = peer_torch.load(a.models, a.stem)
+    s = a.size
+    images = {
+        "bench texture": bench_image(s),
+        "test card": np.asarray(synthetic(s, s, 7), dtype=np.float32),
+        "uniform noise": np.random.default_rng(1).random((3, s, s), dtype=np.float32),
+    }
+    print(f"{a.stem} {s}x{s}, AVX-512 BF16 rounding: 8-bit PSNR against fp32 (dB): " + " | ".join(images))
+    with torch.inference_mode():
+        want = [net(torch.from_numpy(img)[None])[0].numpy() for img in images.values()]
+        for name, ty, tx in CONFIGS:
+            emu = avx512_trunk(net, (ty, tx))
+            cols = [peer_torch.compare(emu(torch.from_numpy(img)[None])[0].numpy(), w)[1] for img, w in zip(images.values(), want)]
             print(f"{name:>22}: " + " | ".join(f"{c:.1f}" for c in cols), flush=True)
 
 

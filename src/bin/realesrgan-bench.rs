@@ -23,10 +23,12 @@
 //! the host's swings at the same moments. It prints each side's best, the ratio of the bests,
 //! and the spread of the per-pair ratios.
 //!
-//! upres runs twice: with the engine's default kernels (fp32 AVX-512 with Winograd F(4×4,3×3)
-//! where it pays; `UPRES_FASTCONV` / `UPRES_FASTCONV_WINOGRAD` override) and with the direct fp32
-//! kernel (`direct f32` column), and `dB` is the default's 8-bit output against the direct
-//! kernel's on the bench image.
+//! upres runs twice: with the engine's default kernels (the first output line names the CPU and
+//! the kernel family of each role, `fastconv::kernel_summary`; `UPRES_FASTCONV` /
+//! `UPRES_FASTCONV_WINOGRAD` override) and with the direct fp32 kernel (`direct f32` column),
+//! and `dB` is the default's 8-bit output against the direct kernel's on the bench image. Each
+//! default run's stderr line also gives the mean CPU time per forward (user + system, all
+//! threads, Linux): on a loaded host it compares kernels where wall time swings.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -197,18 +199,33 @@ fn peer_times(python: &str, helper: &Helper, a: &Args, stem: &str) -> Vec<Timing
 }
 
 /// Best time of `runs` forwards after a warm-up (the peers' scripts report the same): on a
-/// shared machine the fastest run is the one least disturbed by other processes.
-fn time(model: &RealEsrgan, img: &Tile, runs: u32) -> (f64, Tile) {
+/// shared machine the fastest run is the one least disturbed by other processes. Also the mean
+/// CPU time per forward, where the OS reports it.
+fn time(model: &RealEsrgan, img: &Tile, runs: u32) -> (f64, Option<f64>, Tile) {
     let p = [GenParams::default()];
     let run = || model.upscale(std::slice::from_ref(img), &p, &Unattended).expect("forward").remove(0);
     let mut out = run();
     let mut best = f64::INFINITY;
+    let cpu0 = process_cpu_ms();
     for _ in 0..runs.max(1) {
         let t = Instant::now();
         out = run();
         best = best.min(t.elapsed().as_secs_f64() * 1000.0);
     }
-    (best, out)
+    let cpu = cpu0.zip(process_cpu_ms()).map(|(c0, c1)| (c1 - c0) / f64::from(runs.max(1)));
+    (best, cpu, out)
+}
+
+/// The process's CPU time so far (user + system, all threads) in ms, from `/proc/self/stat`
+/// (Linux; 100 clock ticks per second, the kernel's `USER_HZ`). On a loaded host it tells
+/// kernels apart where wall time cannot; `None` elsewhere.
+fn process_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
 }
 
 /// A persistent `realesrgan_torch.py serve` process: one timed forward per request.
@@ -366,7 +383,7 @@ fn main() {
     let backend = upres::ml::fastconv::Backend::for_gan();
     let wino = upres::ml::fastconv::Winograd::from_env_or(upres::ml::fastconv::Winograd::Auto);
     let path = if fast {
-        format!("fastconv trunk {backend:?}, image-facing convs {:?}, Winograd {wino:?}", backend.edge())
+        format!("fastconv trunk {backend:?} (RRDBNet {:?}), image-facing convs {:?}, Winograd {wino:?}", upres::ml::fastconv::Backend::for_rrdb(), backend.edge())
     } else {
         "candle".to_string()
     };
@@ -401,11 +418,11 @@ fn main() {
         for round in 0..a.rounds {
             for &size in &a.sizes {
                 let img = image(size);
-                let (ms, out) = time(&model, &img, a.runs);
+                let (ms, cpu, out) = time(&model, &img, a.runs);
                 let (ms_fp32, psnr) = if fast && !a.no_fp32 && (default != fp32 || default_wino != Winograd::Off) {
                     model.set_fastconv_backend(fp32).expect("fp32 backend");
                     model.set_fastconv_winograd(Winograd::Off).expect("direct kernel");
-                    let (ms32, out32) = time(&model, &img, a.runs);
+                    let (ms32, _, out32) = time(&model, &img, a.runs);
                     model.set_fastconv_backend(default).expect("default backend");
                     model.set_fastconv_winograd(default_wino).expect("default Winograd mode");
                     eprintln!("upres (fastconv {fp32:?} direct) {} {size}: {ms32:.1} ms", k.stem);
@@ -413,7 +430,8 @@ fn main() {
                 } else {
                     (None, None)
                 };
-                eprintln!("upres ({path}) {} {size}: {ms:.1} ms (round {})", k.stem, round + 1);
+                let cpu = cpu.map_or(String::new(), |c| format!(", CPU time {c:.0} ms per forward (all threads, mean of {})", a.runs.max(1)));
+                eprintln!("upres ({path}) {} {size}: {ms:.1} ms (round {}){cpu}", k.stem, round + 1);
                 match rows[first..].iter_mut().find(|r| r.size == size) {
                     Some(r) => {
                         r.ms = r.ms.min(ms);

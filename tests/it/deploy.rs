@@ -238,7 +238,7 @@ async fn the_server_starts_with_service_link_and_alias_variables() {
     let log = server.log();
     assert!(log.contains("UPRES_SERVICE_HOST") && log.contains("UPRES_PORT_8080_TCP_ADDR"), "the ignored names are logged once:\n{log}");
     // The aliases reached the kernel selector: every role runs the forced portable kernel.
-    assert!(log.contains("GAN trunk portable, image-facing portable, fp32 portable"), "{log}");
+    assert!(log.contains("GAN trunk portable, RRDBNet trunk portable, image-facing portable, fp32 portable"), "{log}");
     assert!(log.contains("hidden: amx,avx512bf16"), "{log}");
     drop(server);
 

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::select::{Backend, Winograd};
+use super::select::{self, Backend, Winograd};
 #[cfg(target_arch = "x86_64")]
 use super::job::AmxWeights;
 use super::layout::Nhwc;
@@ -64,6 +64,9 @@ pub struct Conv3x3 {
     /// The mode asked for: `Auto` also keeps maps of fewer than [`WINOGRAD_MIN_TILES`](super::WINOGRAD_MIN_TILES) tiles
     /// on the direct kernel.
     pub(super) wino_mode: Winograd,
+    /// Output rows per tile of the bf16 Winograd kernel (`wino_bf16.rs`, 2 or 4) when this
+    /// conv runs it.
+    pub(super) wino_rows: usize,
 }
 
 impl Conv3x3 {
@@ -98,7 +101,24 @@ impl Conv3x3 {
         backend: Backend,
         winograd: Winograd,
     ) -> Result<Self, FastConvError> {
+        Self::with_winograd_rows(weight, bias, in_c, out_c, act, backend, winograd, select::bf16_winograd_rows())
+    }
+
+    /// As [`Conv3x3::with_options`], with the bf16 Winograd kernel's tile height given (2 or 4;
+    /// the kernel tests run both).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn with_winograd_rows(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        in_c: usize,
+        out_c: usize,
+        act: Activation,
+        backend: Backend,
+        winograd: Winograd,
+        wino_rows: usize,
+    ) -> Result<Self, FastConvError> {
         let backend = if backend.supported() { backend } else { Backend::best_fp32() };
+        let wino_rows = if wino_rows == 4 { 4 } else { 2 };
         let use_wino = winograd.pays(backend, in_c, out_c);
         if in_c == 0 || out_c == 0 || weight.len() != out_c * in_c * 9 {
             return shape_err(format!("weight: {} values for {out_c}x{in_c}x3x3", weight.len()));
@@ -132,17 +152,19 @@ impl Conv3x3 {
                 backend,
                 winograd: use_wino,
                 wino_mode: winograd,
+                wino_rows: 2,
             });
         }
         Ok(Conv3x3 {
             in_c,
             out_c,
-            blocks: pack::blocks(weight, &bias_v, &slope, in_c, out_c, backend, use_wino),
+            blocks: pack::blocks(weight, &bias_v, &slope, in_c, out_c, backend, use_wino, wino_rows),
             #[cfg(target_arch = "x86_64")]
             amx: None,
             backend,
             winograd: use_wino,
             wino_mode: winograd,
+            wino_rows,
         })
     }
 

@@ -19,6 +19,8 @@ use super::amx_wino;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 #[cfg(target_arch = "x86_64")]
+use super::wino_bf16;
+#[cfg(target_arch = "x86_64")]
 use super::select::AMX_WINOGRAD_MIN_TILES;
 use super::select::{Backend, Winograd, WINOGRAD_MIN_TILES};
 use super::conv::{Conv3x3, Epilogue};
@@ -250,6 +252,14 @@ impl Conv3x3 {
                 h,
                 w,
             };
+            #[cfg(target_arch = "x86_64")]
+            if self.backend == Backend::Avx512Bf16 {
+                // SAFETY: the caller's contract; on this backend `self.winograd` means every
+                // block's bf16 Winograd weights were packed for `in_c` inputs and
+                // `wino_rows`, and `with_options` checked that avx512bf16 is usable.
+                unsafe { wino_bf16::run(&job, &self.raw_blocks(), self.wino_rows) };
+                return;
+            }
             // SAFETY: the caller's contract; `self.winograd` means every block's Winograd
             // weights were packed for `in_c` inputs, and only on the AVX-512 backend
             // (`Winograd::pays`), which `with_options` checked is supported.

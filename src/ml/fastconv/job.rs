@@ -83,6 +83,8 @@ pub(super) struct RawBlock {
     pub wbf: *const u16,
     /// Winograd-transformed weights `[36][c_in][nv*16]`, when built (`pack.rs`).
     pub wino: *const f32,
+    /// bf16 Winograd weights `[ξ][c_in/2][nv*16][2]` (`wino_bf16.rs`), when built.
+    pub wino_bf: *const u16,
     pub bias: *const f32,
     pub slope: *const f32,
     /// First output channel of the block.

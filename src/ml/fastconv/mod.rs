@@ -33,6 +33,9 @@
 //!   tiles for the plain bf16 backend (`amx_wino.rs`): 2.25× fewer tile loads and
 //!   `tdpbf16ps`. The Real-ESRGAN engine runs them where they pay ([`Winograd::Auto`]);
 //!   [`Conv3x3::new`] only with `UPRES_FASTCONV_WINOGRAD=on`, or via [`Conv3x3::with_options`].
+//!   On AVX-512 BF16 without AMX, F(2×4, 3×3) with `V` and `U` in bf16 on `vdpbf16ps`
+//!   (`wino_bf16.rs`): SRVGG's body ([`Backend::for_gan`]); RRDBNet keeps fp32
+//!   ([`Backend::for_rrdb`]).
 //!
 //! Tolerances (see the tests): fp32 backends within `1e-5·Σ|w·x| + 1e-6` of an f64
 //! reference per output; bf16 within `1.6e-2·Σ|w·x| + 1e-6`; AMX bf16x2 `4e-3`, bf16x3 `2e-5`;
@@ -50,7 +53,7 @@
 //! * dispatch: `dispatch.rs` (validation, the raw job, work items, the kernel call);
 //! * bottom: `job.rs` (raw job types, bf16 rounding), `amx_tile.rs` (AMX tile primitives),
 //!   `error.rs` ([`FastConvError`]);
-//! * kernels: `avx512.rs`, `portable.rs`, `winograd.rs`, `amx.rs`, `amx_wino.rs`;
+//! * kernels: `avx512.rs`, `portable.rs`, `winograd.rs`, `wino_bf16.rs`, `amx.rs`, `amx_wino.rs`;
 //! * `pointwise.rs`: the 1×1 conv and the activations SPAN needs.
 
 #[cfg(target_arch = "x86_64")]
@@ -72,6 +75,8 @@ mod pool;
 mod portable;
 mod select;
 mod winograd;
+#[cfg(target_arch = "x86_64")]
+mod wino_bf16;
 
 pub use select::{
     Backend, Winograd, AMX_WINOGRAD_MIN_IN_C, AMX_WINOGRAD_MIN_OUT_C, AMX_WINOGRAD_MIN_TILES, WINOGRAD_MIN_IN_C, WINOGRAD_MIN_TILES,

@@ -6,7 +6,7 @@ use super::select::Backend;
 use super::job::{f32_to_bf16, RawBlock};
 use super::select;
 #[cfg(target_arch = "x86_64")]
-use super::{amx_wino, job::bf16_to_f32, job::AmxWeights};
+use super::{amx_wino, job::bf16_to_f32, job::AmxWeights, wino_bf16};
 use super::winograd;
 
 /// Widest output-channel block, in 16-channel vectors (4: 64 channels × 6 pixels per tile).
@@ -20,6 +20,8 @@ pub(super) struct Block {
     wbf: Vec<u16>,
     /// Winograd-transformed weights `[36][c_in][nv*16]` (empty unless the conv uses Winograd).
     wino: Vec<f32>,
+    /// bf16 Winograd weights `[ξ][c_in/2][nv*16][2]` (the AVX-512 BF16 backend with Winograd).
+    wino_bf: Vec<u16>,
     bias: Vec<f32>,
     slope: Vec<f32>,
     oc0: usize,
@@ -34,6 +36,7 @@ impl Block {
             w: self.w.as_ptr(),
             wbf: self.wbf.as_ptr(),
             wino: self.wino.as_ptr(),
+            wino_bf: self.wino_bf.as_ptr(),
             bias: self.bias.as_ptr(),
             slope: self.slope.as_ptr(),
             oc0: self.oc0,
@@ -46,8 +49,8 @@ impl Block {
 /// Packs OIHW `weight` (`out_c·in_c·9` values, checked by the caller) with per-channel `bias`
 /// and `slope` (`out_c` each) into blocks of up to [`MAX_NV`] vectors, split as evenly as
 /// possible; with the bf16 pairs on [`Backend::Avx512Bf16`] and the Winograd transform when
-/// `winograd`.
-pub(super) fn blocks(weight: &[f32], bias: &[f32], slope: &[f32], in_c: usize, out_c: usize, backend: Backend, winograd: bool) -> Vec<Block> {
+/// `winograd` (in bf16 for `wino_rows`-row tiles on [`Backend::Avx512Bf16`], else fp32 F(4×4)).
+pub(super) fn blocks(weight: &[f32], bias: &[f32], slope: &[f32], in_c: usize, out_c: usize, backend: Backend, winograd: bool, wino_rows: usize) -> Vec<Block> {
     let max_nv = select::max_nv_override().unwrap_or(MAX_NV);
     let nvt = out_c.div_ceil(16);
     let nblocks = nvt.div_ceil(max_nv);
@@ -84,8 +87,16 @@ pub(super) fn blocks(weight: &[f32], bias: &[f32], slope: &[f32], in_c: usize, o
                 }
             }
         }
-        let wino = if winograd { winograd::pack(weight, in_c, oc0, width, valid) } else { Vec::new() };
-        blocks.push(Block { w, wbf, wino, bias: bias_v, slope: slope_v, oc0, nv, lanes });
+        let bf16_wino = winograd && backend == Backend::Avx512Bf16;
+        let wino = if winograd && !bf16_wino { winograd::pack(weight, in_c, oc0, width, valid) } else { Vec::new() };
+        #[cfg(target_arch = "x86_64")]
+        let wino_bf = if bf16_wino { wino_bf16::pack(weight, in_c, oc0, width, valid, wino_rows) } else { Vec::new() };
+        #[cfg(not(target_arch = "x86_64"))]
+        let wino_bf = {
+            let _ = (bf16_wino, wino_rows);
+            Vec::new()
+        };
+        blocks.push(Block { w, wbf, wino, wino_bf, bias: bias_v, slope: slope_v, oc0, nv, lanes });
         v0 += nv;
     }
     blocks

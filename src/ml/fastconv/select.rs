@@ -50,18 +50,32 @@ impl Backend {
         Backend::from_env().unwrap_or_else(Backend::best_fp32)
     }
 
-    /// The backend of a GAN's trunk convolutions: `UPRES_FASTCONV` if set and supported,
-    /// else plain AMX bf16 where the CPU has it, else [`Backend::best_fp32`]. Paired with
+    /// The backend of a GAN's trunk convolutions (SRVGGNetCompact's body; RRDBNet's trunk uses
+    /// [`Backend::for_rrdb`]): `UPRES_FASTCONV` if set and supported, else plain AMX bf16 where
+    /// the CPU has it, else AVX-512 BF16 (with its Winograd F(2×4)), else
+    /// [`Backend::best_fp32`]. Paired with
     /// [`Backend::edge`] for the image-facing convolutions this holds the 45 dB parity bound
     /// (docs/fastconv.md has the per-model numbers).
     pub fn for_gan() -> Backend {
         Backend::from_env().unwrap_or_else(|| {
             if Backend::AmxBf16.supported() {
                 Backend::AmxBf16
+            } else if Backend::Avx512Bf16.supported() {
+                Backend::Avx512Bf16
             } else {
                 Backend::best_fp32()
             }
         })
+    }
+
+    /// The backend of RRDBNet's residual trunk: `UPRES_FASTCONV` if set and supported, else
+    /// plain AMX bf16 where the CPU has it, else [`Backend::best_fp32`]. Unlike
+    /// [`Backend::for_gan`] it never picks [`Backend::Avx512Bf16`]: its Winograd F(2×4) in bf16
+    /// costs x4plus-anime 38 dB against fp32 on the bench image (345 chained convs compound the
+    /// rounding that SRVGG's 16 absorb), and its direct kernel is slower than fp32 Winograd
+    /// F(4×4) (docs/fastconv.md, "Winograd in bf16 without AMX").
+    pub fn for_rrdb() -> Backend {
+        Backend::from_env().unwrap_or_else(|| if Backend::AmxBf16.supported() { Backend::AmxBf16 } else { Backend::best_fp32() })
     }
 
     /// The backend of RRDBNet's first conv in each dense block when its trunk runs on `self`:
@@ -111,6 +125,19 @@ pub enum Winograd {
 /// 16→64 at 1.8×, 64→3 at 2.6× (the output channel count does not matter much).
 pub const WINOGRAD_MIN_IN_C: usize = 8;
 
+/// Output rows per tile of the AVX-512 BF16 Winograd kernel: F(2×4, 3×3). F(4×4) in bf16 does
+/// 25 % fewer products but misses the 45 dB parity bound (docs/fastconv.md).
+pub const BF16_WINOGRAD_ROWS: usize = 2;
+
+/// `UPRES_FASTCONV_BF16_ROWS` (measurement only): `4` runs the AVX-512 BF16 Winograd kernel
+/// as F(4×4); anything else [`BF16_WINOGRAD_ROWS`].
+pub(super) fn bf16_winograd_rows() -> usize {
+    match std::env::var("UPRES_FASTCONV_BF16_ROWS").ok().as_deref().map(str::trim) {
+        Some("4") => 4,
+        _ => BF16_WINOGRAD_ROWS,
+    }
+}
+
 /// Smallest number of 4×4 output tiles per image for which [`Winograd::Auto`] runs
 /// Winograd: the GEMM computes `P` (6–16) tiles at a time, so a map of one or two tiles wastes
 /// most of it (4×4 maps measured 0.5–0.9× the direct kernel, 8×8 1.1–3×).
@@ -147,7 +174,7 @@ impl Winograd {
     /// Whether a conv with `in_c → out_c` channels on `backend` runs Winograd under this mode.
     pub fn pays(self, backend: Backend, in_c: usize, out_c: usize) -> bool {
         let auto = match backend {
-            Backend::Avx512 => in_c >= WINOGRAD_MIN_IN_C,
+            Backend::Avx512 | Backend::Avx512Bf16 => in_c >= WINOGRAD_MIN_IN_C,
             #[cfg(target_arch = "x86_64")]
             Backend::AmxBf16 => in_c >= AMX_WINOGRAD_MIN_IN_C && out_c >= AMX_WINOGRAD_MIN_OUT_C,
             _ => return false,
@@ -415,6 +442,25 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
+impl Backend {
+    /// The backend with the Winograd kernel it runs where [`Winograd::Auto`] pays, for logs and
+    /// benchmark output: `avx512 + Winograd F(4×4) fp32`, `bf16 + Winograd F(2×4) bf16`,
+    /// `amx + Winograd F(2×2) bf16`, or just the name for backends without one.
+    pub fn family(self) -> String {
+        let wino = match self {
+            Backend::Avx512 => Some("F(4×4) fp32".to_string()),
+            Backend::Avx512Bf16 => Some(format!("F({}×4) bf16", bf16_winograd_rows())),
+            #[cfg(target_arch = "x86_64")]
+            Backend::AmxBf16 => Some("F(2×2) bf16".to_string()),
+            _ => None,
+        };
+        match wino {
+            Some(w) => format!("{self} + Winograd {w}"),
+            None => self.to_string(),
+        }
+    }
+}
+
 /// One line for benchmark output: the CPU, the features the selector may use, and the kernel
 /// family of each role (GAN trunk, image-facing convs, fp32 default).
 pub fn kernel_summary() -> String {
@@ -422,12 +468,14 @@ pub fn kernel_summary() -> String {
     let hidden: Vec<&str> = overrides().hide.iter().map(|f| f.as_str()).collect();
     let gan = Backend::for_gan();
     format!(
-        "CPU: {} ({} threads); features used: [{}]{}; kernels: GAN trunk {gan}, image-facing {}, fp32 {}",
+        "CPU: {} ({} threads); features used: [{}]{}; kernels: GAN trunk {}, RRDBNet trunk {}, image-facing {}, fp32 {}",
         cpu_model(),
         rayon::current_num_threads(),
         usable.join(","),
         if hidden.is_empty() { String::new() } else { format!(" (hidden: {})", hidden.join(",")) },
-        gan.edge(),
+        gan.family(),
+        Backend::for_rrdb().family(),
+        gan.edge().family(),
         Backend::detect(),
     )
 }
@@ -485,11 +533,13 @@ mod tests {
         assert!(Backend::best_fp32().supported());
         assert!(Backend::detect().supported());
         assert!(Backend::for_gan().supported());
+        assert!(Backend::for_rrdb().supported());
+        assert_ne!(Backend::for_rrdb(), Backend::Avx512Bf16, "RRDBNet's trunk misses the bound on bf16 Winograd");
         assert!(Backend::for_gan().edge().supported());
         assert!(Backend::for_gan().dense_in().supported());
         // The hidden features of this process (UPRES_CPU_HIDE) are respected by every pick.
         for f in &overrides().hide {
-            for b in [Backend::best_fp32(), Backend::detect(), Backend::for_gan(), Backend::for_gan().edge()] {
+            for b in [Backend::best_fp32(), Backend::detect(), Backend::for_gan(), Backend::for_rrdb(), Backend::for_gan().edge()] {
                 assert!(b.needs().is_none_or(|n| !n.chain().contains(f)), "{b:?} uses hidden {f}");
             }
         }

@@ -59,7 +59,9 @@ impl FastRrdb {
         // error per conv: over RRDBNet's 345 chained trunk convs that costs x4plus-anime 42.7 dB
         // against fp32 (under the 45 dB bound), so the trunk keeps the direct kernel there.
         // SRVGG's 16 body convs keep 52 dB with it.
-        let trunk_wino = if backend == Backend::AmxBf16 { Winograd::Off } else { wino };
+        // The AVX-512 BF16 Winograd F(2×4) costs more (38 dB on x4plus-anime), so a forced bf16
+        // backend runs its direct kernel here too.
+        let trunk_wino = if matches!(backend, Backend::AmxBf16 | Backend::Avx512Bf16) { Winograd::Off } else { wino };
         // Each dense block's first conv (reads only the residual stream, and its output feeds
         // the block's four other convs) on `backend.dense_in()`: on plain AMX, weights split
         // into two bf16 halves (docs/fastconv.md, "RRDBNet's precision").

@@ -431,12 +431,14 @@ impl RealEsrgan {
         .map_err(mismatch)?;
         b.finish(out).map_err(mismatch)?;
         let id = EngineId::new(stem, EngineId::digest(&[param, bin].concat()));
+        // RRDBNet's trunk has its own default (no bf16 Winograd without AMX: precision).
+        let fast_backend = if matches!(net, Net::Rrdb(_)) { Backend::for_rrdb() } else { Backend::for_gan() };
         let mut model = Self {
             id,
             arch,
             net,
             fast: None,
-            fast_backend: Backend::for_gan(),
+            fast_backend,
             winograd: Winograd::from_env_or(Winograd::Auto),
             device: device.clone(),
             tiling,
