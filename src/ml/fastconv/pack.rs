@@ -50,6 +50,7 @@ impl Block {
 /// and `slope` (`out_c` each) into blocks of up to [`MAX_NV`] vectors, split as evenly as
 /// possible; with the bf16 pairs on [`Backend::Avx512Bf16`] and the Winograd transform when
 /// `winograd` (in bf16 for `wino_rows`-row tiles on [`Backend::Avx512Bf16`], else fp32 F(4×4)).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn blocks(weight: &[f32], bias: &[f32], slope: &[f32], in_c: usize, out_c: usize, backend: Backend, winograd: bool, wino_rows: usize) -> Vec<Block> {
     let max_nv = select::max_nv_override().unwrap_or(MAX_NV);
     let nvt = out_c.div_ceil(16);

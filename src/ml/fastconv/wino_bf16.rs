@@ -216,6 +216,9 @@ unsafe fn group(j: &WinoJob, blocks: &[RawBlock], geo: &Geo, t0: usize, t1: usiz
 }
 
 /// 1-D input transform `Bᵀ d` for 4 outputs (6 → 6; points 0, ±1, ±2, ∞).
+///
+/// # Safety
+/// The CPU supports avx512f (register arithmetic only).
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn bt6(d: [__m512; 6]) -> [__m512; 6] {
@@ -237,6 +240,9 @@ fn bt6(d: [__m512; 6]) -> [__m512; 6] {
 
 /// 1-D input transform `Bᵀ d` for 2 outputs (4 → 4; points 0, ±1, ∞), in the first four
 /// places.
+///
+/// # Safety
+/// The CPU supports avx512f (register arithmetic only).
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn bt4(d: [__m512; 6]) -> [__m512; 6] {
@@ -245,6 +251,9 @@ fn bt4(d: [__m512; 6]) -> [__m512; 6] {
 }
 
 /// 1-D output transform `Aᵀ m` for 4 outputs (6 → 4).
+///
+/// # Safety
+/// The CPU supports avx512f (register arithmetic only).
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn at4(m: [__m512; 6]) -> [__m512; 4] {
@@ -261,6 +270,9 @@ fn at4(m: [__m512; 6]) -> [__m512; 4] {
 }
 
 /// 1-D output transform `Aᵀ m` for 2 outputs (4 → 2), in the first two places.
+///
+/// # Safety
+/// The CPU supports avx512f (register arithmetic only).
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn at2(m: [__m512; 6]) -> [__m512; 4] {
