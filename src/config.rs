@@ -489,6 +489,13 @@ pub struct OutputConfig {
     /// `format=auto` answers AVIF to clients that list `image/avif`; off: WebP for them
     /// (cheaper encodes, larger files).
     pub auto_avif: bool,
+    /// Write a wide-gamut source's ICC profile (Display P3, Adobe RGB…) into JPEG, PNG and WebP
+    /// outputs instead of converting the pixels to sRGB: no colours clipped, but the model and
+    /// the resize see the wide-gamut values, and the file is a few hundred bytes larger.
+    pub keep_wide_gamut: bool,
+    /// Keep the source's EXIF Artist/Copyright and IPTC rights fields (By-line, Credit, Source,
+    /// Copyright Notice) in the output; everything else is stripped either way.
+    pub keep_copyright: bool,
     /// WebP quality when the URL gives no `q`.
     pub webp_quality: u8,
     /// JPEG quality when the URL gives no `q`.
@@ -516,6 +523,8 @@ impl Default for OutputConfig {
             avif_quality: crate::imaging::encode::DEFAULT_AVIF_QUALITY,
             avif_speed: crate::imaging::encode::DEFAULT_AVIF_SPEED,
             auto_avif: true,
+            keep_wide_gamut: false,
+            keep_copyright: false,
             webp_quality: 82,
             jpeg_quality: 85,
             cache_control: "public, max-age=3600, s-maxage=2592000, stale-while-revalidate=86400".into(),

@@ -29,6 +29,7 @@ use crate::engine::tiling::Grid;
 use crate::engine::Tile;
 use crate::error::{ErrorClass, ProxyError};
 use crate::flight::{Computed, FlightValue};
+use crate::imaging::metadata::Tags;
 use crate::imaging::{content, decode, encode, resize, resize_only};
 use crate::key::{ResultKey, SourceHash, SourceTag};
 use crate::params::{ModelChoice, TransformPath, TransformSpec};
@@ -100,7 +101,7 @@ pub async fn plan_bytes(app: &App, bytes: Bytes, spec: &TransformSpec, variant: 
     let by_content = app.cfg.engine.auto.iter().any(|r| r.content.is_some());
     if by_content && spec.model == ModelChoice::Auto && plan.engine.is_some() {
         let read = bytes.clone();
-        let content = blocking(move || Ok(content::classify(&decode::decode_rgb8(&read, max_pixels)?))).await?;
+        let content = blocking(move || Ok(content::classify(&decode::decode_rgb8(&read, max_pixels, None)?))).await?;
         plan = Plan::resolve_with_content(spec, variant, &header, Some(content), &app.registry, &app.cfg, caller).map_err(refused)?;
     }
     let key = ResultKey::for_result(&hash, &plan.canonical(), &plan.model());
@@ -170,7 +171,7 @@ pub async fn compute(app: &Arc<App>, planned: Planned, memory: MemoryPermit, mut
     // Without an engine the decoded source is what `finish` resizes; with one, only its tiles.
     let (decoded, source, plan) = blocking(move || {
         let _hold = hold;
-        let mut decoded = decode::decode(&bytes, max_pixels)?;
+        let mut decoded = decode::decode_keeping(&bytes, max_pixels, plan.encoding().keep)?;
         abandoned(&stop)?;
         let mut plan = plan;
         plan.place_smart_crop(&decoded.rgb);
@@ -189,7 +190,7 @@ pub async fn compute(app: &Arc<App>, planned: Planned, memory: MemoryPermit, mut
             }
             None => Pixels::Whole(decoded.rgb),
         };
-        Ok::<_, ProxyError>((decoded.alpha, source, plan))
+        Ok::<_, ProxyError>(((decoded.alpha, decoded.tags), source, plan))
     })
     .await?;
     stage(app, &mut t, "decode", clock);
@@ -251,7 +252,9 @@ async fn infer(app: &Arc<App>, plan: &Plan, grid: Grid, tiles: Vec<Tile>, watch:
 }
 
 /// Final resize (box, fit, crop), alpha (Lanczos, separately), encode.
-fn finish(plan: &Plan, upscaled: Tile, alpha: Option<Vec<f32>>, stop: &CancellationToken) -> Result<Vec<u8>, ProxyError> {
+/// `kept` is the decoded alpha and the source's metadata the output carries.
+fn finish(plan: &Plan, upscaled: Tile, kept: (Option<Vec<f32>>, Tags), stop: &CancellationToken) -> Result<Vec<u8>, ProxyError> {
+    let (alpha, tags) = kept;
     abandoned(stop)?;
     let crop = plan.crop_px();
     let rgb = if upscaled.shape() == (plan.out_w, plan.out_h) && crop.is_none() {
@@ -269,7 +272,7 @@ fn finish(plan: &Plan, upscaled: Tile, alpha: Option<Vec<f32>>, stop: &Cancellat
         resize::resize_plane(&a, plan.src_w, plan.src_h, plan.out_w, plan.out_h, crop)
     });
     abandoned(stop)?;
-    Ok(encode::encode(&rgb, alpha.as_deref(), &plan.encoding())?)
+    Ok(encode::encode_tagged(&rgb, alpha.as_deref(), &plan.encoding(), &tags)?)
 }
 /// The store tier: a result being written counts as stored; a corrupt object is a miss.
 pub async fn lookup_store(app: &App, key: &ResultKey) -> Option<CachedResult> {

@@ -21,6 +21,7 @@ use crate::engine::Tile;
 use crate::imaging::attention;
 use crate::imaging::decode::Header;
 use crate::imaging::encode::{Encoding, OutputFormat};
+use crate::imaging::metadata::Keep;
 use crate::imaging::resize::Crop;
 use crate::imaging::resize_only::{self, Target};
 use crate::params::{Fit, Format, Gravity, ModelChoice, TransformSpec};
@@ -139,6 +140,8 @@ pub struct Plan {
     pub quality: u8,
     /// rav1e's speed preset (`output.avif_speed`); it changes AVIF bytes only.
     pub avif_speed: u8,
+    /// `output.keep_wide_gamut` / `keep_copyright` (no profile for AVIF: it is tagged `nclx`).
+    pub keep: Keep,
     pub gen: GenParams,
 }
 
@@ -289,6 +292,7 @@ impl Plan {
             format,
             quality,
             avif_speed: cfg.output.avif_speed,
+            keep: Keep { profile: cfg.output.keep_wide_gamut && format != OutputFormat::Avif, copyright: cfg.output.keep_copyright },
             gen,
             engine,
         })
@@ -317,6 +321,13 @@ impl Plan {
         if self.format == OutputFormat::Avif {
             s.push_str(&format!("/speed={}", self.avif_speed));
         }
+        // Off (the default) adds nothing, so keys stay as they were without the switches.
+        if self.keep.profile {
+            s.push_str("/icc=keep");
+        }
+        if self.keep.copyright {
+            s.push_str("/meta=copyright");
+        }
         match self.crop {
             // The window's place follows from the source bytes, which the result key hashes.
             Some((_, _, w, h)) if self.smart => s.push_str(&format!("/crop=smart,{w:.6},{h:.6}")),
@@ -344,7 +355,7 @@ impl Plan {
 
     /// What the encoder is told.
     pub fn encoding(&self) -> Encoding {
-        Encoding { format: self.format, quality: self.quality, avif_speed: self.avif_speed }
+        Encoding { format: self.format, quality: self.quality, avif_speed: self.avif_speed, keep: self.keep }
     }
 
     /// What the resize-only path makes, when no engine runs and the source has no alpha.

@@ -1,8 +1,8 @@
 //! Encoder time, size and SSIM for one image: the table behind the `[output]` defaults.
 //!
-//! `encode-bench <image> [side] [avif:<q>:<speed>…]` makes the image `side`×`side` (default 2048; Lanczos-3, cover)
+//! `encode-bench <image> [side] [avif:<q>:<speed>[:<bits>]…]` makes the image `side`×`side` (default 2048; Lanczos-3, cover)
 //! and encodes it as upres does (`imaging::encode::encode_rgb8`) in each format at several
-//! qualities, AVIF at several rav1e speeds. Each row: the faster of two runs (wall time, every
+//! qualities, AVIF at several rav1e speeds and 8 or 10 bits (default: upres's `avif::DEPTH`). Each row: the faster of two runs (wall time, every
 //! core the encoder uses), bytes, and SSIM against the encoder's input (luma, 11×11 Gaussian
 //! window, σ 1.5). AVIF is decoded by libavif's `avifdec` (Debian `libavif-bin`), the others by
 //! the `image` crate. Feed it a model's output (`upres upscale … x4`) to measure "an upscaled
@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use upres::imaging::avif;
 use upres::imaging::encode::{encode_rgb8, Encoding, OutputFormat};
 
 fn main() -> Result<()> {
@@ -25,25 +26,26 @@ fn main() -> Result<()> {
     };
     let px = img.as_raw();
     // `avif:<q>:<speed>` arguments pick the AVIF rows; the default is a grid.
-    let picked: Vec<(OutputFormat, u8, u8)> = args
+    let picked: Vec<(OutputFormat, u8, u8, u8)> = args
         .map(|a| {
             let v: Vec<&str> = a.split(':').collect();
             match v[..] {
-                ["avif", q, s] => Ok((OutputFormat::Avif, q.parse()?, s.parse()?)),
-                _ => bail!("expected avif:<quality>:<speed>, got {a}"),
+                ["avif", q, s] => Ok((OutputFormat::Avif, q.parse()?, s.parse()?, avif::DEPTH)),
+                ["avif", q, s, d] => Ok((OutputFormat::Avif, q.parse()?, s.parse()?, d.parse()?)),
+                _ => bail!("expected avif:<quality>:<speed>[:<bits>], got {a}"),
             }
         })
         .collect::<Result<_>>()?;
-    let grid = || [6, 7, 8, 9, 10].into_iter().flat_map(|speed| [50, 55, 60, 65, 70].map(|q| (OutputFormat::Avif, q, speed)));
+    let grid = || [6, 7, 8, 9, 10].into_iter().flat_map(|speed| [50, 55, 60, 65, 70].map(|q| (OutputFormat::Avif, q, speed, avif::DEPTH)));
     let avif_rows: Vec<_> = if picked.is_empty() { grid().collect() } else { picked };
-    let rows: Vec<(OutputFormat, u8, u8)> =
-        [(OutputFormat::Webp, 82, 0), (OutputFormat::Webp, 75, 0), (OutputFormat::Jpeg, 85, 0), (OutputFormat::Jpeg, 75, 0)]
+    let rows: Vec<(OutputFormat, u8, u8, u8)> =
+        [(OutputFormat::Webp, 82, 0, 8), (OutputFormat::Webp, 75, 0, 8), (OutputFormat::Jpeg, 85, 0, 8), (OutputFormat::Jpeg, 75, 0, 8)]
             .into_iter()
             .chain(avif_rows)
             .collect();
     println!("# {path} as {side}x{side}, {} threads", rayon::current_num_threads());
-    println!("| format | quality | speed | ms | bytes | SSIM |");
-    println!("|---|---|---|---|---|---|");
+    println!("| format | quality | speed | bits | ms | bytes | SSIM |");
+    println!("|---|---|---|---|---|---|---|");
     // The JPEG encoder upres used before mozjpeg (baseline, standard tables), for comparison.
     for quality in [85, 75] {
         let mut best = f64::MAX;
@@ -55,21 +57,24 @@ fn main() -> Result<()> {
             best = best.min(t.elapsed().as_secs_f64() * 1e3);
         }
         let score = ssim(px, decode(&bytes, OutputFormat::Jpeg)?.as_raw(), side as usize, side as usize);
-        println!("| jpeg (image crate, baseline) | {quality} | - | {best:.0} | {} | {score:.4} |", bytes.len());
+        println!("| jpeg (image crate, baseline) | {quality} | - | 8 | {best:.0} | {} | {score:.4} |", bytes.len());
     }
-    for (format, quality, speed) in rows {
-        let enc = Encoding { format, quality, avif_speed: speed.max(1) };
+    for (format, quality, speed, depth) in rows {
+        let enc = Encoding::new(format, quality);
         let mut best = f64::MAX;
         let mut bytes = Vec::new();
         for _ in 0..2 {
             let t = Instant::now();
-            bytes = encode_rgb8(px, side, side, &enc)?;
+            bytes = match format {
+                OutputFormat::Avif => avif::encode(px, side, side, false, avif::Settings { quality, speed, depth }, None)?,
+                _ => encode_rgb8(px, side, side, &enc)?,
+            };
             best = best.min(t.elapsed().as_secs_f64() * 1e3);
         }
         let decoded = decode(&bytes, format)?;
         let score = ssim(px, decoded.as_raw(), side as usize, side as usize);
         let speed = if format == OutputFormat::Avif { speed.to_string() } else { "-".into() };
-        println!("| {} | {quality} | {speed} | {best:.0} | {} | {score:.4} |", format.as_str(), bytes.len());
+        println!("| {} | {quality} | {speed} | {depth} | {best:.0} | {} | {score:.4} |", format.as_str(), bytes.len());
     }
     Ok(())
 }

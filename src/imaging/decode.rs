@@ -1,13 +1,15 @@
 //! Bytes → planar `f32` pixels, with limits checked from the header before any pixel is decoded.
 //!
 //! Accepts JPEG (including grayscale and CMYK), PNG (8/16-bit, palette, alpha), WebP and GIF
-//! (first frame). Applies the EXIF orientation, drops every other piece of metadata (the result
-//! is re-encoded from pixels), and splits alpha off so the engine sees RGB only.
+//! (first frame). Applies the EXIF orientation and the embedded ICC profile (`colour.rs`: the
+//! pixels become sRGB; a CMYK JPEG goes through its profile), drops every other piece of
+//! metadata (the result is re-encoded from pixels), and splits alpha off so the engine sees RGB
+//! only.
 //!
 //! Memory is bounded before the first byte is read: the decoder's allocation limit comes from
 //! the pixel limit, and PNG's compressed metadata chunks (an ICC profile or text that inflates
-//! to gigabytes from a few megabytes) are cut out of the bytes before any decoder sees them,
-//! since nothing here uses them.
+//! to gigabytes from a few megabytes) are cut out of the bytes before any decoder sees them;
+//! the ICC profile is read by `metadata.rs`, bounded by `colour::MAX_PROFILE_BYTES`.
 
 use std::borrow::Cow;
 use std::io::Cursor;
@@ -15,6 +17,8 @@ use std::io::Cursor;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
+use super::metadata::{Keep, Tags, PNG_SIGNATURE};
+use super::{colour, metadata};
 use crate::engine::Tile;
 use crate::error::{Classify, ErrorClass};
 
@@ -36,6 +40,8 @@ pub struct Decoded {
     pub rgb: Tile,
     /// `None` when the image has no alpha channel or every pixel is opaque.
     pub alpha: Option<Vec<f32>>,
+    /// What the output carries of the source (`metadata::Keep`); empty by default.
+    pub tags: Tags,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -67,7 +73,8 @@ impl Classify for DecodeError {
 const SUPPORTED: [ImageFormat; 4] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif];
 
 /// A reader with its limits set before it reads anything: no buffer beyond what `max_pixels`
-/// of 16-bit RGBA need, and PNG metadata chunks removed (`without_png_metadata`).
+/// of 16-bit RGBA need, and PNG metadata chunks removed (`without_png_metadata`; the ICC
+/// profile is read, bounded, by `metadata.rs`).
 fn reader(bytes: &[u8], max_pixels: u64) -> Result<(ImageReader<Cursor<Cow<'_, [u8]>>>, ImageFormat), DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
@@ -90,8 +97,6 @@ fn limits(max_pixels: u64) -> Limits {
     limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
     limits
 }
-
-const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// PNG chunks upres never uses whose content a decoder would inflate or keep: the ICC profile
 /// (`iCCP`, zlib) and text (`zTXt`, `iTXt` possibly zlib, `tEXt`). A 3 MB `iCCP` inflates to
@@ -172,26 +177,66 @@ fn swaps_axes(o: Orientation) -> bool {
 /// Decodes fully. The pixel limit is checked from the header first, and the decoder's own
 /// allocation limit is set from it, so a decompression bomb is refused before allocating.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
-    Ok(split(decode_image(bytes, max_pixels)?))
+    decode_keeping(bytes, max_pixels, Keep::default())
+}
+
+/// `decode`, keeping what `keep` says of the source's metadata in `Decoded::tags` (a kept
+/// wide-gamut profile is not converted from).
+pub fn decode_keeping(bytes: &[u8], max_pixels: u64, keep: Keep) -> Result<Decoded, DecodeError> {
+    let found = metadata::for_output(bytes, keep);
+    let img = decode_image(bytes, max_pixels, found.convert_from.as_deref())?;
+    Ok(Decoded { tags: found.tags, ..split(img) })
 }
 
 /// Decodes to oriented 8-bit RGB (alpha dropped), for the resize-only path.
-pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
-    Ok(match decode_image(bytes, max_pixels)? {
+/// `icc` is the profile to convert from (`metadata::for_output`).
+pub fn decode_rgb8(bytes: &[u8], max_pixels: u64, icc: Option<&[u8]>) -> Result<RgbImage, DecodeError> {
+    Ok(match decode_image(bytes, max_pixels, icc)? {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
     })
 }
 
-fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, DecodeError> {
-    let (r, _) = reader(bytes, max_pixels)?;
+/// Decodes and converts from `icc` (the embedded profile, unless it is sRGB or kept) to sRGB.
+fn decode_image(bytes: &[u8], max_pixels: u64, icc: Option<&[u8]>) -> Result<DynamicImage, DecodeError> {
+    let (r, format) = reader(bytes, max_pixels)?;
     let mut decoder = r.into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     check_pixels(w, h, max_pixels)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    // A CMYK JPEG's inks go through its profile (the `image` decoder reports CMYK as RGB, so
+    // libjpeg's header decides, in `cmyk_jpeg_to_srgb`).
+    let cmyk = match icc {
+        Some(icc) if format == ImageFormat::Jpeg => cmyk_jpeg_to_srgb(bytes, icc),
+        _ => None,
+    };
+    let mut img = match (cmyk, icc) {
+        (Some(rgb), _) => DynamicImage::ImageRgb8(rgb),
+        (None, Some(icc)) => colour::rgb_to_srgb(DynamicImage::from_decoder(decoder).map_err(corrupt)?, icc),
+        (None, None) => DynamicImage::from_decoder(decoder).map_err(corrupt)?,
+    };
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// A CMYK JPEG's ink values (libjpeg, Adobe's inverted storage undone, as browsers read CMYK
+/// JPEGs) through its CMYK profile; `None` where libjpeg or the profile cannot, so the `image`
+/// crate's profile-less conversion decodes it instead.
+fn cmyk_jpeg_to_srgb(bytes: &[u8], icc: &[u8]) -> Option<RgbImage> {
+    let decoded = std::panic::catch_unwind(|| -> std::io::Result<Option<(u32, u32, Vec<u8>)>> {
+        let dec = mozjpeg::Decompress::new_mem(bytes)?;
+        if !matches!(dec.color_space(), mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK) {
+            return Ok(None);
+        }
+        let mut started = dec.to_colorspace(mozjpeg::ColorSpace::JCS_CMYK)?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let px: Vec<u8> = started.read_scanlines()?;
+        started.finish()?;
+        Ok(Some((w, h, px)))
+    });
+    let (w, h, mut px) = decoded.ok()?.ok()??;
+    px.iter_mut().for_each(|v| *v = 255 - *v);
+    RgbImage::from_raw(w, h, colour::cmyk_to_srgb(&px, icc)?)
 }
 
 fn split(img: DynamicImage) -> Decoded {
@@ -208,7 +253,7 @@ fn split(img: DynamicImage) -> Decoded {
             alpha[i] = px[3];
         }
         let opaque = alpha.iter().all(|&a| a >= 1.0);
-        Decoded { rgb: Tile::new(w, h, data), alpha: (!opaque).then_some(alpha) }
+        Decoded { rgb: Tile::new(w, h, data), alpha: (!opaque).then_some(alpha), tags: Tags::default() }
     } else {
         let rgb = img.to_rgb32f();
         let mut data = vec![0f32; 3 * n];
@@ -217,7 +262,7 @@ fn split(img: DynamicImage) -> Decoded {
             data[n + i] = px[1];
             data[2 * n + i] = px[2];
         }
-        Decoded { rgb: Tile::new(w, h, data), alpha: None }
+        Decoded { rgb: Tile::new(w, h, data), alpha: None, tags: Tags::default() }
     }
 }
 
@@ -278,6 +323,160 @@ mod tests {
         assert_eq!(d.rgb.shape(), (24, 16));
         let [r, g, b] = px(&d, 12, 8);
         assert!(r > 200 && g < 60 && b < 60, "CMYK (0,255,255,0) is red, got {r},{g},{b}");
+    }
+
+    /// sRGB 8-bit → CIE Lab (D65), for ΔE.
+    fn lab(rgb: [f64; 3]) -> [f64; 3] {
+        let lin = rgb.map(|v| {
+            let v = v / 255.0;
+            if v <= 0.04045 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) }
+        });
+        let m = rgb_to_xyz([(0.64, 0.33), (0.30, 0.60), (0.15, 0.06)]);
+        let xyz = mul(&m, lin);
+        let white = mul(&m, [1.0; 3]);
+        let f = |t: f64| if t > 216.0 / 24389.0 { t.cbrt() } else { (24389.0 / 27.0 * t + 16.0) / 116.0 };
+        let [fx, fy, fz] = [0, 1, 2].map(|i| f(xyz[i] / white[i]));
+        [116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)]
+    }
+
+    fn mul(m: &[[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
+        [0, 1, 2].map(|r| (0..3).map(|c| m[r][c] * v[c]).sum())
+    }
+
+    /// The RGB → XYZ matrix of primaries (x, y) with the D65 white, by the textbook construction.
+    fn rgb_to_xyz(primaries: [(f64, f64); 3]) -> [[f64; 3]; 3] {
+        let cols = primaries.map(|(x, y)| [x / y, 1.0, (1.0 - x - y) / y]);
+        let p = [[cols[0][0], cols[1][0], cols[2][0]], [1.0, 1.0, 1.0], [cols[0][2], cols[1][2], cols[2][2]]];
+        let w = [0.3127 / 0.3290, 1.0, (1.0 - 0.3127 - 0.3290) / 0.3290];
+        let s = mul(&invert(&p), w);
+        [0, 1, 2].map(|r| [0, 1, 2].map(|c| p[r][c] * s[c]))
+    }
+
+    fn invert(m: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
+        let [[a, b, c], [d, e, f], [g, h, i]] = *m;
+        let det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g);
+        [
+            [(e * i - f * h) / det, (c * h - b * i) / det, (b * f - c * e) / det],
+            [(f * g - d * i) / det, (a * i - c * g) / det, (c * d - a * f) / det],
+            [(d * h - e * g) / det, (b * g - a * h) / det, (a * e - b * d) / det],
+        ]
+    }
+
+    /// Display P3 8-bit → sRGB 8-bit from the two spaces' primaries (same white, same transfer
+    /// curve), clipped: the reference conversion, independent of any colour library.
+    pub(crate) fn p3_to_srgb(p3: [u8; 3]) -> [f64; 3] {
+        let srgb_to_xyz = rgb_to_xyz([(0.64, 0.33), (0.30, 0.60), (0.15, 0.06)]);
+        let p3_to_xyz = rgb_to_xyz([(0.680, 0.320), (0.265, 0.690), (0.150, 0.060)]);
+        let lin = p3.map(|v| {
+            let v = v as f64 / 255.0;
+            if v <= 0.04045 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) }
+        });
+        let out = mul(&invert(&srgb_to_xyz), mul(&p3_to_xyz, lin));
+        out.map(|v| {
+            let v = v.clamp(0.0, 1.0);
+            255.0 * if v <= 0.0031308 { 12.92 * v } else { 1.055 * v.powf(1.0 / 2.4) - 0.055 }
+        })
+    }
+
+    pub(crate) fn delta_e(a: [f64; 3], b: [f64; 3]) -> f64 {
+        let (la, lb) = (lab(a), lab(b));
+        (0..3).map(|i| (la[i] - lb[i]).powi(2)).sum::<f64>().sqrt()
+    }
+
+    /// A 32×16 JPEG in Display P3 (its profile embedded): left half P3 red, right half an
+    /// in-gamut orange.
+    pub(crate) fn display_p3_jpeg() -> Vec<u8> {
+        let icc = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+        let px: Vec<u8> = (0..32 * 16).flat_map(|i| if i % 32 < 16 { [255, 0, 0] } else { [200, 80, 60] }).collect();
+        crate::imaging::jpeg::encode(&px, 32, 16, 95, Some(&icc)).unwrap()
+    }
+
+    #[test]
+    fn a_display_p3_jpeg_is_converted_to_srgb() {
+        let d = decode(&display_p3_jpeg(), 1 << 20).unwrap();
+        for (x, p3) in [(6, [255, 0, 0]), (26, [200, 80, 60])] {
+            let got = px(&d, x, 8).map(f64::from);
+            let want = p3_to_srgb(p3);
+            assert!(delta_e(got, want) < 2.0, "P3 {p3:?}: got {got:?}, want {want:?}");
+            // Read as if it were sRGB, the orange is far off: the test can tell.
+            if x == 26 {
+                assert!(delta_e(p3.map(f64::from), want) > 5.0);
+            }
+        }
+        // The same pixels with an sRGB profile (or none) are left alone.
+        let srgb = moxcms::ColorProfile::new_srgb().encode().unwrap();
+        let px8: Vec<u8> = [200u8, 80, 60].repeat(64);
+        let plain = crate::imaging::jpeg::encode(&px8, 8, 8, 95, None).unwrap();
+        let tagged = crate::imaging::jpeg::encode(&px8, 8, 8, 95, Some(&srgb)).unwrap();
+        assert_eq!(decode(&plain, 100).unwrap().rgb.data, decode(&tagged, 100).unwrap().rgb.data);
+    }
+
+    #[test]
+    fn a_wide_gamut_profile_is_kept_only_when_asked() {
+        let p3 = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+        let keep = Keep { profile: true, copyright: false };
+        let kept = decode_keeping(&display_p3_jpeg(), 1 << 20, keep).unwrap();
+        assert_eq!(kept.tags.icc.as_deref(), Some(&p3[..]));
+        let got = px(&kept, 26, 8).map(f64::from);
+        assert!(delta_e(got, [200.0, 80.0, 60.0]) < 2.0, "the P3 values as they are: {got:?}");
+        assert_eq!(decode(&display_p3_jpeg(), 1 << 20).unwrap().tags, Tags::default());
+        // An sRGB or a CMYK profile is never kept (the output is RGB in sRGB either way).
+        let srgb = moxcms::ColorProfile::new_srgb().encode().unwrap();
+        let tagged = crate::imaging::jpeg::encode(&[200u8, 80, 60].repeat(64), 8, 8, 95, Some(&srgb)).unwrap();
+        assert_eq!(decode_keeping(&tagged, 100, keep).unwrap().tags.icc, None);
+        assert_eq!(decode_keeping(&fixture("cmyk-profile.jpg"), 1 << 20, keep).unwrap().tags.icc, None);
+    }
+
+    #[test]
+    fn a_corrupt_jpeg_profile_is_ignored() {
+        let px8: Vec<u8> = [200u8, 80, 60].repeat(64);
+        let plain = decode(&crate::imaging::jpeg::encode(&px8, 8, 8, 95, None).unwrap(), 100).unwrap();
+        let mut p3 = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+        let truncated = p3[..p3.len() / 2].to_vec();
+        // Tag table offsets pointing past the end.
+        p3[140..160].fill(0xFF);
+        for icc in [truncated, p3, vec![0u8; 200], b"not a profile".to_vec()] {
+            let bytes = crate::imaging::jpeg::encode(&px8, 8, 8, 95, Some(&icc)).unwrap();
+            let d = decode_keeping(&bytes, 100, Keep { profile: true, copyright: true }).unwrap();
+            assert_eq!(d.rgb.data, plain.rgb.data);
+            assert_eq!(d.tags, Tags::default());
+        }
+    }
+
+    #[test]
+    fn a_cmyk_jpeg_with_a_profile_converts_through_it() {
+        // Fixture and littlecms's reference values: scripts/make_cmyk_profile_fixture.py.
+        let d = decode(&fixture("cmyk-profile.jpg"), 1 << 20).unwrap();
+        let reference: serde_json::Value = serde_json::from_slice(&fixture("cmyk-profile.json")).unwrap();
+        for p in reference["patches"].as_array().unwrap() {
+            let xy = |k: &str| p[k].as_u64().unwrap() as u32;
+            let rgb = |k: &str| -> [f64; 3] { [0, 1, 2].map(|i| p[k][i].as_f64().unwrap()) };
+            let got = px(&d, xy("x"), xy("y")).map(f64::from);
+            assert!(delta_e(got, rgb("srgb")) < 2.0, "CMYK {}: got {got:?}, littlecms {:?}", p["cmyk"], rgb("srgb"));
+            assert!(delta_e(got, rgb("naive")) > 10.0, "the profile made a difference");
+        }
+    }
+
+    #[test]
+    fn a_png_icc_profile_is_applied_and_a_bad_one_ignored() {
+        let p3 = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+        let plain = png(DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 4, image::Rgb([200, 80, 60]))));
+        let mut iccp = b"Display P3\0\0".to_vec();
+        iccp.extend_from_slice(&zlib(&p3));
+        let tagged = with_chunks(&plain, &[chunk(b"iCCP", &iccp)]);
+        let got = px(&decode(&tagged, 100).unwrap(), 1, 1).map(f64::from);
+        assert!(delta_e(got, p3_to_srgb([200, 80, 60])) < 2.0, "{got:?}");
+        // A profile that is not one: the pixels as they are.
+        let mut junk = b"junk\0\0".to_vec();
+        junk.extend_from_slice(&zlib(b"not an ICC profile"));
+        let bad = with_chunks(&plain, &[chunk(b"iCCP", &junk)]);
+        assert_eq!(px(&decode(&bad, 100).unwrap(), 1, 1), [200, 80, 60]);
+        // A bomb: inflating stops at the cap, and the image still decodes.
+        let mut bomb = b"bomb\0\0".to_vec();
+        bomb.extend_from_slice(&zlib(&vec![0u8; colour::MAX_PROFILE_BYTES + 1]));
+        let bombed = with_chunks(&plain, &[chunk(b"iCCP", &bomb)]);
+        assert!(metadata::icc(&bombed).is_none());
+        assert_eq!(px(&decode(&bombed, 100).unwrap(), 1, 1), [200, 80, 60]);
     }
 
     #[test]

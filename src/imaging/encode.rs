@@ -1,13 +1,15 @@
-//! Planar `f32` pixels → AVIF (rav1e, `avif.rs`), WebP (libwebp), JPEG or PNG bytes. No metadata
-//! is written.
+//! Planar `f32` pixels → AVIF (rav1e, `avif.rs`), WebP (libwebp), JPEG (mozjpeg, `jpeg.rs`) or
+//! PNG bytes. Outputs are sRGB and carry no metadata but what `metadata::Tags` says: by default
+//! only the sRGB marks that cost a few bytes (PNG `sRGB` chunk, AVIF `nclx`), with
+//! `[output]` switches a kept wide-gamut profile and the source's copyright fields.
 
 use std::io::Cursor;
 
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 
-use super::avif;
+use super::metadata::{self, Keep, Tags};
+use super::{avif, jpeg};
 use crate::engine::Tile;
 use crate::error::{Classify, ErrorClass};
 
@@ -102,12 +104,14 @@ pub struct Encoding {
     pub quality: u8,
     /// rav1e's speed preset for AVIF (`avif::SPEEDS`).
     pub avif_speed: u8,
+    /// What the output keeps of the source's metadata.
+    pub keep: Keep,
 }
 
 impl Encoding {
     /// The defaults of `[output]` for `format` (tests and tools).
     pub fn new(format: OutputFormat, quality: u8) -> Self {
-        Encoding { format, quality, avif_speed: DEFAULT_AVIF_SPEED }
+        Encoding { format, quality, avif_speed: DEFAULT_AVIF_SPEED, keep: Keep::default() }
     }
 }
 
@@ -137,8 +141,14 @@ fn interleave(rgb: &Tile, alpha: Option<&[f32]>) -> Vec<u8> {
     out
 }
 
-/// Encodes. JPEG has no alpha: transparent pixels are composited over white.
+/// Encodes an untagged (sRGB) output. JPEG has no alpha: transparent pixels are composited over
+/// white.
 pub fn encode(rgb: &Tile, alpha: Option<&[f32]>, enc: &Encoding) -> Result<Vec<u8>, EncodeError> {
+    encode_tagged(rgb, alpha, enc, &Tags::default())
+}
+
+/// `encode`, with `tags` (a kept profile, copyright fields) written into the file.
+pub fn encode_tagged(rgb: &Tile, alpha: Option<&[f32]>, enc: &Encoding, tags: &Tags) -> Result<Vec<u8>, EncodeError> {
     let (w, h) = rgb.shape();
     check_sides(w, h, enc.format)?;
     match (enc.format, alpha) {
@@ -150,17 +160,22 @@ pub fn encode(rgb: &Tile, alpha: Option<&[f32]>, enc: &Encoding) -> Result<Vec<u
                     data[c * n + i] = data[c * n + i] * a[i] + (1.0 - a[i]);
                 }
             }
-            encode_rgb8(&interleave(&Tile::new(w, h, data), None), w, h, enc)
+            encode_interleaved(&interleave(&Tile::new(w, h, data), None), (w, h), false, enc, tags)
         }
-        (_, Some(_)) => encode_interleaved(&interleave(rgb, alpha), w, h, true, enc),
-        (_, None) => encode_rgb8(&interleave(rgb, None), w, h, enc),
+        (_, Some(_)) => encode_interleaved(&interleave(rgb, alpha), (w, h), true, enc, tags),
+        (_, None) => encode_interleaved(&interleave(rgb, None), (w, h), false, enc, tags),
     }
 }
 
-/// Encodes interleaved 8-bit RGB.
+/// Encodes interleaved 8-bit RGB, untagged (sRGB).
 pub fn encode_rgb8(px: &[u8], w: u32, h: u32, enc: &Encoding) -> Result<Vec<u8>, EncodeError> {
+    encode_rgb8_tagged(px, w, h, enc, &Tags::default())
+}
+
+/// `encode_rgb8` with `tags` written into the file.
+pub fn encode_rgb8_tagged(px: &[u8], w: u32, h: u32, enc: &Encoding, tags: &Tags) -> Result<Vec<u8>, EncodeError> {
     check_sides(w, h, enc.format)?;
-    encode_interleaved(px, w, h, false, enc)
+    encode_interleaved(px, (w, h), false, enc, tags)
 }
 
 fn check_sides(w: u32, h: u32, format: OutputFormat) -> Result<(), EncodeError> {
@@ -171,26 +186,29 @@ fn check_sides(w: u32, h: u32, format: OutputFormat) -> Result<(), EncodeError> 
     Ok(())
 }
 
-/// RGB8 or (with `alpha`) RGBA8 pixels into `format`; JPEG takes RGB8 only.
-fn encode_interleaved(px: &[u8], w: u32, h: u32, alpha: bool, enc: &Encoding) -> Result<Vec<u8>, EncodeError> {
-    let color = if alpha { ExtendedColorType::Rgba8 } else { ExtendedColorType::Rgb8 };
+/// RGB8 or (with `alpha`) RGBA8 pixels into `format`, then `tags` into its container; JPEG takes
+/// RGB8 only.
+fn encode_interleaved(px: &[u8], (w, h): (u32, u32), alpha: bool, enc: &Encoding, tags: &Tags) -> Result<Vec<u8>, EncodeError> {
     let quality = enc.quality;
-    let mut out = Cursor::new(Vec::new());
-    match enc.format {
+    let file = match enc.format {
         OutputFormat::Avif => {
-            return avif::encode(px, w, h, alpha, quality, enc.avif_speed).map_err(|e| EncodeError::Failed(format!("avif: {e}")));
+            // AVIF carries no ICC profile here (the plan never keeps one for it): sRGB `nclx`.
+            avif::encode(px, w, h, alpha, avif::Settings { quality, speed: enc.avif_speed, depth: avif::DEPTH }, tags.exif.as_deref()).map_err(|e| EncodeError::Failed(format!("avif: {e}")))?
         }
         OutputFormat::Webp => {
             let enc = if alpha { webp::Encoder::from_rgba(px, w, h) } else { webp::Encoder::from_rgb(px, w, h) };
             let mem = enc.encode_simple(false, quality as f32).map_err(|e| EncodeError::Failed(format!("{e:?}")))?;
-            return Ok(mem.to_vec());
+            mem.to_vec()
         }
-        OutputFormat::Jpeg => JpegEncoder::new_with_quality(&mut out, quality)
-            .write_image(px, w, h, color)
-            .map_err(|e| EncodeError::Failed(e.to_string()))?,
-        OutputFormat::Png => PngEncoder::new(&mut out).write_image(px, w, h, color).map_err(|e| EncodeError::Failed(e.to_string()))?,
-    }
-    Ok(out.into_inner())
+        OutputFormat::Jpeg => jpeg::encode(px, w, h, quality, tags.icc.as_deref()).map_err(EncodeError::Failed)?,
+        OutputFormat::Png => {
+            let color = if alpha { ExtendedColorType::Rgba8 } else { ExtendedColorType::Rgb8 };
+            let mut out = Cursor::new(Vec::new());
+            PngEncoder::new(&mut out).write_image(px, w, h, color).map_err(|e| EncodeError::Failed(e.to_string()))?;
+            out.into_inner()
+        }
+    };
+    Ok(metadata::attach(file, w, h, tags))
 }
 
 #[cfg(test)]
@@ -263,6 +281,31 @@ mod tests {
             assert_eq!(left[3], 255);
             assert_eq!(img.get_pixel(60, 16).0[3], if alpha.is_some() { 0 } else { 255 });
         }
+    }
+
+    #[test]
+    fn jpeg_is_progressive_with_optimised_tables_and_smaller_than_baseline() {
+        // A colour gradient with a texture in lightness only, 64x48: the texture is what costs
+        // bytes, and 4:2:0 chroma (half resolution) can hold the smooth colour.
+        let (w, h) = (64u32, 48u32);
+        let px: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                let (x, y) = (i % w, i / w);
+                let t = ((x * x + 3 * y) % 24) as i32 - 12;
+                [x * 4, y * 5, 128].map(|v| (v as i32 + t).clamp(0, 255) as u8)
+            })
+            .collect();
+        let ours = encode_rgb8(&px, w, h, &Encoding::new(OutputFormat::Jpeg, 85)).unwrap();
+        // SOF2 (progressive DCT) and no SOF0 (baseline).
+        assert!(ours.windows(2).any(|m| m == [0xFF, 0xC2]), "progressive");
+        assert!(!ours.windows(2).any(|m| m == [0xFF, 0xC0]), "not baseline");
+        let mut baseline = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut baseline, 85).write_image(&px, w, h, ExtendedColorType::Rgb8).unwrap();
+        assert!(ours.len() < baseline.len(), "{} >= {}", ours.len(), baseline.len());
+        let back = image::load_from_memory(&ours).unwrap().to_rgb8();
+        let errs: Vec<i32> = back.as_raw().iter().zip(&px).map(|(a, b)| (*a as i32 - *b as i32).abs()).collect();
+        let (max, mean) = (*errs.iter().max().unwrap(), errs.iter().sum::<i32>() as f64 / errs.len() as f64);
+        assert!(max < 40 && mean < 4.0, "max error {max}, mean {mean:.2}");
     }
 
     #[test]

@@ -6,8 +6,11 @@
 
 pub mod attention;
 pub mod avif;
+pub mod colour;
 pub mod content;
 pub mod decode;
 pub mod encode;
+pub mod jpeg;
+pub mod metadata;
 pub mod resize;
 pub mod resize_only;

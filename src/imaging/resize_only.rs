@@ -11,6 +11,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::{DynamicImage, ImageFormat, RgbImage};
 
 use super::attention;
+use super::{colour, metadata};
 use super::decode::{self, DecodeError, Header};
 use super::encode::{self, EncodeError, Encoding};
 
@@ -51,12 +52,18 @@ pub fn handles(header: &Header) -> bool {
 
 /// Decodes (shrinking on load where it can), resizes into `target` and encodes.
 pub fn render(bytes: &[u8], header: &Header, target: &Target, max_pixels: u64) -> Result<Vec<u8>, ResizeOnlyError> {
+    let found = metadata::for_output(bytes, target.encoding.keep);
+    let icc = found.convert_from.as_deref();
     let rgb = match header.format {
         ImageFormat::Jpeg => match decode_jpeg_shrunk(bytes, header, target) {
-            Some(rgb) => rgb,
-            None => decode_any(bytes, max_pixels)?,
+            // libjpeg ignores the ICC profile; `decode_rgb8` applies it itself.
+            Some(rgb) => match icc {
+                Some(icc) => colour::rgb_to_srgb(DynamicImage::ImageRgb8(rgb), icc).into_rgb8(),
+                None => rgb,
+            },
+            None => decode::decode_rgb8(bytes, max_pixels, icc)?,
         },
-        _ => decode_any(bytes, max_pixels)?,
+        _ => decode::decode_rgb8(bytes, max_pixels, icc)?,
     };
     let (w, h) = rgb.dimensions();
     let mut target = *target;
@@ -69,7 +76,7 @@ pub fn render(bytes: &[u8], header: &Header, target: &Target, max_pixels: u64) -
     } else {
         resize_rgb8(rgb.as_raw(), w, h, &target)
     };
-    Ok(encode::encode_rgb8(&px, target.width, target.height, &target.encoding)?)
+    Ok(encode::encode_rgb8_tagged(&px, target.width, target.height, &target.encoding, &found.tags)?)
 }
 
 /// The largest JPEG shrink (8, 4, 2 or 1) that keeps the shown region at least the output's
@@ -110,10 +117,6 @@ fn decode_jpeg_shrunk(bytes: &[u8], header: &Header, target: &Target) -> Option<
         DynamicImage::ImageRgb8(rgb) => Some(rgb),
         other => Some(other.to_rgb8()),
     }
-}
-
-fn decode_any(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
-    decode::decode_rgb8(bytes, max_pixels)
 }
 
 /// One Lanczos-3 pass from interleaved RGB8 into the target box (from the crop, if any).

@@ -83,6 +83,24 @@ async fn the_same_upload_twice_is_a_hit_and_scale_and_format_apply() {
 }
 
 #[tokio::test]
+async fn an_upload_in_display_p3_comes_out_in_srgb_without_its_metadata() {
+    use crate::serving::{delta_e, p3_jpeg_with_metadata, p3_to_srgb};
+    let s = TestServer::start().await;
+    for (fields, png) in [(&[("model", "lanczos"), ("scale", "2"), ("format", "png")][..], true), (&[("width", "32"), ("format", "webp")][..], false)] {
+        let r = upscale(&s, form(p3_jpeg_with_metadata(), fields)).await;
+        assert_eq!(r.status(), 200, "{fields:?}");
+        let out = r.bytes().await.unwrap();
+        assert_eq!(upres::imaging::metadata::read(&out), Default::default(), "{fields:?}");
+        let img = image::load_from_memory(&out).unwrap().to_rgb8();
+        let (w, h) = img.dimensions();
+        let got = img.get_pixel(w - w / 8, h / 2).0.map(f64::from);
+        let want = p3_to_srgb([200, 80, 60]);
+        assert!(delta_e(got, want) < if png { 2.0 } else { 3.0 }, "{fields:?}: got {got:?}, want {want:?}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn an_upload_and_a_url_of_the_same_bytes_share_one_result() {
     let s = TestServer::start().await;
     let bytes = png(24, 16);

@@ -252,3 +252,155 @@ async fn shutdown_finishes_in_flight_requests() {
     stopping.await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
+
+/// sRGB 8-bit → CIE Lab (D65): ΔE76 between two colours.
+pub(crate) fn delta_e(a: [f64; 3], b: [f64; 3]) -> f64 {
+    let lab = |c: [f64; 3]| {
+        let l = c.map(|v| {
+            let v = v / 255.0;
+            if v <= 0.04045 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) }
+        });
+        let m = [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]];
+        let white = [0.9505, 1.0, 1.089];
+        let f = |t: f64| if t > 216.0 / 24389.0 { t.cbrt() } else { (24389.0 / 27.0 * t + 16.0) / 116.0 };
+        let [x, y, z] = [0, 1, 2].map(|r| f((0..3).map(|k| m[r][k] * l[k]).sum::<f64>() / white[r]));
+        [116.0 * y - 16.0, 500.0 * (x - y), 200.0 * (y - z)]
+    };
+    let (p, q) = (lab(a), lab(b));
+    (0..3).map(|i| (p[i] - q[i]).powi(2)).sum::<f64>().sqrt()
+}
+
+/// Display P3 → sRGB by the published linear matrix (from the two spaces' primaries, D65),
+/// clipped: the reference conversion.
+pub(crate) fn p3_to_srgb(p3: [u8; 3]) -> [f64; 3] {
+    let m = [[1.2249401, -0.2249404, 0.0], [-0.0420569, 1.0420571, 0.0], [-0.0196376, -0.0786361, 1.0982735]];
+    let l = p3.map(|v| {
+        let v = v as f64 / 255.0;
+        if v <= 0.04045 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) }
+    });
+    [0, 1, 2].map(|r| {
+        let v = (0..3).map(|k| m[r][k] * l[k]).sum::<f64>().clamp(0.0, 1.0);
+        255.0 * if v <= 0.0031308 { 12.92 * v } else { 1.055 * v.powf(1.0 / 2.4) - 0.055 }
+    })
+}
+
+#[tokio::test]
+async fn display_p3_and_cmyk_sources_come_out_in_srgb() {
+    let s = TestServer::start().await;
+    // 64×32 JPEG tagged Display P3: left half P3 red, right half an in-gamut orange.
+    let icc = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+    let px: Vec<u8> = (0..64 * 32).flat_map(|i| if i % 64 < 32 { [255, 0, 0] } else { [200, 80, 60] }).collect();
+    s.put_source("p3.jpg", &upres::imaging::jpeg::encode(&px, 64, 32, 95, Some(&icc)).unwrap());
+    // The resize-only path (shrink-on-load), a model path, and AVIF/WebP/JPEG outputs.
+    for path in ["/w=32/format=png/p3.jpg", "/x2/format=png/p3.jpg", "/w=32/format=webp/p3.jpg", "/w=32/format=jpeg/p3.jpg"] {
+        let r = client().get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let img = image::load_from_memory(&r.bytes().await.unwrap()).unwrap().to_rgb8();
+        let (w, h) = img.dimensions();
+        for (x, p3) in [(w / 8, [255, 0, 0]), (w - w / 8, [200, 80, 60])] {
+            let got = img.get_pixel(x, h / 2).0.map(f64::from);
+            let want = p3_to_srgb(p3);
+            let limit = if path.contains("png") { 2.0 } else { 3.0 };
+            assert!(delta_e(got, want) < limit, "{path} P3 {p3:?}: got {got:?}, want {want:?}");
+        }
+    }
+    // A CMYK JPEG with its own profile; reference by littlecms (scripts/make_cmyk_profile_fixture.py).
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/images");
+    s.put_source("cmyk.jpg", &std::fs::read(format!("{dir}/cmyk-profile.jpg")).unwrap());
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{dir}/cmyk-profile.json")).unwrap()).unwrap();
+    let r = client().get(s.url("/w=24/format=png/cmyk.jpg")).send().await.unwrap();
+    let img = image::load_from_memory(&r.bytes().await.unwrap()).unwrap().to_rgb8();
+    for p in reference["patches"].as_array().unwrap() {
+        let got = img.get_pixel(p["x"].as_u64().unwrap() as u32, p["y"].as_u64().unwrap() as u32).0.map(f64::from);
+        let want = [0, 1, 2].map(|i| p["srgb"][i].as_f64().unwrap());
+        assert!(delta_e(got, want) < 2.0, "CMYK {}: got {got:?}, want {want:?}", p["cmyk"]);
+    }
+    s.stop().await;
+}
+
+/// A 64×32 JPEG in Display P3 (left half P3 red, right half an orange), with EXIF (a caption,
+/// a copyright, a GPS position) and IPTC (a caption, a copyright notice).
+pub(crate) fn p3_jpeg_with_metadata() -> Vec<u8> {
+    let icc = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+    let px: Vec<u8> = (0..64 * 32).flat_map(|i| if i % 64 < 32 { [255, 0, 0] } else { [200, 80, 60] }).collect();
+    let jpeg = upres::imaging::jpeg::encode(&px, 64, 32, 95, Some(&icc)).unwrap();
+    // Big-endian TIFF: IFD0 at 8 (caption at 50, Copyright inline, GPS IFD at 58), then the GPS IFD.
+    let mut exif = b"MM\0*\0\0\0\x08\0\x03".to_vec();
+    exif.extend_from_slice(b"\x01\x0e\0\x02\0\0\0\x07\0\0\0\x32");
+    exif.extend_from_slice(b"\x82\x98\0\x02\0\0\0\x04Ann\0");
+    exif.extend_from_slice(b"\x88\x25\0\x04\0\0\0\x01\0\0\0\x3a\0\0\0\0");
+    exif.extend_from_slice(b"secret\0\0");
+    exif.extend_from_slice(b"\0\x01\0\x01\0\x02\0\0\0\x02N\0\0\0\0\0\0\0");
+    let dataset = |d: u8, v: &[u8]| [&[0x1C, 2, d][..], &(v.len() as u16).to_be_bytes(), v].concat();
+    let iim = [dataset(120, b"private caption"), dataset(116, b"(c) Ann")].concat();
+    let mut iptc = b"8BIM\x04\x04\0\0".to_vec();
+    iptc.extend_from_slice(&(iim.len() as u32).to_be_bytes());
+    iptc.extend_from_slice(&iim);
+    let tags = upres::imaging::metadata::Tags { icc: None, exif: Some(exif), iptc: Some(iptc) };
+    upres::imaging::metadata::attach(jpeg, 64, 32, &tags)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn metadata_is_stripped_unless_copyright_or_wide_gamut_are_kept() {
+    use upres::imaging::metadata::{read, Embedded};
+    let source = p3_jpeg_with_metadata();
+    assert!(contains(&source, b"secret") && contains(&source, b"private caption"), "the source has it");
+    let paths = ["/w=32/format=jpeg/m.jpg", "/w=32/format=webp/m.jpg", "/w=32/format=png/m.jpg", "/x2/format=png/m.jpg", "/w=32/format=avif/m.jpg"];
+    // By default: nothing of the source's metadata, sRGB pixels.
+    let s = TestServer::start().await;
+    s.put_source("m.jpg", &source);
+    for path in paths {
+        let r = client().get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let out = r.bytes().await.unwrap();
+        assert_eq!(read(&out), Embedded::default(), "{path}");
+        assert!(!contains(&out, b"Ann\0") && !contains(&out, b"secret"), "{path}");
+    }
+    s.stop().await;
+    // Switched on: the EXIF Copyright and the IPTC copyright notice (nothing else), and the P3
+    // profile with the P3 values as they are (JPEG, PNG, WebP; AVIF is converted, tagged sRGB).
+    let s = Setup::new()
+        .config(|c| {
+            c.output.keep_copyright = true;
+            c.output.keep_wide_gamut = true;
+        })
+        .start()
+        .await;
+    s.put_source("m.jpg", &source);
+    let p3 = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+    for path in paths {
+        let r = client().get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let out = r.bytes().await.unwrap();
+        assert!(contains(&out, b"Ann\0") && !contains(&out, b"secret") && !contains(&out, b"private"), "{path}");
+        let avif = path.contains("avif");
+        let embedded = read(&out);
+        assert_eq!(embedded.iptc.is_some(), path.contains("jpeg"), "{path}");
+        if path.contains("jpeg") {
+            assert!(contains(embedded.iptc.as_deref().unwrap(), b"(c) Ann"), "{path}");
+        }
+        if avif {
+            continue;
+        }
+        assert_eq!(embedded.icc.as_deref(), Some(&p3[..]), "{path}");
+        let img = image::load_from_memory(&out).unwrap().to_rgb8();
+        let (w, h) = img.dimensions();
+        let got = img.get_pixel(w - w / 8, h / 2).0.map(f64::from);
+        assert!(delta_e(got, [200.0, 80.0, 60.0]) < 3.0, "{path}: the P3 values kept, got {got:?}");
+    }
+    // The switches are part of the result key (REST uploads say its canonical form).
+    for (format, want) in [("png", "/icc=keep/meta=copyright"), ("avif", "/speed=10/meta=copyright")] {
+        let form = reqwest::multipart::Form::new()
+            .part("image", reqwest::multipart::Part::bytes(source.clone()).file_name("m.jpg"))
+            .text("width", "32")
+            .text("format", format);
+        let r = client().post(s.url("/api/v1/upscale")).multipart(form).send().await.unwrap();
+        let params = r.headers()["x-upres-params"].to_str().unwrap().to_string();
+        assert!(params.ends_with(want), "{format}: {params}");
+    }
+    s.stop().await;
+}
