@@ -5,11 +5,15 @@
 # how many OTLP posts the sink got.
 #
 #   load/tracing-overhead.sh            (DURATION=10s CONNECTIONS=16 by default)
+#   TRACEPARENT= SAMPLE_RATIO=0.1 load/tracing-overhead.sh   no caller trace, 10% of traces exported
 #
 # LOAD_BIN=path serves that binary instead of building target/debug/upres.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
+# Every request carries this (sampled) caller trace unless TRACEPARENT is set empty.
+TRACEPARENT=${TRACEPARENT-00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01}
+SAMPLE_RATIO=${SAMPLE_RATIO:-1}
 CONNECTIONS=${CONNECTIONS:-16}
 if [ -z "${LOAD_BIN:-}" ]; then
   cargo build --locked --quiet --bin upres
@@ -40,7 +44,7 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$work"' EXIT
 python3 "$work/sink.py" 18197 "$work/posts" & pids+=($!)
 serve() { # port, otlp endpoint
-  UPRES_TELEMETRY__OTLP_ENDPOINT="$2" "$LOAD_BIN" serve --listen "127.0.0.1:$1" \
+  UPRES_TELEMETRY__OTLP_ENDPOINT="$2" UPRES_TELEMETRY__OTLP_SAMPLE_RATIO="$SAMPLE_RATIO" "$LOAD_BIN" serve --listen "127.0.0.1:$1" \
     --models "$work/models" --origin "file://$work/origin" --store "" > "$work/server-$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 300); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done
@@ -53,8 +57,10 @@ for port in 18195 18196; do
   url="http://127.0.0.1:$port/x2/format=png/a.png"
   curl -sf -o /dev/null "$url" # the miss; wrk then measures memory hits
   # Both log at `info` (one line per request, to a file): the difference is the export alone.
-  [ $port = 18195 ] && echo "## otlp_endpoint = \"\"" || echo "## otlp_endpoint = local sink"
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" "$url" \
+  [ $port = 18195 ] && echo "## otlp_endpoint = \"\"" || echo "## otlp_endpoint = local sink, otlp_sample_ratio = $SAMPLE_RATIO"
+  header=()
+  [ -n "$TRACEPARENT" ] && header=(-H "traceparent: $TRACEPARENT")
+  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "${header[@]}" "$url" \
     | grep -E "Requests/sec|Latency|50%|99%"
 done
 kill "${pids[2]}"; wait "${pids[2]}" 2>/dev/null || true # the exporting server: flush on SIGTERM

@@ -762,11 +762,14 @@ pub struct TelemetryConfig {
     /// OTLP/HTTP collector base URL (`http://otel-collector:4318`): request spans are exported
     /// to `<url>/v1/traces` as protobuf. Empty: no export.
     pub otlp_endpoint: String,
+    /// Share (0–1) of the traces upres starts (requests without a `traceparent`) whose spans are
+    /// exported; a caller's `traceparent` decides for its own requests (its sampled flag).
+    pub otlp_sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_format: "text".into(), log_filter: "info".into(), otlp_endpoint: String::new() }
+        Self { log_format: "text".into(), log_filter: "info".into(), otlp_endpoint: String::new(), otlp_sample_ratio: 1.0 }
     }
 }
 
@@ -997,6 +1000,9 @@ impl Config {
         }
         if self.engine.queue_capacity == 0 || self.engine.max_batch == 0 {
             return bad("engine.queue_capacity and engine.max_batch must be > 0");
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.otlp_sample_ratio) {
+            return bad("telemetry.otlp_sample_ratio must be in [0, 1]");
         }
         // NaN fails too.
         if self.limits.max_upscale.is_nan() || self.limits.max_upscale < 1.0 {
@@ -1231,6 +1237,11 @@ mod tests {
         let mut c = Config::default();
         c.cache.claims.ttl = c.server.request_deadline / 2;
         assert!(c.validate().is_err());
+        for ratio in [-0.1, 1.5, f64::NAN] {
+            let mut c = Config::default();
+            c.telemetry.otlp_sample_ratio = ratio;
+            assert!(c.validate().is_err(), "{ratio}");
+        }
         assert!(Config::default().validate().is_ok());
     }
 

@@ -24,7 +24,7 @@ pub fn init_tracing(cfg: &TelemetryConfig) -> Result<Telemetry, String> {
     let fmt = if cfg.log_format == "json" { fmt.json().boxed() } else { fmt.boxed() };
     let provider = match cfg.otlp_endpoint.as_str() {
         "" => None,
-        endpoint => Some(otlp_provider(endpoint)?),
+        endpoint => Some(otlp_provider(endpoint, cfg.otlp_sample_ratio)?),
     };
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider;
@@ -35,8 +35,10 @@ pub fn init_tracing(cfg: &TelemetryConfig) -> Result<Telemetry, String> {
     Ok(Telemetry { provider })
 }
 
-/// OTLP/HTTP (protobuf) span export to `<endpoint>/v1/traces`, batched on the SDK's own thread.
-fn otlp_provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+/// OTLP/HTTP (protobuf) span export to `<endpoint>/v1/traces`, batched on the SDK's own thread;
+/// a caller's sampled flag decides for its request, `ratio` (by trace id) for traces started here.
+fn otlp_provider(endpoint: &str, ratio: f64) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_sdk::trace::Sampler;
     use opentelemetry_otlp::{Protocol, WithExportConfig};
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -46,7 +48,11 @@ fn otlp_provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerPr
         .build()
         .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name("upres").build();
-    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
+        .with_resource(resource)
+        .build())
 }
 
 /// What `init_tracing` started that needs an orderly end.
