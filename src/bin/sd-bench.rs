@@ -6,7 +6,14 @@
 //! sd-bench vae SIZE [--full] [--vae-tile T] [--vae-overlap O]
 //! sd-bench tiling SIZE [--full] [--steps 2] [--vae-tile T] [--vae-overlap O]
 //! sd-bench schedulers [--full] [--sizes 32] [--steps 5,8,10,15,20] [--ref-steps 30] [--seeds 4]
+//! sd-bench unet [--sizes 64,128] [--runs 2] [--threads 2] [--torch PYTHON]
 //! ```
+//! `unet` times one denoising step of the full-size UNet alone (random weights built in memory
+//! from tests/fixtures/sd-x4-configs, batch 2 = the two guidance halves of one image, f32): the
+//! best of `--runs` forward passes per size. With `--torch PYTHON` the same step of diffusers'
+//! `UNet2DConditionModel` (scripts/sd_unet_torch.py, same config, same thread count) runs in the
+//! same process tree, size by size after upres's, and the ratio upres/diffusers is printed
+//! (scripts/sd-unet-bench.sh creates the pinned venv and runs both).
 //! `speed` reports seconds per image per denoising step (time between the first and the last
 //! step's progress report, divided by steps-1 and by the batch size) and the speed-up of batching.
 //! `rss` runs the whole pipeline once at SIZE² and prints the peak resident set size (VmHWM,
@@ -119,10 +126,101 @@ fn psnr8(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     Ok(10.0 * (255.0f64.powi(2) / mse).log10())
 }
 
+/// A persistent `sd_unet_torch.py serve` process: one best-of-`runs` time per request.
+struct TorchUnet {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl TorchUnet {
+    fn start(python: &str, threads: usize) -> std::io::Result<Self> {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(python)
+            .arg(root().join("scripts/sd_unet_torch.py"))
+            .args(["serve", "--threads", &threads.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        Ok(Self { child, stdin, stdout })
+    }
+
+    fn best(&mut self, size: usize, runs: usize) -> anyhow::Result<f64> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{size} {runs}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        line.trim().parse().map_err(|_| anyhow::anyhow!("sd_unet_torch.py answered {line:?} (see its stderr)"))
+    }
+}
+
+impl Drop for TorchUnet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sd-bench unet`: one UNet step (batch 2), upres and optionally diffusers, size by size.
+fn unet_speed(args: &[String]) -> anyhow::Result<()> {
+    let sizes = arg_list(args, "--sizes", "64,128");
+    let runs = arg_list(args, "--runs", "2")[0].max(1);
+    let threads = rayon::current_num_threads();
+    let torch = args.iter().position(|a| a == "--torch").and_then(|i| args.get(i + 1));
+    let cfg: unet::UnetConfig = read(&root().join("tests/fixtures/sd-x4-configs/unet/config.json"));
+    let dev = Device::Cpu;
+    let t0 = Instant::now();
+    let vm = VarMap::new();
+    let net = unet::Unet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+    drop(vm);
+    eprintln!("built the full-size UNet (random weights) in {:.1}s", t0.elapsed().as_secs_f64());
+    let mut peer = torch.map(|py| TorchUnet::start(py, threads)).transpose()?;
+    println!("# sd-bench unet: one denoising step, batch 2 (CFG halves of one image), f32, {threads} threads, best of {runs}");
+    println!("| input | upres (s) | diffusers (s) | upres / diffusers |");
+    println!("|---|---|---|---|");
+    let ctx = Tensor::randn(0f32, 1f32, (2, 77, cfg.cross_attention_dim), &dev)?;
+    let labels = Tensor::new(&[20u32, 20], &dev)?;
+    for &size in &sizes {
+        let x = Tensor::randn(0f32, 1f32, (2, cfg.in_channels, size, size), &dev)?;
+        // upres and diffusers alternate pass by pass, so load from other processes on a shared
+        // machine hits both sides alike; each side's best pass counts.
+        let (mut best, mut theirs) = (f64::INFINITY, f64::INFINITY);
+        for r in 0..runs {
+            let t = Instant::now();
+            net.forward(&x, 500.0, &ctx, &labels)?;
+            let mine = t.elapsed().as_secs_f64();
+            best = best.min(mine);
+            eprintln!("upres {size}x{size} pass {}: {mine:.3}s", r + 1);
+            if let Some(p) = peer.as_mut() {
+                let t = p.best(size, 1)?;
+                theirs = theirs.min(t);
+                eprintln!("diffusers {size}x{size} pass {}: {t:.3}s", r + 1);
+            }
+        }
+        if peer.is_some() {
+            println!("| {size}x{size} | {best:.3} | {theirs:.3} | {:.2} |", best / theirs);
+        } else {
+            println!("| {size}x{size} | {best:.3} | - | - |");
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    println!("sd-bench: {}", upres::ml::fastconv::kernel_summary());
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // upres's kernels run on rayon's global pool; `--threads` sizes it like the peer's.
+    if let Some(t) = arg_opt(&args, "--threads") {
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+    }
+    println!("sd-bench: {}; SD convolutions: {}", upres::ml::fastconv::kernel_summary(), upres::ml::sd::conv::kernel_family());
     let mode = args.first().cloned().unwrap_or_else(|| "speed".into());
+    if mode == "unet" {
+        return unet_speed(&args);
+    }
     let full = args.iter().any(|a| a == "--full");
     let tmp = std::env::temp_dir().join(format!("upres-sd-bench-{}", std::process::id()));
     let dir = if full {

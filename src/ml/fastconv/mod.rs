@@ -65,6 +65,7 @@ mod amx_wino;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod conv;
+pub mod dense;
 mod dispatch;
 mod error;
 mod job;
@@ -73,6 +74,7 @@ mod pack;
 pub mod pointwise;
 mod pool;
 mod portable;
+mod rows;
 mod select;
 mod winograd;
 #[cfg(target_arch = "x86_64")]

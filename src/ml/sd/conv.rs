@@ -15,10 +15,27 @@ use candle_core::{DType, Module, Result, Storage, Tensor, D};
 use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 use rayon::prelude::*;
 
-use crate::ml::fastconv::{Activation, Conv3x3, Epilogue, Nhwc};
+use super::layout::{nchw_from_rows, rows_from_nchw, Map};
+use crate::ml::fastconv::{Activation, Backend, Conv3x3, Epilogue, Nhwc, Winograd};
 use crate::ml::realesrgan::fastconv_enabled_by_env;
 
 const CONV3: Conv2dConfig = Conv2dConfig { padding: 1, stride: 1, dilation: 1, groups: 1, cudnn_fwd_algo: None };
+
+/// The Winograd mode of the SD convolutions: [`Winograd::Auto`] (F(4×4, 3×3) on AVX-512 where
+/// it pays) unless `[kernels] winograd` / `UPRES_FASTCONV_WINOGRAD` says otherwise. Its error
+/// (≤ 5e-5 of Σ|w·x|) stays inside the diffusers parity bounds (docs/sd-x4.md).
+fn sd_winograd() -> Winograd {
+    Winograd::from_env_or(Winograd::Auto)
+}
+
+/// The kernels the SD convolutions run on this machine, for benchmark headers.
+pub fn kernel_family() -> String {
+    if !fastconv_enabled_by_env() {
+        return "candle conv2d (UPRES_FASTCONV=off)".into();
+    }
+    let dense = if crate::ml::fastconv::dense::Dense::available() { "fastconv dense (AVX-512)" } else { "candle's GEMM" };
+    format!("3x3 on fastconv {} (Winograd {:?}); transformer linears on {dense}; 1x1, attention and stride-2 on candle", Backend::detect(), sd_winograd())
+}
 
 /// What runs on a [`Conv3`]'s input before the convolution. On the fast path it is fused into
 /// the NCHW → NHWC conversion, so no intermediate map is materialised.
@@ -85,6 +102,23 @@ impl Norm {
         !self.gamma.is_empty() && x.device().is_cpu() && x.dtype() == DType::F32
     }
 
+    /// `group_norm(x)` of NCHW `x` as `(N, H·W, C)` tokens (the transformer's layout), the
+    /// transposition fused into the normalising pass on the CPU.
+    pub fn forward_tokens(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        if !self.fast(x) {
+            return self.candle.forward(x)?.permute((0, 2, 3, 1))?.reshape((n, h * w, c));
+        }
+        let out = with_f32_slice(x, |data| {
+            let ab = self.affine(data, n, c, h * w);
+            let mut out = vec![0f32; data.len()];
+            let rows = out.par_chunks_mut(w * c).enumerate().map(|(r, row)| (r / h, r % h, row));
+            rows_from_nchw(data, (n, c, h, w), Map { affine: Some(&ab), silu: false, up: 1 }, c, rows);
+            Ok(out)
+        })?;
+        Tensor::from_vec(out, (n, h * w, c), x.device())
+    }
+
     pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         if !self.fast(x) {
             let y = self.candle.forward(x)?;
@@ -113,7 +147,7 @@ fn silu32(x: f32) -> f32 {
 
 /// Calls `f` with the contiguous f32 data of a CPU tensor (converting or copying only when the
 /// tensor is not already contiguous f32).
-fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(super) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = if t.dtype() == DType::F32 && t.is_contiguous() { t.clone() } else { t.to_dtype(DType::F32)?.contiguous()? };
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("with_f32_slice: not a CPU tensor") };
@@ -131,7 +165,10 @@ impl Conv3 {
     pub fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         let conv = conv2d(cin, cout, 3, CONV3, vb.clone())?;
         if vb.device().is_cpu() && fastconv_enabled_by_env() {
-            let fast = Conv3x3::from_tensors(conv.weight(), conv.bias(), Activation::None)?;
+            let w = conv.weight().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let b = conv.bias().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+            let fast = Conv3x3::with_options(&w, b.as_deref(), cin, cout, Activation::None, Backend::detect(), sd_winograd())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             return Ok(Conv3::Fast(fast));
         }
         Ok(Conv3::Candle(conv))
@@ -150,13 +187,21 @@ impl Conv3 {
     /// unfused candle ops held up to eight maps (group norm's four, SiLU, the upsampled copy,
     /// the NHWC copies, the sum).
     pub fn forward_pre(&self, x: Tensor, pre: Pre, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_fused(x, pre, None, residual)
+    }
+
+    /// [`Conv3::forward_pre`] plus `add`, a per-channel term: `(N, out_c)` (one row per image,
+    /// the resnet's time embedding) or `(out_c)` (the 1×1 shortcut's bias), fused into the
+    /// output pass on the fast path.
+    pub fn forward_fused(&self, x: Tensor, pre: Pre, add: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
         let conv = match self {
             Conv3::Fast(c) if x.device().is_cpu() => c,
-            _ => return self.forward_candle(x, pre, residual),
+            _ => return self.forward_candle(x, pre, add, residual),
         };
         let dev = x.device().clone();
         let (n, c, h, w) = x.dims4()?;
-        let (oh, ow) = if matches!(pre, Pre::Up2) { (2 * h, 2 * w) } else { (h, w) };
+        let up = if matches!(pre, Pre::Up2) { 2 } else { 1 };
+        let (oh, ow) = (h * up, w * up);
         let input = with_f32_slice(&x, |data| {
             let ab = match pre {
                 Pre::NormSilu(norm) if norm.fast(&x) => Some(norm.affine(data, n, c, h * w)),
@@ -164,28 +209,8 @@ impl Conv3 {
                 _ => None,
             };
             let mut t = Nhwc::zeros(n, oh, ow, c);
-            let up = if matches!(pre, Pre::Up2) { 2 } else { 1 };
-            for ni in 0..n {
-                for y in 0..oh {
-                    for xx in 0..ow {
-                        let src = ((ni * c) * h + y / up) * w + xx / up;
-                        let px = t.pixel_mut(ni, y, xx);
-                        match &ab {
-                            Some(ab) => {
-                                for (k, v) in px.iter_mut().enumerate() {
-                                    let (a, b) = ab[ni * c + k];
-                                    *v = silu32(a * data[src + k * h * w] + b);
-                                }
-                            }
-                            None => {
-                                for (k, v) in px.iter_mut().enumerate() {
-                                    *v = data[src + k * h * w];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let map = Map { affine: ab.as_deref(), silu: ab.is_some(), up };
+            rows_from_nchw(data, (n, c, h, w), map, c, t.interior_rows_mut());
             Ok(t)
         })?;
         drop(x);
@@ -193,42 +218,31 @@ impl Conv3 {
         let mut out = Nhwc::zeros(n, oh, ow, co);
         conv.forward(&input, 0, &mut out, 0, &Epilogue::default()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         drop(input);
-        let plane = oh * ow;
-        let mut y = vec![0f32; n * co * plane];
-        let mut write = |res: Option<&[f32]>| {
-            for ni in 0..n {
-                for yy in 0..oh {
-                    for xx in 0..ow {
-                        let px = out.pixel(ni, yy, xx);
-                        let base = ni * co * plane + yy * ow + xx;
-                        for (k, &v) in px.iter().enumerate() {
-                            let i = base + k * plane;
-                            y[i] = match res {
-                                Some(r) => v + r[i],
-                                None => v,
-                            };
-                        }
-                    }
+        let add = match add {
+            Some(a) => {
+                let v = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                if v.len() != co && v.len() != n * co {
+                    candle_core::bail!("fast conv: {} channel terms for {n} images of {co} channels", v.len());
                 }
+                Some(v)
             }
+            None => None,
         };
-        match residual {
+        let shape = (n, co, oh, ow);
+        let y = match residual {
             Some(r) => {
-                if r.dims4()? != (n, co, oh, ow) {
-                    candle_core::bail!("fast conv: residual {:?} for an output ({n}, {co}, {oh}, {ow})", r.dims());
+                if r.dims4()? != shape {
+                    candle_core::bail!("fast conv: residual {:?} for an output {shape:?}", r.dims());
                 }
-                with_f32_slice(r, |r| {
-                    write(Some(r));
-                    Ok(())
-                })?
+                with_f32_slice(r, |r| Ok(nchw_from_rows(shape, co, |ni, yy| out.interior_row(ni, yy), add.as_deref(), Some(r))))?
             }
-            None => write(None),
-        }
+            None => nchw_from_rows(shape, co, |ni, yy| out.interior_row(ni, yy), add.as_deref(), None),
+        };
         drop(out);
-        Tensor::from_vec(y, (n, co, oh, ow), &dev)
+        Tensor::from_vec(y, shape, &dev)
     }
 
-    fn forward_candle(&self, x: Tensor, pre: Pre, residual: Option<&Tensor>) -> Result<Tensor> {
+    fn forward_candle(&self, x: Tensor, pre: Pre, add: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
         let x = match pre {
             Pre::None => x,
             Pre::NormSilu(norm) => norm.forward(&x, true)?,
@@ -242,6 +256,11 @@ impl Conv3 {
             Conv3::Candle(c) => c.forward(&x)?,
         };
         drop(x);
+        let y = match add {
+            Some(a) if a.rank() == 1 => y.broadcast_add(&a.reshape((1, (), 1, 1))?)?,
+            Some(a) => y.broadcast_add(&a.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?)?,
+            None => y,
+        };
         match residual {
             Some(r) => r + y,
             None => Ok(y),
@@ -284,19 +303,33 @@ impl Resnet {
     }
 
     /// Takes `x` by value: with a 1×1 shortcut (the up blocks' concatenated skips) the input is
-    /// released once `conv1` has read it.
+    /// released once `conv1` has read it. The time embedding is added in `conv1`'s output pass
+    /// and, on the fast path, the shortcut's bias in `conv2`'s.
     pub fn forward(&self, x: Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(&x)?,
-            None => x.clone(),
+        let (shortcut, sc_bias) = match &self.conv_shortcut {
+            Some(c) if self.conv2.is_fast() && x.device().is_cpu() => (pointwise_no_bias(c, &x)?, c.bias().cloned()),
+            Some(c) => (c.forward(&x)?, None),
+            None => (x.clone(), None),
         };
-        let mut h = self.conv1.forward_pre(x, Pre::NormSilu(&self.norm1), None)?;
-        if let (Some(t), Some(proj)) = (temb, &self.time_emb_proj) {
-            let t = proj.forward(&candle_nn::ops::silu(t)?)?.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?;
-            h = t.broadcast_add(&h)?;
-        }
-        self.conv2.forward_pre(h, Pre::NormSilu(&self.norm2), Some(&shortcut))
+        let t = match (temb, &self.time_emb_proj) {
+            (Some(t), Some(proj)) => Some(proj.forward(&candle_nn::ops::silu(t)?)?),
+            _ => None,
+        };
+        let h = self.conv1.forward_fused(x, Pre::NormSilu(&self.norm1), t.as_ref(), None)?;
+        self.conv2.forward_fused(h, Pre::NormSilu(&self.norm2), sc_bias.as_ref(), Some(&shortcut))
     }
+}
+
+/// A 1×1 convolution without its bias as one GEMM per image on the NCHW data
+/// (`W (out, in) · X (in, H·W)`): no im2col copy, no layout change.
+fn pointwise_no_bias(c: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    let (n, ci, h, w) = x.dims4()?;
+    let wt = c.weight();
+    let co = wt.dim(0)?;
+    let wt = wt.reshape((co, ci))?;
+    let x = x.contiguous()?;
+    let ys = (0..n).map(|i| wt.matmul(&x.get(i)?.reshape((ci, h * w))?)?.reshape((1, co, h, w))).collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&ys, 0)
 }
 
 #[cfg(test)]
@@ -321,5 +354,86 @@ mod tests {
             let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-4, "{cin}->{cout} {h}x{w}: max diff {diff}");
         }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Random values for every variable created so far (the constructors' inits are too regular:
+    /// unit norms, zero biases).
+    fn randomise(vm: &VarMap) {
+        for v in vm.all_vars() {
+            v.set(&Tensor::randn(0f32, 0.3, v.shape(), v.device()).unwrap()).unwrap();
+        }
+    }
+
+    /// The fused resnet (group norm + SiLU into the input pass, time embedding and the 1×1
+    /// shortcut's bias into the output pass, the shortcut as one GEMM per image, Winograd where
+    /// it pays) against the same block written with candle's ops: within 1e-4.
+    #[test]
+    fn fused_resnet_matches_candle_ops() {
+        let dev = Device::Cpu;
+        for (cin, cout, h, w) in [(48, 64, 9, 11), (32, 32, 8, 8)] {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("r");
+            let (groups, eps, temb) = (8, 1e-5, 24);
+            let n1 = candle_nn::group_norm(groups, cin, eps, vb.pp("norm1")).unwrap();
+            let c1 = conv2d(cin, cout, 3, CONV3, vb.pp("conv1")).unwrap();
+            let n2 = candle_nn::group_norm(groups, cout, eps, vb.pp("norm2")).unwrap();
+            let c2 = conv2d(cout, cout, 3, CONV3, vb.pp("conv2")).unwrap();
+            let tp = linear(temb, cout, vb.pp("time_emb_proj")).unwrap();
+            let sc = (cin != cout).then(|| conv2d(cin, cout, 1, Conv2dConfig::default(), vb.pp("conv_shortcut")).unwrap());
+            randomise(&vm);
+            let r = Resnet::new(vb.clone(), cin, cout, groups, eps, Some(temb)).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, cin, h, w), &dev).unwrap();
+            let t = Tensor::randn(0f32, 1.0, (2, temb), &dev).unwrap();
+            let want = {
+                let hh = c1.forward(&n1.forward(&x).unwrap().silu().unwrap()).unwrap();
+                let te = tp.forward(&t.silu().unwrap()).unwrap().unsqueeze(2).unwrap().unsqueeze(3).unwrap();
+                let hh = hh.broadcast_add(&te).unwrap();
+                let hh = c2.forward(&n2.forward(&hh).unwrap().silu().unwrap()).unwrap();
+                let short = match &sc {
+                    Some(sc) => sc.forward(&x).unwrap(),
+                    None => x.clone(),
+                };
+                (short + hh).unwrap()
+            };
+            let got = r.forward(x, Some(&t)).unwrap();
+            let d = max_diff(&got, &want);
+            assert!(d < 1e-4, "{cin}->{cout} {h}x{w}: max diff {d}");
+        }
+    }
+
+    /// Nearest ×2 upsampling fused into the input pass equals upsampling, then convolving.
+    #[test]
+    fn fused_upsampling_conv_matches_candle() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let candle = conv2d(24, 16, 3, CONV3, vb.pp("c")).unwrap();
+        randomise(&vm);
+        let fast = Conv3::new(24, 16, vb.pp("c")).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 24, 5, 7), &dev).unwrap();
+        let want = candle.forward(&x.upsample_nearest2d(10, 14).unwrap()).unwrap();
+        let got = fast.forward_pre(x, Pre::Up2, None).unwrap();
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-4, "max diff {d}");
+    }
+
+    /// The group norm written straight into `(N, H·W, C)` tokens equals candle's group norm
+    /// followed by the permutation (same statistics in f64: within 1e-5).
+    #[test]
+    fn norm_to_tokens_matches_candle() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let candle = candle_nn::group_norm(8, 40, 1e-6, vb.pp("n")).unwrap();
+        randomise(&vm);
+        let norm = Norm::new(8, 40, 1e-6, vb.pp("n")).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 40, 6, 9), &dev).unwrap();
+        let want = candle.forward(&x).unwrap().permute((0, 2, 3, 1)).unwrap().reshape((2, 54, 40)).unwrap();
+        let d = max_diff(&norm.forward_tokens(&x).unwrap(), &want);
+        assert!(d < 1e-5, "max diff {d}");
     }
 }

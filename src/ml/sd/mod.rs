@@ -10,6 +10,8 @@ pub mod blocks;
 pub mod clip;
 pub mod conv;
 pub mod dpm;
+pub mod layout;
+pub mod linear;
 pub mod loader;
 pub mod pipeline;
 pub mod rng;
