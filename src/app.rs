@@ -27,6 +27,7 @@ use crate::objects::Bucket;
 use crate::params::{imgproxy, ParamLimits};
 use crate::flight::FlightValue;
 use crate::playground::progress::ProgressBoard;
+use crate::quality::Quality;
 use crate::source::Origins;
 use crate::telemetry::Metrics;
 use crate::verify::Signer;
@@ -57,6 +58,8 @@ pub struct App {
     pub purge_bus: Option<Arc<PurgeBus>>,
     /// Job records (`/api/v1/jobs`); in this process for now (`jobs::JobStore` is the seam).
     pub jobs: Arc<dyn JobStore>,
+    /// Consistency scores, the quality gate, canary and shadow choices (`quality`).
+    pub quality: Quality,
     ready: AtomicBool,
     next_id: AtomicU64,
     id_prefix: u32,
@@ -103,6 +106,7 @@ impl App {
         );
         metrics.queue_capacity.set(i64::try_from(cfg.engine.queue_capacity).unwrap_or(i64::MAX));
         let memory_budget = MemoryBudget::from_config(&cfg.limits, metrics.clone());
+        let quality = Quality::new(cfg.ml.quality.clone(), cfg.ml.shadow.clone(), cfg.ml.canary.clone(), &metrics.registry);
         let signer = Signer::from_config(&cfg.signing).map_err(|e| err(&e))?;
         let guards = Guards::build(&cfg, metrics.rate_limit_fallbacks.clone()).map_err(|e| err(&e))?;
         let param_limits = ParamLimits::from_config(&cfg).map_err(|e| err(&e))?;
@@ -137,6 +141,7 @@ impl App {
             purge_bus: guards.redis().map(|link| Arc::new(PurgeBus::new(link.clone()))),
             guards,
             jobs,
+            quality,
             ready: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix,

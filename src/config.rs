@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod imgproxy_env;
+mod quality;
+
+pub use quality::{CanaryConfig, Minimum, QualityConfig, ShadowConfig};
 
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::Figment;
@@ -435,6 +438,12 @@ pub struct MlConfig {
     pub warm_up: bool,
     /// The loaded model that the alias `photo` names (a URL model name).
     pub photo_model: String,
+    /// The quality gate: least consistency score per model.
+    pub quality: QualityConfig,
+    /// A candidate model shadowing the served one on a sample of misses.
+    pub shadow: ShadowConfig,
+    /// A model serving a share of sources in place of `model=auto`'s pick.
+    pub canary: CanaryConfig,
 }
 
 impl Default for MlConfig {
@@ -447,6 +456,9 @@ impl Default for MlConfig {
             tile_overlap: 16,
             warm_up: true,
             photo_model: "clearreality4x".into(),
+            quality: QualityConfig::default(),
+            shadow: ShadowConfig::default(),
+            canary: CanaryConfig::default(),
         }
     }
 }
@@ -986,6 +998,7 @@ impl Config {
         if self.cache.memory.max_bytes == 0 {
             return bad("cache.memory.max_bytes must be > 0");
         }
+        quality::validate(&self.ml.quality, &self.ml.shadow, &self.ml.canary).map_err(ConfigError::Invalid)?;
         if self.cache.claims.enabled && self.cache.claims.ttl < self.server.request_deadline {
             return bad("cache.claims.ttl must be at least server.request_deadline");
         }

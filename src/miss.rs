@@ -8,16 +8,21 @@
 //! plan_bytes:      probe header → plan → result key                    (shared by every caller)
 //! produce_planned: store tier → shed if the queue is full → memory budget → claim (or wait for
 //!                  the replica holding it) → compute → store put (write-behind) → release claim
-//! compute:         resize only (no model) | decode → tile → batcher → stitch → resize/alpha
-//!                  → encode
+//! compute:         resize only (no model) | decode → tile → batcher → stitch → score → gate
+//!                  (below the minimum: the next model down, Lanczos last) → [shadow, sampled]
+//!                  → resize/alpha → encode
 //! ```
+//!
+//! `plan_bytes` puts `[ml.canary]`'s model in place of `auto`'s pick for the sources in its
+//! share; `compute` scores every model output (`imaging::consistency`), gates it
+//! (`quality::Quality::judge`) and starts the shadow run for sampled sources (`shadow.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::admission::{self, AdmitError, MemoryPermit};
 use crate::app::App;
@@ -30,10 +35,12 @@ use crate::engine::Tile;
 use crate::error::{ErrorClass, ProxyError};
 use crate::flight::{Computed, FlightValue};
 use crate::imaging::metadata::Tags;
+use crate::imaging::consistency::{self, Score};
 use crate::imaging::{content, decode, encode, resize, resize_only};
 use crate::key::{ResultKey, SourceHash, SourceTag};
 use crate::params::{ModelChoice, TransformPath, TransformSpec};
 use crate::plan::{Caller, Plan, PlanError, Variant};
+use crate::quality::{Role, Verdict};
 use crate::respond::{CacheOutcome, Timings};
 
 /// How a computation is watched: `cancel` fires when no client waits for it any more, and
@@ -80,6 +87,10 @@ pub struct Planned {
     pub bytes: Bytes,
     pub plan: Plan,
     pub key: ResultKey,
+    /// The bytes' hash: canary and shadow shares, and the key of a quality-gate fallback.
+    pub source: SourceHash,
+    /// Whether a sampled shadow run may follow the computation (not for previews).
+    pub shadowed: bool,
 }
 
 /// Probe the header (magic number, pixel limit) → plan (engine, sizes, limits) → result key.
@@ -104,8 +115,28 @@ pub async fn plan_bytes(app: &App, bytes: Bytes, spec: &TransformSpec, variant: 
         let content = blocking(move || Ok(content::classify(&decode::decode_rgb8(&read, max_pixels, None)?))).await?;
         plan = Plan::resolve_with_content(spec, variant, &header, Some(content), &app.registry, &app.cfg, caller).map_err(refused)?;
     }
+    if spec.model == ModelChoice::Auto {
+        plan = canary(app, plan, &hash)?;
+    }
     let key = ResultKey::for_result(&hash, &plan.canonical(), &plan.model());
-    Ok(Planned { bytes, plan, key })
+    Ok(Planned { bytes, plan, key, source: hash, shadowed: true })
+}
+
+/// `[ml.canary]`: for a source in the canary's share, its model in place of the one `auto`
+/// picked (at the nearest scale from above), so the result key names it and every replica
+/// agrees. Prompt-guided runs, plain resizes and an unloaded canary keep the plan.
+fn canary(app: &App, plan: Plan, source: &SourceHash) -> Result<Plan, ProxyError> {
+    let (Some(name), Some(stable)) = (app.quality.canary_for(source), plan.engine.as_ref()) else { return Ok(plan) };
+    if stable.prompt_guided() {
+        return Ok(plan);
+    }
+    match app.registry.resolve(&ModelChoice::Named(name.to_string()), stable.scale(), false) {
+        Ok(engine) if !engine.prompt_guided() => Ok(plan.with_engine(engine, Role::Canary, &app.cfg)?),
+        _ => {
+            debug!(model = name, "ml.canary names a model this replica has not loaded; serving the stable pick");
+            Ok(plan)
+        }
+    }
 }
 
 /// The store tier, then the computation: where every miss ends, whatever brought the bytes.
@@ -148,7 +179,7 @@ const SMART_CROP_MARGIN: u32 = 8;
 /// of the memory budget; every stage holding its buffers holds a clone. Blocking stages stop
 /// between steps once `watch.cancel` fires (no client is waiting any more).
 pub async fn compute(app: &Arc<App>, planned: Planned, memory: MemoryPermit, mut t: Timings, watch: Watch<'_>) -> FlightValue {
-    let Planned { bytes, plan, key: result_key } = planned;
+    let Planned { bytes, plan, key: result_key, source: source_hash, shadowed } = planned;
     let Watch { cancel, progress } = watch;
     let clock = Instant::now();
     let max_pixels = app.cfg.limits.max_source_pixels;
@@ -163,13 +194,22 @@ pub async fn compute(app: &Arc<App>, planned: Planned, memory: MemoryPermit, mut
         })
         .await?;
         stage(app, &mut t, "resize", clock);
-        let result = CachedResult { key: result_key, bytes: encoded.into(), format, model, width: target.width, height: target.height, source: None };
+        let result = CachedResult {
+            key: result_key,
+            bytes: encoded.into(),
+            format,
+            model,
+            width: target.width,
+            height: target.height,
+            source: None,
+            consistency: None,
+        };
         return Ok(Arc::new(Computed { result: Arc::new(result), outcome: CacheOutcome::Miss, timings: t }));
     }
-    let tiling = plan.engine.as_ref().map(|e| e.tiling());
+    let has_engine = plan.engine.is_some();
     let (stop, hold) = (cancel.clone(), memory.clone());
-    // Without an engine the decoded source is what `finish` resizes; with one, only its tiles.
-    let (decoded, source, plan) = blocking(move || {
+    // Without an engine the decoded source is what `finish` resizes; with one, the model's input.
+    let (decoded, input, plan) = blocking(move || {
         let _hold = hold;
         let mut decoded = decode::decode_keeping(&bytes, max_pixels, plan.encoding().keep)?;
         abandoned(&stop)?;
@@ -177,32 +217,29 @@ pub async fn compute(app: &Arc<App>, planned: Planned, memory: MemoryPermit, mut
         plan.place_smart_crop(&decoded.rgb);
         // A smart crop is placed on the source and cut before the model: it upscales only the
         // window (and a margin of context), and the window does not depend on the model.
-        if let (Some(_), Some(region)) = (tiling, plan.smart_region(SMART_CROP_MARGIN)) {
+        if let (true, Some(region)) = (has_engine, plan.smart_region(SMART_CROP_MARGIN)) {
             decoded.alpha = decoded.alpha.map(|a| resize::cut_plane(&a, plan.src_w, region));
             decoded.rgb = resize::cut_rgb(&decoded.rgb, region);
             plan = plan.narrowed_to(region);
         }
-        let source = match tiling {
-            Some(tiling) => {
-                let grid = Grid::new(decoded.rgb.width, decoded.rgb.height, tiling);
-                let tiles = grid.cut(&decoded.rgb);
-                Pixels::Tiles(grid, tiles)
-            }
-            None => Pixels::Whole(decoded.rgb),
-        };
-        Ok::<_, ProxyError>(((decoded.alpha, decoded.tags), source, plan))
+        Ok::<_, ProxyError>(((decoded.alpha, decoded.tags), decoded.rgb, plan))
     })
     .await?;
     stage(app, &mut t, "decode", clock);
 
-    let upscaled = match source {
-        Pixels::Whole(rgb) => rgb,
-        Pixels::Tiles(grid, tiles) => {
-            let clock = Instant::now();
-            let upscaled = infer(app, &plan, grid, tiles, Watch { cancel, progress }, &memory).await?;
-            stage(app, &mut t, "infer", clock);
-            upscaled
+    let (upscaled, plan, result_key, consistency) = if has_engine {
+        let input = Arc::new(input);
+        let run = Run { source: source_hash, input: input.clone(), memory: &memory };
+        let gated = infer_gated(app, plan, result_key, &run, Watch { cancel, progress }, &mut t).await?;
+        if shadowed {
+            if let Some(candidate) = app.quality.shadow_for(&source_hash) {
+                let served = crate::shadow::Served { plan: &gated.plan, output: &gated.output, score: gated.score, busy: gated.busy };
+                crate::shadow::start(app, candidate, served, input);
+            }
         }
+        (gated.output, gated.plan, gated.key, Some(gated.score))
+    } else {
+        (input, plan, result_key, None)
     };
 
     let clock = Instant::now();
@@ -215,30 +252,102 @@ pub async fn compute(app: &Arc<App>, planned: Planned, memory: MemoryPermit, mut
     .await?;
     stage(app, &mut t, "encode", clock);
 
-    let result =
-        Arc::new(CachedResult { key: result_key, bytes: encoded.into(), format, model, width: out_w, height: out_h, source: None });
+    let result = Arc::new(CachedResult {
+        key: result_key,
+        bytes: encoded.into(),
+        format,
+        model,
+        width: out_w,
+        height: out_h,
+        source: None,
+        consistency,
+    });
 
     Ok(Arc::new(Computed { result, outcome: CacheOutcome::Miss, timings: t }))
 }
 
-/// The decoded source as `compute` needs it: whole (no engine) or cut for the engine.
-enum Pixels {
-    Whole(Tile),
-    Tiles(Grid, Vec<Tile>),
+/// What every model run of one computation shares.
+struct Run<'a> {
+    source: SourceHash,
+    /// The model's input (the decoded source, or its smart-crop window).
+    input: Arc<Tile>,
+    memory: &'a MemoryPermit,
 }
 
-/// Tiles → batcher → stitched engine output.
-async fn infer(app: &Arc<App>, plan: &Plan, grid: Grid, tiles: Vec<Tile>, watch: Watch<'_>, memory: &MemoryPermit) -> Result<Tile, ProxyError> {
+/// A model output the quality gate let through, with the plan and result key of the model
+/// that made it (a fallback's when the planned model's output was refused).
+struct Gated {
+    output: Tile,
+    plan: Plan,
+    key: ResultKey,
+    score: Score,
+    /// The forward passes' time (`batcher::Ran::busy`).
+    busy: std::time::Duration,
+}
+
+/// Infer → score → gate: an output below its model's minimum (`[ml.quality]`) is not served;
+/// the next model down (`Registry::below`, Lanczos last) runs instead, under its own result
+/// key, and is gated in turn. The last model's output is served whatever it scores (counted
+/// `served_below`). Scores go to `upres_output_consistency`; the log names the result key,
+/// never the image.
+async fn infer_gated(app: &Arc<App>, mut plan: Plan, mut key: ResultKey, run: &Run<'_>, watch: Watch<'_>, t: &mut Timings) -> Result<Gated, ProxyError> {
     let Watch { cancel, progress } = watch;
+    loop {
+        let engine = plan.engine.clone().expect("infer runs only for plans with an engine");
+        let clock = Instant::now();
+        let ran = infer(app, &plan, run.input.clone(), Watch { cancel, progress: progress.clone() }, run.memory).await?;
+        stage(app, t, "infer", clock);
+        let clock = Instant::now();
+        let input = run.input.clone();
+        let (output, busy) = ran;
+        let (output, score) = blocking(move || {
+            let score = consistency::score(&input, &output);
+            Ok((output, score))
+        })
+        .await?;
+        stage(app, t, "score", clock);
+        app.quality.observe(&*engine, plan.role, score);
+        let below = app.registry.below(&*engine, engine.scale());
+        let verdict = app.quality.judge(&app.registry, &*engine, plan.role, score, below.is_some());
+        let (model, psnr, ssim) = (engine.id().to_string(), score.psnr, score.ssim);
+        match (verdict, below) {
+            (Verdict::Fallback, Some(next)) => {
+                warn!(key = %key.short(), model, fallback = %next.id(), psnr, ssim, "quality gate: output below the model's minimum; running the next model down");
+                plan = plan.with_engine(next, plan.role, &app.cfg)?;
+                key = ResultKey::for_result(&run.source, &plan.canonical(), &plan.model());
+            }
+            (verdict, _) => {
+                if verdict == Verdict::ServedBelow {
+                    warn!(key = %key.short(), model, psnr, ssim, "quality gate: output below the model's minimum and no model below it; serving it");
+                }
+                return Ok(Gated { output, plan, key, score, busy });
+            }
+        }
+    }
+}
+
+/// Tile → batcher → stitched engine output, and the forward passes' time.
+async fn infer(app: &Arc<App>, plan: &Plan, input: Arc<Tile>, watch: Watch<'_>, memory: &MemoryPermit) -> Result<(Tile, std::time::Duration), ProxyError> {
+    let Watch { cancel, progress } = watch;
+    let engine = plan.engine.as_ref().expect("infer runs only for plans with an engine");
+    let tiling = engine.tiling();
+    let (stop, hold) = (cancel.clone(), memory.clone());
+    let (grid, tiles) = blocking(move || {
+        let _hold = hold;
+        abandoned(&stop)?;
+        let grid = Grid::new(input.width, input.height, tiling);
+        let tiles = grid.cut(&input);
+        Ok((grid, tiles))
+    })
+    .await?;
     if let Some(report) = &progress {
         report(JobProgress::Tiles(crate::engine::Progress { done: 0, total: tiles.len() as u32 }));
     }
-    let engine = plan.engine.as_ref().expect("infer runs only for plans with an engine");
     let rx = app
         .batcher
         .submit(&**engine, tiles, plan.gen.clone(), cancel.clone(), progress)
         .map_err(|e| ProxyError::from(e).with_retry_after(app.cfg.engine.retry_after))?;
-    let tiles = rx
+    let ran = rx
         .await
         .map_err(|_| ProxyError::new(ErrorClass::Internal, "the inference worker dropped the job"))??;
     let scale = engine.scale();
@@ -246,7 +355,7 @@ async fn infer(app: &Arc<App>, plan: &Plan, grid: Grid, tiles: Vec<Tile>, watch:
     blocking(move || {
         let _hold = hold;
         abandoned(&stop)?;
-        Ok(grid.stitch(&tiles, scale))
+        Ok((grid.stitch(&ran.tiles, scale), ran.busy))
     })
     .await
 }

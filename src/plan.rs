@@ -25,6 +25,7 @@ use crate::imaging::metadata::Keep;
 use crate::imaging::resize::Crop;
 use crate::imaging::resize_only::{self, Target};
 use crate::params::{Fit, Format, Gravity, ModelChoice, TransformSpec};
+use crate::quality::Role;
 
 /// The output format after `Accept` negotiation, as far as it is known before decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -143,6 +144,8 @@ pub struct Plan {
     /// `output.keep_wide_gamut` / `keep_copyright` (no profile for AVIF: it is tagged `nclx`).
     pub keep: Keep,
     pub gen: GenParams,
+    /// `canary` when `[ml.canary]` put its model in place of `auto`'s pick (metrics by role).
+    pub role: Role,
 }
 
 impl std::fmt::Debug for Plan {
@@ -295,7 +298,21 @@ impl Plan {
             keep: Keep { profile: cfg.output.keep_wide_gamut && format != OutputFormat::Avif, copyright: cfg.output.keep_copyright },
             gen,
             engine,
+            role: Role::Stable,
         })
+    }
+
+    /// The same output made by another engine (a canary, a quality-gate fallback): the engine's
+    /// output size follows its scale, the output and the canonical form stay; `role` as given.
+    /// The engine's output is checked against `limits.max_output_pixels` like any plan's.
+    pub fn with_engine(&self, engine: Arc<dyn Engine>, role: Role, cfg: &Config) -> Result<Plan, PlanError> {
+        let es = engine.scale();
+        let (w, h) = (self.src_w as u64 * es as u64, self.src_h as u64 * es as u64);
+        let limit = cfg.limits.max_output_pixels;
+        if w.saturating_mul(h) > limit {
+            return Err(PlanError::OutputTooLarge { width: w, height: h, pixels: w.saturating_mul(h), limit });
+        }
+        Ok(Plan { engine_w: self.src_w * es, engine_h: self.src_h * es, engine: Some(engine), role, ..self.clone() })
     }
 
     /// The engine id that runs, or `resize` when none does (`X-Upres-Model`, result key).

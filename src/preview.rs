@@ -153,7 +153,7 @@ async fn model_preview(app: &Arc<App>, planned: &Planned, engine: Arc<dyn Engine
     app.batcher.check_room()?;
     let memory = app.memory_budget.admit(admission::job_bytes(&plan))?;
     let key = ResultKey::derive(&[b"preview", planned.key.as_bytes()]);
-    let preview = Planned { bytes: planned.bytes.clone(), plan, key };
+    let preview = Planned { bytes: planned.bytes.clone(), plan, key, source: planned.source, shadowed: false };
     let computed = miss::compute(app, preview, memory, Timings::default(), miss::Watch { cancel, progress: None }).await?;
     Ok(CachedResult::clone(&computed.result))
 }
@@ -187,5 +187,6 @@ async fn render(app: &App, planned: &Planned) -> Result<CachedResult, ProxyError
         width: plan.out_w,
         height: plan.out_h,
         source: None,
+        consistency: None,
     })
 }

@@ -6,7 +6,8 @@
 //! `Surrogate-Key`/`Cache-Tag` (the source tag, for CDN purges) on URL results; 304 on a
 //! matching `If-None-Match`, or, without one, on an `If-Modified-Since` not older than the
 //! source; `Vary: Accept` only when the format was negotiated; `X-Upres-Cache`,
-//! `X-Upres-Model` and `Server-Timing` when debug headers are on. Errors carry a JSON body with a
+//! `X-Upres-Model`, `X-Upres-Consistency` (when a model ran) and `Server-Timing` when debug
+//! headers are on. Errors carry a JSON body with a
 //! stable `code` and `no-store` (404s a short lifetime) so a CDN does not pin a failure.
 
 use std::time::{Duration, SystemTime};
@@ -126,6 +127,9 @@ pub fn image(r: ImageReply<'_>) -> Response<Body> {
     }
     if r.cfg.debug_headers {
         b = b.header("x-upres-cache", r.outcome.as_str()).header("x-upres-model", header_safe(&r.result.model));
+        if let Some(score) = r.result.consistency {
+            b = b.header("x-upres-consistency", score.header_value());
+        }
         let timing = match r.outcome {
             CacheOutcome::HitMemory | CacheOutcome::HitStore => format!("cache;desc=\"{}\"", r.outcome.as_str()),
             _ => r.timings.header(),

@@ -5,7 +5,7 @@
 //! ```text
 //! handle ─ guards (CORS preflight, body, rate limit, API key) → Route::resolve(path):
 //!            ┌─ /healthz /readyz /metrics                        health
-//!            ├─ /api/v1/{health,model-info,openapi.json}          api::info, api::openapi
+//!            ├─ /api/v1/{health,model-info,shadow,openapi.json}   api::info, api::openapi
 //!            ├─ /api/v1/upscale /api/v1/batch-upscale             api::upscale, api::batch
 //!            ├─ /api/v1/purge  /api/v1/jobs[/<id>]                api::purge, api::jobs
 //!            ├─ /r/<hash>.<ext>                                   stored
@@ -38,6 +38,8 @@ pub enum Route {
     Metrics,
     ApiHealth,
     ApiModelInfo,
+    /// `[ml.shadow]`'s runs, summarised per (served, candidate) pair.
+    ApiShadow,
     ApiOpenapi,
     ApiUpscale,
     ApiBatch,
@@ -95,6 +97,7 @@ pub const ROUTES: &[RouteDef] = &[
     def(Exact("/metrics"), GET, Route::Metrics),
     def(Exact("/api/v1/health"), GET, Route::ApiHealth),
     def(Exact("/api/v1/model-info"), GET, Route::ApiModelInfo),
+    def(Exact("/api/v1/shadow"), GET, Route::ApiShadow),
     def(Exact("/api/v1/openapi.json"), GET, Route::ApiOpenapi),
     def(Exact("/api/v1/upscale"), POST, Route::ApiUpscale),
     def(Exact("/api/v1/batch-upscale"), POST, Route::ApiBatch),
@@ -126,6 +129,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::ApiHealth => "api_health",
             Route::ApiModelInfo => "api_model_info",
+            Route::ApiShadow => "api_shadow",
             Route::ApiOpenapi => "api_openapi",
             Route::ApiUpscale => "api_upscale",
             Route::ApiBatch => "api_batch",
@@ -204,6 +208,7 @@ async fn dispatch<B: RequestBody>(app: &Arc<App>, route: Route, head: &Parts, bo
         Route::Metrics => health::metrics(app, head),
         Route::ApiHealth => api::info::health(app, head),
         Route::ApiModelInfo => api::info::model_info(app, head),
+        Route::ApiShadow => api::info::shadow(app, head),
         Route::ApiOpenapi => api::openapi::serve(head),
         Route::ApiUpscale => api::upscale::handle(app, head, body).await,
         Route::ApiBatch => api::batch::handle(app, head, body).await,

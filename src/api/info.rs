@@ -1,4 +1,5 @@
-//! `GET /api/v1/health` and `GET /api/v1/model-info`: what runs and within which limits.
+//! `GET /api/v1/health` and `GET /api/v1/model-info`: what runs and within which limits;
+//! `GET /api/v1/shadow`: how a shadowed candidate model compares (`quality::book`).
 
 use http::request::Parts;
 use http::StatusCode;
@@ -16,6 +17,13 @@ pub fn health(app: &App, head: &Parts) -> Answer {
         "queue_capacity": app.cfg.engine.queue_capacity,
         "version": env!("CARGO_PKG_VERSION"),
     });
+    Ok((respond::json(StatusCode::OK, &body), CacheOutcome::None))
+}
+
+/// `GET /api/v1/shadow`: the shadow runs' summary per (served model, candidate) pair.
+pub fn shadow(app: &App, head: &Parts) -> Answer {
+    get_or_head(head)?;
+    let body = serde_json::to_value(app.quality.shadow_summary()).expect("the summary serialises");
     Ok((respond::json(StatusCode::OK, &body), CacheOutcome::None))
 }
 

@@ -67,6 +67,7 @@ mod tests {
             width: 1,
             height: 1,
             source: None,
+            consistency: None,
         })
     }
 

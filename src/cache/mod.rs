@@ -22,6 +22,7 @@ use bytes::Bytes;
 
 use std::time::SystemTime;
 
+use crate::imaging::consistency::Score;
 use crate::imaging::encode::OutputFormat;
 use crate::key::{ResultKey, SourceTag};
 
@@ -46,6 +47,9 @@ pub struct CachedResult {
     pub height: u32,
     /// The source, for URL results (`None` for uploads and store reads).
     pub source: Option<SourceMeta>,
+    /// The model output's consistency with its input (`X-Upres-Consistency`); `None` when no
+    /// model ran (a plain resize) or for results stored before scores were.
+    pub consistency: Option<Score>,
 }
 
 impl CachedResult {

@@ -18,6 +18,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::CachedResult;
+use crate::imaging::consistency::Score;
 use crate::imaging::encode::OutputFormat;
 use crate::key::ResultKey;
 use crate::objects::Bucket;
@@ -31,6 +32,9 @@ struct Header {
     width: u32,
     height: u32,
     blake3: String,
+    /// The model output's consistency score; absent in older frames and for plain resizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consistency: Option<Score>,
 }
 
 /// What a store read found.
@@ -179,6 +183,7 @@ fn frame(r: &CachedResult) -> Bytes {
         width: r.width,
         height: r.height,
         blake3: blake3::hash(&r.bytes).to_hex().to_string(),
+        consistency: r.consistency,
     };
     let json = serde_json::to_vec(&header).expect("header serialises");
     let mut out = BytesMut::with_capacity(MAGIC.len() + 4 + json.len() + r.bytes.len());
@@ -201,7 +206,16 @@ fn unframe(key: &ResultKey, data: Bytes) -> Result<CachedResult, String> {
         return Err("content hash mismatch".into());
     }
     let format = OutputFormat::from_content_type(&header.content_type).ok_or("unknown content type")?;
-    Ok(CachedResult { key: *key, bytes: body, format, model: header.model, width: header.width, height: header.height, source: None })
+    Ok(CachedResult {
+        key: *key,
+        bytes: body,
+        format,
+        model: header.model,
+        width: header.width,
+        height: header.height,
+        source: None,
+        consistency: header.consistency,
+    })
 }
 
 #[cfg(test)]
@@ -218,6 +232,7 @@ mod tests {
             width: 4,
             height: 4,
             source: None,
+            consistency: Some(Score { psnr: 41.5, ssim: 0.97 }),
         }
     }
 

@@ -12,6 +12,12 @@
 //! answered); past it `submit` says `Overloaded` and the caller answers 503 with `Retry-After`.
 //! A job whose every waiter left (`CancellationToken`) is dropped before it runs, and a batch whose
 //! every job was cancelled reports `cancelled()` to the engine so long runs (sd-x4) stop early.
+//!
+//! Background jobs (`submit_background`: shadow runs of a candidate model) take no queue slot
+//! and are never batched with served jobs. A worker runs one only when no served job is queued
+//! or running anywhere; while the served queue is at least half full they are dropped
+//! (answered `Cancelled`), and a background pass reports `cancelled()` once served work
+//! arrives. So background work never holds a served job's place.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -64,8 +70,26 @@ impl Classify for SubmitError {
     }
 }
 
-/// The answer to one job: upscaled tiles in submission order.
+/// What an engine's forward pass returns: upscaled tiles in submission order.
 pub type JobResult = Result<Vec<Tile>, InferError>;
+
+/// A finished job: its tiles in submission order, and the time of the forward passes that
+/// carried them (queue waits left out; a pass shared with other jobs counts whole).
+#[derive(Debug)]
+pub struct Ran {
+    pub tiles: Vec<Tile>,
+    pub busy: Duration,
+}
+
+impl std::ops::Deref for Ran {
+    type Target = [Tile];
+    fn deref(&self) -> &[Tile] {
+        &self.tiles
+    }
+}
+
+/// The answer to one job.
+pub type JobAnswer = Result<Ran, InferError>;
 
 pub struct Batcher {
     lanes: HashMap<String, Sender<Job>>,
@@ -81,8 +105,10 @@ struct Job {
     shape: (u32, u32),
     cancel: CancellationToken,
     progress: Option<ProgressFn>,
-    reply: oneshot::Sender<JobResult>,
-    _slot: QueueSlot,
+    reply: oneshot::Sender<JobAnswer>,
+    /// Served jobs hold a unit of queue depth; background jobs hold none.
+    _slot: Option<QueueSlot>,
+    background: bool,
 }
 
 /// One unit of queue depth; released when the job is answered or dropped.
@@ -102,6 +128,7 @@ impl Batcher {
     /// Starts `engine.workers()` threads per engine.
     pub fn start(engines: &[Arc<dyn Engine>], cfg: BatchConfig, metrics: Arc<Metrics>) -> Self {
         let mut lanes = HashMap::new();
+        let depth = Arc::new(AtomicUsize::new(0));
         for engine in engines {
             let key = engine.id().to_string();
             if lanes.contains_key(&key) {
@@ -109,15 +136,15 @@ impl Batcher {
             }
             let (tx, rx) = crossbeam_channel::unbounded::<Job>();
             for i in 0..engine.workers().max(1) {
-                let (engine, rx, metrics) = (engine.clone(), rx.clone(), metrics.clone());
+                let (engine, rx, metrics, depth) = (engine.clone(), rx.clone(), metrics.clone(), depth.clone());
                 std::thread::Builder::new()
                     .name(format!("upres-infer-{}-{i}", engine.id().name))
-                    .spawn(move || worker(engine, rx, cfg, metrics))
+                    .spawn(move || worker(engine, rx, cfg, metrics, depth))
                     .expect("spawning an inference thread");
             }
             lanes.insert(key, tx);
         }
-        Self { lanes, depth: Arc::new(AtomicUsize::new(0)), cfg, metrics }
+        Self { lanes, depth, cfg, metrics }
     }
 
     /// Jobs submitted and not yet answered.
@@ -144,7 +171,7 @@ impl Batcher {
         params: GenParams,
         cancel: CancellationToken,
         progress: Option<ProgressFn>,
-    ) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
+    ) -> Result<oneshot::Receiver<JobAnswer>, SubmitError> {
         let key = engine.id().to_string();
         let lane = self.lanes.get(&key).ok_or_else(|| SubmitError::NoLane(key.clone()))?;
         let shape = tiles.first().map(Tile::shape).unwrap_or((0, 0));
@@ -158,10 +185,43 @@ impl Batcher {
         let slot = QueueSlot { depth: self.depth.clone(), metrics: self.metrics.clone() };
         let (reply, rx) = oneshot::channel();
         let class = engine.batch_class(&params);
-        let job = Job { tiles: tiles.into_iter().map(Some).collect(), params, class, shape, cancel, progress, reply, _slot: slot };
+        let job =
+            Job { tiles: tiles.into_iter().map(Some).collect(), params, class, shape, cancel, progress, reply, _slot: Some(slot), background: false };
         lane.send(job).map_err(|_| SubmitError::NoLane(format!("{key} (worker gone)")))?;
         Ok(rx)
     }
+
+    /// Queues background tiles (module docs): refused (`Overloaded`) while the served queue is
+    /// at least half full; otherwise they run when no served job is queued or running.
+    pub fn submit_background(
+        &self,
+        engine: &dyn Engine,
+        tiles: Vec<Tile>,
+        params: GenParams,
+        cancel: CancellationToken,
+    ) -> Result<oneshot::Receiver<JobAnswer>, SubmitError> {
+        let key = engine.id().to_string();
+        let lane = self.lanes.get(&key).ok_or_else(|| SubmitError::NoLane(key.clone()))?;
+        if self.under_load() {
+            return Err(SubmitError::Overloaded(self.cfg.queue_capacity));
+        }
+        let shape = tiles.first().map(Tile::shape).unwrap_or((0, 0));
+        assert!(tiles.iter().all(|t| t.shape() == shape), "a job's tiles must share one shape");
+        let (reply, rx) = oneshot::channel();
+        let class = engine.batch_class(&params);
+        let job = Job { tiles: tiles.into_iter().map(Some).collect(), params, class, shape, cancel, progress: None, reply, _slot: None, background: true };
+        lane.send(job).map_err(|_| SubmitError::NoLane(format!("{key} (worker gone)")))?;
+        Ok(rx)
+    }
+
+    /// The served queue is at least half full: background work is refused and dropped.
+    pub fn under_load(&self) -> bool {
+        shedding(&self.depth, self.cfg.queue_capacity)
+    }
+}
+
+fn shedding(depth: &AtomicUsize, capacity: usize) -> bool {
+    depth.load(Ordering::Acquire) * 2 >= capacity.max(1)
 }
 
 /// A job being worked on by a worker.
@@ -170,15 +230,16 @@ struct Pending {
     next: usize,
     done: usize,
     out: Vec<Option<Tile>>,
+    busy: Duration,
 }
 
 impl Pending {
     fn new(job: Job) -> Self {
         let n = job.tiles.len();
-        Self { job, next: 0, done: 0, out: vec![None; n] }
+        Self { job, next: 0, done: 0, out: vec![None; n], busy: Duration::ZERO }
     }
-    fn batch_key(&self) -> ((u32, u32), u64) {
-        (self.job.shape, self.job.class)
+    fn batch_key(&self) -> ((u32, u32), u64, bool) {
+        (self.job.shape, self.job.class, self.job.background)
     }
     fn unscheduled(&self) -> usize {
         self.job.tiles.len() - self.next
@@ -188,11 +249,13 @@ impl Pending {
 /// What the engine sees of the jobs in its batch.
 struct BatchContext<'a> {
     jobs: Vec<&'a Pending>,
+    /// For a background batch: the served depth, which stops it once served work arrives.
+    served: Option<&'a AtomicUsize>,
 }
 
 impl RunContext for BatchContext<'_> {
     fn cancelled(&self) -> bool {
-        self.jobs.iter().all(|p| p.job.cancel.is_cancelled())
+        self.served.is_some_and(|d| d.load(Ordering::Acquire) > 0) || self.jobs.iter().all(|p| p.job.cancel.is_cancelled())
     }
     fn progress(&self, progress: Progress) {
         for p in &self.jobs {
@@ -203,7 +266,11 @@ impl RunContext for BatchContext<'_> {
     }
 }
 
-fn worker(engine: Arc<dyn Engine>, rx: Receiver<Job>, cfg: BatchConfig, metrics: Arc<Metrics>) {
+/// How long a worker holding only background jobs waits for served work to end before it looks
+/// again (served jobs on other lanes send it no message).
+const BACKGROUND_POLL: Duration = Duration::from_millis(5);
+
+fn worker(engine: Arc<dyn Engine>, rx: Receiver<Job>, cfg: BatchConfig, metrics: Arc<Metrics>, depth: Arc<AtomicUsize>) {
     let model = engine.id().to_string();
     let wants_company = engine.tiling().is_some() && !cfg.max_wait.is_zero() && cfg.max_batch > 1;
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -222,8 +289,22 @@ fn worker(engine: Arc<dyn Engine>, rx: Receiver<Job>, cfg: BatchConfig, metrics:
         while let Ok(job) = rx.try_recv() {
             pending.push_back(Pending::new(job));
         }
+        if shedding(&depth, cfg.queue_capacity) {
+            drop_background(&mut pending);
+        }
         answer_cancelled(&mut pending);
-        let Some(head) = pending.front().map(Pending::batch_key) else { continue };
+        // Served jobs first, oldest first; background jobs only while nothing is served.
+        let served = pending.iter().find(|p| !p.job.background).map(Pending::batch_key);
+        let idle = || depth.load(Ordering::Acquire) == 0;
+        let Some(head) = served.or_else(|| pending.front().map(Pending::batch_key).filter(|_| idle())) else {
+            if !pending.is_empty() {
+                // Background work only, and served work running elsewhere: wait for it to end.
+                if let Ok(job) = rx.recv_timeout(BACKGROUND_POLL) {
+                    pending.push_back(Pending::new(job));
+                }
+            }
+            continue;
+        };
         // Large tiles (a whole photo in one pass) fill a pass alone: the activation budget holds.
         let max_batch = engine.tiling().map_or(cfg.max_batch, |t| t.batch_limit(head.0, cfg.max_batch));
 
@@ -269,11 +350,17 @@ fn worker(engine: Arc<dyn Engine>, rx: Receiver<Job>, cfg: BatchConfig, metrics:
         let result = {
             let mut involved: Vec<usize> = owners.iter().map(|o| o.0).collect();
             involved.dedup();
-            let ctx = BatchContext { jobs: involved.iter().map(|&i| &pending[i]).collect() };
+            let ctx = BatchContext { jobs: involved.iter().map(|&i| &pending[i]).collect(), served: head.2.then_some(&*depth) };
             std::panic::catch_unwind(AssertUnwindSafe(|| engine.upscale(&tiles, &params, &ctx)))
                 .unwrap_or_else(|_| Err(InferError::Model("the engine panicked".into())))
         };
-        metrics.stage_seconds.with_label_values(&["infer_batch"]).observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        metrics.stage_seconds.with_label_values(&["infer_batch"]).observe(took.as_secs_f64());
+        let mut involved: Vec<usize> = owners.iter().map(|o| o.0).collect();
+        involved.dedup();
+        for pi in involved {
+            pending[pi].busy += took;
+        }
 
         match result {
             Ok(outs) if outs.len() == owners.len() => {
@@ -299,15 +386,28 @@ fn worker(engine: Arc<dyn Engine>, rx: Receiver<Job>, cfg: BatchConfig, metrics:
 }
 
 /// Tiles not yet scheduled among jobs with `key`.
-fn available(pending: &VecDeque<Pending>, key: ((u32, u32), u64)) -> usize {
+fn available(pending: &VecDeque<Pending>, key: ((u32, u32), u64, bool)) -> usize {
     pending.iter().filter(|p| p.batch_key() == key && !p.job.cancel.is_cancelled()).map(Pending::unscheduled).sum()
 }
 
 /// Frees the job's queue slot, then answers it (so a woken caller sees the slot free).
-fn answer(job: Job, result: JobResult) {
+fn answer(job: Job, result: JobAnswer) {
     let Job { reply, _slot, .. } = job;
     drop(_slot);
     let _ = reply.send(result);
+}
+
+/// Answers every background job `Cancelled`: the served queue needs the room.
+fn drop_background(pending: &mut VecDeque<Pending>) {
+    let mut i = 0;
+    while i < pending.len() {
+        if pending[i].job.background {
+            let p = pending.remove(i).expect("index in range");
+            answer(p.job, Err(InferError::Cancelled));
+        } else {
+            i += 1;
+        }
+    }
 }
 
 fn answer_cancelled(pending: &mut VecDeque<Pending>) {
@@ -339,7 +439,7 @@ fn answer_finished(pending: &mut VecDeque<Pending>) {
         if pending[i].done == pending[i].job.tiles.len() {
             let p = pending.remove(i).expect("index in range");
             let tiles: Vec<Tile> = p.out.into_iter().map(|t| t.expect("every tile done")).collect();
-            answer(p.job, Ok(tiles));
+            answer(p.job, Ok(Ran { tiles, busy: p.busy }));
         } else {
             i += 1;
         }

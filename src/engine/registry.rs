@@ -181,6 +181,20 @@ impl Registry {
         })
     }
 
+    /// Where an output of `engine` that the quality gate refused falls back to: the
+    /// highest-ranked model ranked below it (never a prompt-guided one), at the scale nearest
+    /// `scale` from above; Lanczos (rank 0) last. `None` when nothing ranks below it.
+    pub fn below(&self, engine: &dyn Engine, scale: u32) -> Option<Arc<dyn Engine>> {
+        let rank = self.entries.iter().find(|e| e.engine.id() == engine.id())?.rank;
+        let indexed: Vec<(usize, &ModelEntry)> =
+            self.entries.iter().enumerate().filter(|(_, e)| e.rank < rank && !e.engine.prompt_guided()).collect();
+        let top = indexed.iter().map(|(_, e)| e.rank).max()?;
+        // One model of that rank (the first loaded), at its nearest scale.
+        let name = &indexed.iter().find(|(_, e)| e.rank == top)?.1.name;
+        let group: Vec<_> = indexed.iter().copied().filter(|(_, e)| &e.name == name).collect();
+        pick_scale(&group, scale).map(|(_, e)| e.engine.clone())
+    }
+
     /// The highest-ranked model (prompt-guided ones only with a prompt), at its nearest scale.
     fn highest_rank<'a>(
         &self,
@@ -285,6 +299,19 @@ mod tests {
         // A named model is honoured whatever the rules say.
         let named = r.pick(&ModelChoice::Named("lz".into()), 4, false, 10, &rules, AutoUnavailable::Refuse);
         assert_eq!(named.unwrap().id().name, "lanczos-x4");
+    }
+
+    #[test]
+    fn below_walks_down_the_ranks_to_lanczos() {
+        let r = registry();
+        let top = r.resolve(&ModelChoice::Named("realesrgan".into()), 4, false).unwrap();
+        let next = r.below(&*top, 4).unwrap();
+        assert_eq!(next.id().name, "realesr-animevideov3-x4");
+        let last = r.below(&*next, 2).unwrap();
+        assert_eq!(last.id().name, "lanczos-x2");
+        assert!(r.below(&*last, 2).is_none(), "nothing ranks below Lanczos");
+        let sd = r.resolve(&ModelChoice::Auto, 4, true).unwrap();
+        assert_eq!(r.below(&*sd, 4).unwrap().id().name, "realesrgan-x4plus-x4", "prompt-guided models are skipped");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod avif;
 pub mod colour;
+pub mod consistency;
 pub mod content;
 pub mod decode;
 pub mod encode;

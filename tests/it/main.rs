@@ -24,6 +24,7 @@ mod fleet; // replicas sharing a real S3 tier (moto): cross-replica hits, verifi
 mod pressure; // quiet connections, a hanging result store, a memory budget under a burst
 mod deploy; // deploy/: manifests parse and hold the fleet design; Dockerfiles name real files
 mod imgproxy; // imgproxy's URL syntax: the official Node SDK against a live server, shared cache entries
+mod quality; // consistency scores on misses and hits, the quality gate's fallback, canary sources, shadow runs
 mod info; // /info/…: the plan and keys of a transform URL as JSON, signed, never running a model
 mod smartcrop; // gravity=smart: off-centre subjects on the resize and model paths, one cache key, replicas agree
 mod rules; // the URL API's "what runs" rules: resize vs model, limits and formats decided in the plan
