@@ -106,7 +106,7 @@ impl App {
         );
         metrics.queue_capacity.set(i64::try_from(cfg.engine.queue_capacity).unwrap_or(i64::MAX));
         let memory_budget = MemoryBudget::from_config(&cfg.limits, metrics.clone());
-        let quality = Quality::new(cfg.ml.quality.clone(), cfg.ml.shadow.clone(), cfg.ml.canary.clone(), &metrics.registry);
+        let quality = Quality::new(cfg.ml.quality.clone(), cfg.ml.shadow.clone(), cfg.ml.canary.clone(), metrics.quality.clone());
         let signer = Signer::from_config(&cfg.signing).map_err(|e| err(&e))?;
         let guards = Guards::build(&cfg, metrics.rate_limit_fallbacks.clone()).map_err(|e| err(&e))?;
         let param_limits = ParamLimits::from_config(&cfg).map_err(|e| err(&e))?;

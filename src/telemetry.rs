@@ -10,6 +10,7 @@ use prometheus::proto::MetricType;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::TelemetryConfig;
+use crate::quality::metrics::QualityMetrics;
 
 /// Installs the global tracing subscriber (text or JSON logs, and with `otlp_endpoint` set the
 /// OpenTelemetry layer exporting spans over OTLP/HTTP). `RUST_LOG` overrides the filter. Keep
@@ -75,6 +76,8 @@ impl Telemetry {
 /// Every metric upres exports. One instance per server (tests run several in one process).
 pub struct Metrics {
     pub registry: Registry,
+    /// Consistency scores, the quality gate and shadow runs (`quality::metrics`).
+    pub quality: QualityMetrics,
     /// Requests by status code and cache outcome.
     pub requests: IntCounterVec,
     /// Seconds per request-path stage (fetch, decode, infer, encode, store, total).
@@ -204,8 +207,9 @@ impl Metrics {
             IntCounter::new("upres_memory_refused_total", "Jobs refused (503) because the memory budget was in use")
                 .expect("valid metric");
         let rate_limit_fallbacks = rate_limit_fallbacks();
+        let quality = QualityMetrics::new();
         let mut series = Vec::new();
-        for c in [
+        for c in quality.collectors().into_iter().chain([
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stage_seconds.clone()),
             Box::new(engine_runs.clone()),
@@ -228,7 +232,7 @@ impl Metrics {
             Box::new(queue_capacity.clone()),
             Box::new(build_info),
             Box::new(process),
-        ] {
+        ]) {
             series.extend(series_names(c.as_ref()));
             registry.register(c).expect("metric names are unique");
         }
@@ -255,6 +259,7 @@ impl Metrics {
             memory_refused,
             rate_limit_fallbacks,
             queue_capacity,
+            quality,
             series,
         }
     }

@@ -2,8 +2,11 @@
 //! Labels are closed sets: model names are the loaded models' ids, `metric` is `psnr`|`ssim`,
 //! `role` is `stable`|`canary`|`shadow`, outcomes are listed on each metric.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::core::Collector;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
+/// Registered by `telemetry::Metrics::new` (so `series_names` lists them); clones share state.
+#[derive(Clone)]
 pub struct QualityMetrics {
     /// `upres_output_consistency{model,metric,role}`: every model output's score (PSNR in dB,
     /// SSIM 0..1, one histogram with buckets for both).
@@ -22,8 +25,8 @@ pub struct QualityMetrics {
 }
 
 impl QualityMetrics {
-    /// The metrics, registered in `registry`.
-    pub fn register(registry: &Registry) -> Self {
+    /// The metrics, not yet registered (`collectors`).
+    pub fn new() -> Self {
         let score_buckets = vec![
             0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0, 10.0, 15.0, 20.0, 22.0, 24.0, 26.0, 28.0, 30.0, 32.0, 34.0,
             36.0, 38.0, 40.0, 45.0, 50.0, 60.0, 100.0,
@@ -56,15 +59,23 @@ impl QualityMetrics {
             &["served", "candidate"],
         )
         .expect("valid metric");
-        for c in [
-            Box::new(consistency.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(gate.clone()),
-            Box::new(shadow_runs.clone()),
-            Box::new(shadow_time_ratio.clone()),
-            Box::new(shadow_difference.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
         Self { consistency, gate, shadow_runs, shadow_time_ratio, shadow_difference }
+    }
+
+    /// Each metric, for a registry.
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.consistency.clone()),
+            Box::new(self.gate.clone()),
+            Box::new(self.shadow_runs.clone()),
+            Box::new(self.shadow_time_ratio.clone()),
+            Box::new(self.shadow_difference.clone()),
+        ]
+    }
+}
+
+impl Default for QualityMetrics {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -85,12 +85,13 @@ pub struct Quality {
 }
 
 impl Quality {
-    pub fn new(gate: QualityConfig, shadow: ShadowConfig, canary: CanaryConfig, registry: &prometheus::Registry) -> Self {
+    /// `metrics`: `telemetry::Metrics::quality`, registered with the server's other metrics.
+    pub fn new(gate: QualityConfig, shadow: ShadowConfig, canary: CanaryConfig, metrics: QualityMetrics) -> Self {
         Self {
             gate,
             shadow,
             canary,
-            metrics: QualityMetrics::register(registry),
+            metrics,
             book: parking_lot::Mutex::new(ShadowBook::default()),
             shadows_in_flight: Arc::new(AtomicUsize::new(0)),
         }
@@ -212,7 +213,7 @@ mod tests {
             QualityConfig::default(),
             ShadowConfig { model: "x".into(), sample: 1.0, max_in_flight: 1 },
             CanaryConfig::default(),
-            &prometheus::Registry::new(),
+            QualityMetrics::new(),
         );
         let first = q.reserve_shadow().expect("one place");
         assert!(q.reserve_shadow().is_none());
