@@ -2,9 +2,10 @@
 //!
 //! Accepts JPEG (including grayscale and CMYK), PNG (8/16-bit, palette, alpha), WebP and GIF
 //! (first frame). Applies the EXIF orientation and the embedded ICC profile (`colour.rs`: the
-//! pixels become sRGB; a CMYK JPEG goes through its profile), drops every other piece of
-//! metadata (the result is re-encoded from pixels), and splits alpha off so the engine sees RGB
-//! only.
+//! pixels become sRGB unless `[output] keep_wide_gamut` keeps a wide-gamut profile; a CMYK JPEG
+//! goes through its profile), drops every other piece of metadata except the rights fields
+//! `[output] keep_copyright` asks for (the result is re-encoded from pixels), and splits alpha
+//! off so the engine sees RGB only.
 //!
 //! Memory is bounded before the first byte is read: the decoder's allocation limit comes from
 //! the pixel limit, and PNG's compressed metadata chunks (an ICC profile or text that inflates
