@@ -14,7 +14,7 @@ use upres::engine::{Engine, EngineId, GenParams, InferError, RunContext, Tile, T
 use upres::imaging::resize::resize_rgb;
 use upres::key::SourceHash;
 
-use crate::support::{client, encode, eventually, GatedEngine, Setup, TestServer};
+use crate::support::{client, encode, eventually, nearest_x2, GatedEngine, Setup, TestServer};
 
 /// Nearest-neighbour ×2.
 struct Nearest(EngineId);
@@ -30,21 +30,7 @@ impl Engine for Nearest {
         None
     }
     fn upscale(&self, tiles: &[Tile], _: &[GenParams], _: &dyn RunContext) -> Result<Vec<Tile>, InferError> {
-        Ok(tiles
-            .iter()
-            .map(|t| {
-                let (w, h) = (t.width * 2, t.height * 2);
-                let mut data = Vec::with_capacity(t.data.len() * 4);
-                for c in 0..3 {
-                    for y in 0..h {
-                        for x in 0..w {
-                            data.push(t.data[c * t.plane_len() + ((y / 2) * t.width + x / 2) as usize]);
-                        }
-                    }
-                }
-                Tile::new(w, h, data)
-            })
-            .collect())
+        Ok(tiles.iter().map(nearest_x2).collect())
     }
 }
 
