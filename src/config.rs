@@ -494,7 +494,7 @@ impl Default for SdConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
-    /// AVIF quality when the URL gives no `q` (ravif's scale).
+    /// AVIF quality when the URL gives no `q` (libavif's scale: linear onto AV1's quantiser).
     pub avif_quality: u8,
     /// rav1e's speed preset for AVIF, 1 (slowest, smallest) ..= 10 (fastest).
     pub avif_speed: u8,

@@ -336,7 +336,8 @@ impl Plan {
             self.quality
         );
         if self.format == OutputFormat::Avif {
-            s.push_str(&format!("/speed={}", self.avif_speed));
+            // The chroma sampling is fixed in code, but it changes the bytes: it keys them.
+            s.push_str(&format!("/speed={}/yuv={}", self.avif_speed, crate::imaging::avif::CHROMA.name()));
         }
         // Off (the default) adds nothing, so keys stay as they were without the switches.
         if self.keep.profile {

@@ -77,7 +77,7 @@ async fn the_same_upload_twice_is_a_hit_and_scale_and_format_apply() {
     assert_eq!(dimensions(&a), (32, 24));
     let avif = upscale(&s, form(png(16, 12), &[("model", "lanczos"), ("scale", "2"), ("format", "avif")])).await;
     assert_eq!(header(&avif, "content-type"), "image/avif");
-    assert!(header(&avif, "x-upres-params").starts_with("out=32x24/format=avif/q=80/speed=10"), "{}", header(&avif, "x-upres-params"));
+    assert!(header(&avif, "x-upres-params").starts_with("out=32x24/format=avif/q=55/speed=10/yuv=420"), "{}", header(&avif, "x-upres-params"));
     assert_eq!(&avif.bytes().await.unwrap()[4..12], b"ftypavif");
     s.stop().await;
 }

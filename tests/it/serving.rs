@@ -393,7 +393,7 @@ async fn metadata_is_stripped_unless_copyright_or_wide_gamut_are_kept() {
         assert!(delta_e(got, [200.0, 80.0, 60.0]) < 3.0, "{path}: the P3 values kept, got {got:?}");
     }
     // The switches are part of the result key (REST uploads say its canonical form).
-    for (format, want) in [("png", "/icc=keep/meta=copyright"), ("avif", "/speed=10/meta=copyright")] {
+    for (format, want) in [("png", "/icc=keep/meta=copyright"), ("avif", "/speed=10/yuv=420/meta=copyright")] {
         let form = reqwest::multipart::Form::new()
             .part("image", reqwest::multipart::Part::bytes(source.clone()).file_name("m.jpg"))
             .text("width", "32")
