@@ -284,6 +284,23 @@ mod tests {
     }
 
     #[test]
+    fn avif_at_odd_sizes_keeps_every_pixel_and_the_colour() {
+        // 4:2:0 at odd sizes: the last chroma column and row cover one pixel each.
+        for (w, h) in [(33u32, 17u32), (1, 1), (3, 2)] {
+            let n = (w * h) as usize;
+            let data: Vec<f32> = [0.8f32, 0.2, 0.4].iter().flat_map(|&v| std::iter::repeat_n(v, n)).collect();
+            let alpha = vec![1.0f32; n];
+            let bytes = encode(&Tile::new(w, h, data), Some(&alpha), &Encoding::new(OutputFormat::Avif, DEFAULT_AVIF_QUALITY)).unwrap();
+            let Some(img) = avifdec(&bytes) else { return };
+            assert_eq!(img.dimensions(), (w, h));
+            let corner = img.get_pixel(w - 1, h - 1).0;
+            for (got, want) in corner.iter().zip([204, 51, 102, 255]) {
+                assert!((*got as i32 - want).abs() <= 6, "{w}x{h}: {corner:?}");
+            }
+        }
+    }
+
+    #[test]
     fn jpeg_is_progressive_with_optimised_tables_and_smaller_than_baseline() {
         // A colour gradient with a texture in lightness only, 64x48: the texture is what costs
         // bytes, and 4:2:0 chroma (half resolution) can hold the smooth colour.
