@@ -2,7 +2,8 @@
 // Usage: node tests/browser/playground.mjs <base url> <artifact dir> <expected WxH> [slow model]
 // Checks: the page loads without console errors, a sample upscales through the form to the
 // expected natural size, accessibility basics (labels, keyboard slider, text contrast >= 4.5),
-// cancelling a slow run from the page, /docs renders the served OpenAPI file; saves screenshots.
+// cancelling a slow run from the page, /docs renders the served OpenAPI file, an AVIF result
+// decodes with the PNG's colours; saves screenshots.
 import { chromium } from 'playwright-core';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -174,6 +175,28 @@ try {
   } else {
     console.log(`skip /docs: /api/v1/openapi.json answered ${spec}`);
   }
+
+  // 7. The browser decodes upres's AVIF (10-bit 4:2:0), with the colours of the lossless PNG.
+  await page.goto(base + '/');
+  const compared = await page.evaluate(async (path) => {
+    const pixels = async (format) => {
+      const img = new Image();
+      img.src = `/x2/model=lanczos/format=${format}/${path}`;
+      await img.decode();
+      const c = document.createElement('canvas');
+      [c.width, c.height] = [img.naturalWidth, img.naturalHeight];
+      const g = c.getContext('2d');
+      g.drawImage(img, 0, 0);
+      return { size: [c.width, c.height], data: g.getImageData(0, 0, c.width, c.height).data };
+    };
+    const [avif, png] = [await pixels('avif'), await pixels('png')];
+    let sum = 0;
+    for (let i = 0; i < png.data.length; i++) sum += Math.abs(avif.data[i] - png.data[i]);
+    return { size: avif.size, pngSize: png.size, meanDiff: sum / png.data.length };
+  }, 'shop/cat.png');
+  check(compared.size.join('x') === compared.pngSize.join('x') && compared.size[0] === wantW / 2,
+    `an AVIF result decodes in Chromium at ${compared.size.join('x')}`);
+  check(compared.meanDiff < 4, `the AVIF's pixels are within ${compared.meanDiff.toFixed(2)} (mean |Δ|, 0–255) of the PNG's`);
 
   check(consoleErrors.length === 0, `no console errors (${consoleErrors.join(' | ') || 'none'})`);
   check(external.length === 0, `no requests leave the server (${external.join(', ') || 'none'})`);
