@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use upres::imaging::avif;
+use upres::imaging::consistency::{self, Luma};
 use upres::imaging::encode::{encode_rgb8, Encoding, OutputFormat};
 
 fn main() -> Result<()> {
@@ -121,43 +122,8 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// BT.601 luma of interleaved RGB8, in 0..=255.
-fn luma(rgb: &[u8]) -> Vec<f64> {
-    rgb.chunks_exact(3).map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64).collect()
-}
-
-/// Separable 11-tap Gaussian (σ 1.5), borders clamped.
-fn blur(src: &[f64], w: usize, h: usize) -> Vec<f64> {
-    let k: Vec<f64> = (-5..=5).map(|i: i32| (-(i * i) as f64 / (2.0 * 1.5 * 1.5)).exp()).collect();
-    let sum: f64 = k.iter().sum();
-    let k: Vec<f64> = k.iter().map(|v| v / sum).collect();
-    let mut tmp = vec![0.0; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            tmp[y * w + x] = (0..11).map(|t| k[t] * src[y * w + (x + t).saturating_sub(5).min(w - 1)]).sum();
-        }
-    }
-    let mut out = vec![0.0; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            out[y * w + x] = (0..11).map(|t| k[t] * tmp[(y + t).saturating_sub(5).min(h - 1) * w + x]).sum();
-        }
-    }
-    out
-}
-
-/// Mean SSIM (Wang et al. 2004) of the luma planes.
+/// Mean SSIM of the luma planes: upres's own measure (`imaging::consistency`).
 fn ssim(a: &[u8], b: &[u8], w: usize, h: usize) -> f64 {
-    let (x, y) = (luma(a), luma(b));
-    let prod = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(u, v)| u * v).collect::<Vec<_>>();
-    let (mx, my) = (blur(&x, w, h), blur(&y, w, h));
-    let (sxx, syy, sxy) = (blur(&prod(&x, &x), w, h), blur(&prod(&y, &y), w, h), blur(&prod(&x, &y), w, h));
-    let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
-    let total: f64 = (0..w * h)
-        .map(|i| {
-            let (vx, vy, cxy) = (sxx[i] - mx[i] * mx[i], syy[i] - my[i] * my[i], sxy[i] - mx[i] * my[i]);
-            ((2.0 * mx[i] * my[i] + c1) * (2.0 * cxy + c2)) / ((mx[i] * mx[i] + my[i] * my[i] + c1) * (vx + vy + c2))
-        })
-        .sum();
-    total / (w * h) as f64
+    let (w, h) = (w as u32, h as u32);
+    consistency::compare(&Luma::of_rgb8(a, w, h), &Luma::of_rgb8(b, w, h)).ssim
 }

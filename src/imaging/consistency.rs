@@ -56,6 +56,13 @@ impl Luma {
         Luma { width: tile.width, height: tile.height, data }
     }
 
+    /// BT.601 luma of interleaved RGB8 pixels (`width`×`height`, three bytes each).
+    pub fn of_rgb8(px: &[u8], width: u32, height: u32) -> Luma {
+        assert_eq!(px.len(), 3 * width as usize * height as usize, "pixels do not match their size");
+        let data = px.chunks_exact(3).map(|p| 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32).collect();
+        Luma { width, height, data }
+    }
+
     /// This plane averaged down (area filter) to `width`×`height` (at most its own size).
     pub fn area_down(&self, width: u32, height: u32) -> Luma {
         if (width, height) == (self.width, self.height) {
@@ -218,6 +225,19 @@ mod tests {
             }
         }
         Tile::new(w, h, data)
+    }
+
+    #[test]
+    fn luma_of_rgb8_is_the_luma_of_the_same_pixels_as_a_tile() {
+        let t = picture(12, 8);
+        let n = t.plane_len();
+        let bytes: Vec<u8> = (0..n).flat_map(|i| [0, 1, 2].map(|c| (t.data[c * n + i] * 255.0).round() as u8)).collect();
+        let from_tile = Luma::of(&Tile::new(12, 8, (0..3 * n).map(|j| bytes[(j % n) * 3 + j / n] as f32 / 255.0).collect()));
+        let from_bytes = Luma::of_rgb8(&bytes, 12, 8);
+        assert_eq!((from_bytes.width, from_bytes.height), (12, 8));
+        for (a, b) in from_tile.data.iter().zip(&from_bytes.data) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
     }
 
     /// Nearest-neighbour ×s: averages back to the input exactly.
