@@ -137,7 +137,7 @@ fn ycbcr_planes(px: &[u8], w: usize, h: usize, channels: usize, depth: u8, chrom
     const KB: f32 = 0.114;
     let max = ((1u32 << depth) - 1) as f32;
     let scale = max / 255.0;
-    let mid = ((1u32 << (depth - 1)) as f32).min(max);
+    let mid = (1u32 << (depth - 1)) as f32;
     let to_u16 = |v: f32| v.round().clamp(0.0, max) as u16;
     let y_of = |r: f32, g: f32, b: f32| KR * r + (1.0 - KR - KB) * g + KB * b;
     let cbcr = |r: f32, g: f32, b: f32| {
@@ -153,26 +153,20 @@ fn ycbcr_planes(px: &[u8], w: usize, h: usize, channels: usize, depth: u8, chrom
         Chroma::Yuv420 => (w.div_ceil(2), h.div_ceil(2), 2),
         Chroma::Yuv444 => (w, h, 1),
     };
-    let rows: Vec<(Vec<u16>, Vec<u16>)> = (0..ch)
-        .into_par_iter()
-        .map(|cy| {
-            let ys = cy * step..(cy * step + step).min(h);
-            (0..cw)
-                .map(|cx| {
-                    let (mut r, mut g, mut b, mut n) = (0.0, 0.0, 0.0, 0.0);
-                    for y in ys.clone() {
-                        for x in cx * step..(cx * step + step).min(w) {
-                            let (pr, pg, pb) = rgb(x, y);
-                            (r, g, b, n) = (r + pr, g + pg, b + pb, n + 1.0);
-                        }
-                    }
-                    cbcr(r / n, g / n, b / n)
-                })
-                .unzip()
-        })
-        .collect();
-    let (cb, cr): (Vec<Vec<u16>>, Vec<Vec<u16>>) = rows.into_iter().unzip();
-    let (cb, cr) = (cb.concat(), cr.concat());
+    let (mut cb, mut cr) = (vec![0u16; cw * ch], vec![0u16; cw * ch]);
+    cb.par_chunks_mut(cw).zip(cr.par_chunks_mut(cw)).enumerate().for_each(|(cy, (cb_row, cr_row))| {
+        let ys = cy * step..(cy * step + step).min(h);
+        for (cx, (u, v)) in cb_row.iter_mut().zip(cr_row).enumerate() {
+            let (mut r, mut g, mut b, mut n) = (0.0, 0.0, 0.0, 0.0);
+            for y in ys.clone() {
+                for x in cx * step..(cx * step + step).min(w) {
+                    let (pr, pg, pb) = rgb(x, y);
+                    (r, g, b, n) = (r + pr, g + pg, b + pb, n + 1.0);
+                }
+            }
+            (*u, *v) = cbcr(r / n, g / n, b / n);
+        }
+    });
     [luma, cb, cr]
 }
 
